@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// kat-dist: a distributed RL trainer for GPT-2 language models on trie-packed
+// trajectories. No package dependencies: only the Swift toolchain, Open MPI and
+// OpenBLAS from the system (see Launch/setup.sh).
+let package = Package(
+    name: "kat-dist",
+    products: [
+        .executable(name: "kat-dist", targets: ["kat-dist"]),
+        .library(name: "KATModel", targets: ["KATModel"]),
+        .library(name: "KATDist", targets: ["KATDist"]),
+    ],
+    targets: [
+        // System libraries, bound through pkg-config, each with a thin header.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+
+        // GPT-2 maths, safetensors, model directories, optimizers.
+        .target(name: "KATJSON"),
+        .target(name: "KATModel", dependencies: ["CBLAS", "KATJSON"],
+                swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        // The only module that calls MPI.
+        .target(name: "KATDist", dependencies: ["KATModel", "CMPI"]),
+        // The command line.
+        .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATDist"]),
+
+        .testTarget(name: "KATModelTests", dependencies: ["KATModel"],
+                    resources: [.copy("Fixtures")]),
+        .executableTarget(name: "kat-bench", dependencies: ["KATModel"], path: "Benchmarks/kat-bench"),
+    ]
+)
