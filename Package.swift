@@ -27,8 +27,7 @@ let package = Package(
         // The command line.
         .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATDist"]),
 
-        .testTarget(name: "KATModelTests", dependencies: ["KATModel"],
-                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel"], path: "Benchmarks/kat-bench"),
     ]
 )

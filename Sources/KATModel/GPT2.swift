@@ -207,6 +207,22 @@ public final class GPT2: @unchecked Sendable {
         return ForwardResult(logprobs: logprobs, entropies: entropies)
     }
 
+    /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)
+    public func logits(rows: [Int]) -> [[Float]] {
+        guard let a = acts, let batch = lastBatch else { return [] }
+        let c = config.nEmbd, v = config.vocabSize
+        let w = params.pointer + layout.wte
+        return rows.map { r in
+            precondition(r >= 0 && r < batch.count, "GPT2.logits: row \(r) outside the batch")
+            var out = [Float](repeating: 0, count: v)
+            out.withUnsafeMutableBufferPointer { o in
+                sgemm(transA: false, transB: true, m: 1, n: v, k: c, alpha: 1, a: a.lnf.pointer + r * c, lda: c,
+                      b: w, ldb: c, beta: 0, c: o.baseAddress!, ldc: v)
+            }
+            return out
+        }
+    }
+
     // MARK: - Backward
 
     /// Accumulates into `grads` the gradient of a loss whose derivative with respect to

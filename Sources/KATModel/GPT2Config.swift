@@ -110,6 +110,12 @@ public struct GPT2Config: Equatable, Sendable {
         if let tie = d["tie_word_embeddings"], tie != .bool(true) {
             throw .badConfig(source: source, key: "tie_word_embeddings", reason: "kat-dist ties the output head to wte; only true is supported")
         }
+        if let v = d["scale_attn_weights"], v != .bool(true) {
+            throw .badConfig(source: source, key: "scale_attn_weights", reason: "only true is supported")
+        }
+        for key in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"] {
+            if let v = d[key], v != .bool(false) { throw .badConfig(source: source, key: key, reason: "only false is supported") }
+        }
         let c = try int("n_embd") ?? 0
         if let inner = try int("n_inner", required: false), inner != 4 * c {
             throw .badConfig(source: source, key: "n_inner", reason: "only 4 * n_embd (\(4 * c)) is supported, got \(inner)")
