@@ -58,7 +58,7 @@ public final class Optimizer: @unchecked Sendable {
         let g = grads.pointer
         var i = 0
         let n = grads.count
-        // Four partial sums in float blocks keep this fast and accurate enough.
+        // Float sums over blocks of 4096, added in double: fast and accurate.
         while i < n {
             let end = min(n, i + 4096)
             var block: Float = 0
