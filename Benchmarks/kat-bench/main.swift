@@ -1,1 +1,93 @@
-print("todo")
+import Foundation
+import KATModel
+
+// kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
+// noisy machine affects both sides alike.
+//
+//   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
+//       forward+backward of GPT-2 C=256 L=4 NH=4 V=260 on packed flat sequences, one
+//       process, against single-thread sgemm 1024^3 measured in the same run.
+
+BLASRuntime.reexecWithBetterKernelIfNeeded()
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func peakRSSBytes() -> Int {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    return Int(ru.ru_maxrss) * 1024
+}
+
+func option(_ name: String, _ def: Int) -> Int {
+    let a = CommandLine.arguments
+    if let i = a.firstIndex(of: "--" + name), i + 1 < a.count, let v = Int(a[i + 1]) { return v }
+    return def
+}
+
+/// Best-of-`reps` single-thread sgemm GFLOP/s at n x n x n.
+func sgemmGFLOPs(n: Int, reps: Int) -> Double {
+    let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
+    var rng = SplitMix64(seed: 1)
+    for i in 0..<a.count { a[i] = rng.nextGaussian(); b[i] = rng.nextGaussian() }
+    var best = 0.0
+    for _ in 0..<reps {
+        let t0 = now()
+        BLASKernels.gemm(m: n, n: n, k: n, a: a, b: b, c: c)
+        best = max(best, 2 * Double(n * n * n) / (now() - t0) / 1e9)
+    }
+    return best
+}
+
+func modelBenchmark() throws {
+    BLASRuntime.setThreads(1)
+    let seqs = option("seqs", 32), len = option("len", 320), reps = option("repeat", 3)
+    let cfg = GPT2Config(vocabSize: 260, nPositions: max(512, len), nEmbd: 256, nLayer: 4, nHead: 4)
+    let model = try GPT2(config: cfg)
+    model.initialize(seed: 1)
+    var rng = SplitMix64(seed: 2)
+    let sequences = (0..<seqs).map { _ in (0..<len).map { _ in Int(rng.next() % 256) } }
+    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: cfg.nPositions)
+    let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
+    print("# \(BLASRuntime.summary)")
+    print("# model C=256 L=4 NH=4 V=260, \(seqs) sequences x \(len) tokens, 1 BLAS thread")
+    let sg = sgemmGFLOPs(n: 1024, reps: 3)
+    // Warm-up pass allocates the workspace.
+    model.zeroGrad(); model.forward(batch); model.backward(dlogprobs: d)
+    var best = Double.infinity, fwdBest = Double.infinity
+    for _ in 0..<reps {
+        model.zeroGrad()
+        let t0 = now()
+        model.forward(batch)
+        let t1 = now()
+        model.backward(dlogprobs: d)
+        let t2 = now()
+        best = min(best, t2 - t0)
+        fwdBest = min(fwdBest, t1 - t0)
+    }
+    let n = Double(batch.count)
+    let flops = n * cfg.flopsPerToken + Double(batch.attentionPairs) * cfg.flopsPerAttentionPair
+    let gf = flops / best / 1e9
+    print(String(format: "tokens/s            %.0f", n / best))
+    print(String(format: "step time (s)       %.3f  (forward %.3f)", best, fwdBest))
+    print(String(format: "model GFLOP/s       %.1f  (SPEC section 8 count: %.1f GFLOP per step)", gf, flops / 1e9))
+    print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
+    print(String(format: "ratio model/sgemm   %.2f", gf / sg))
+    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(model.workspaceBytes) / 1048576))
+}
+
+let cmd = CommandLine.arguments.dropFirst().first ?? "model"
+do {
+    switch cmd {
+    case "model": try modelBenchmark()
+    default:
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model)\n".utf8))
+        exit(2)
+    }
+} catch {
+    FileHandle.standardError.write(Data("kat-bench: \(error)\n".utf8))
+    exit(1)
+}

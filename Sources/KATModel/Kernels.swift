@@ -181,3 +181,11 @@ func residualForward(_ out: FPtr, _ a: FPtr, _ b: FPtr, _ count: Int) {
 func accumulate(_ dst: FPtr, _ src: FPtr, _ count: Int) {
     for i in 0..<count { dst[i] += src[i] }
 }
+
+/// Plain BLAS entry points for benchmarks and tools outside this module.
+public enum BLASKernels {
+    /// c (m x n) = a (m x k) @ b (k x n), row-major.
+    public static func gemm(m: Int, n: Int, k: Int, a: FloatBuffer, b: FloatBuffer, c: FloatBuffer) {
+        sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a.pointer, lda: k, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+    }
+}

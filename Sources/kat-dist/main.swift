@@ -1,1 +1,63 @@
-print("kat-dist")
+import Foundation
+import KATModel
+
+// kat-dist's command line: parse, validate, dispatch. A usage error is one line on
+// stderr and exit code 2; a run-time failure is a message and exit code 1.
+
+BLASRuntime.reexecWithBetterKernelIfNeeded()
+
+
+let version = "0.1.0"
+
+let mainUsage = """
+kat-dist \(version): reinforcement learning for GPT-2 language models on trie-packed trajectories
+
+Usage:
+  kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
+  kat-dist --help | --version
+
+Commands:
+  logprobs   score every token of each trajectory with a model directory
+
+Each command has --help. See README.md and Docs/ for training, formats and tuning.
+
+Environment:
+  OPENBLAS_CORETYPE    OpenBLAS kernel to use (default: chosen from the CPU's features when
+                       OpenBLAS falls back to a generic kernel)
+  KAT_BLAS_AUTO=0      keep OpenBLAS's own kernel choice
+  OPENBLAS_NUM_THREADS BLAS threads per process (use 1 per rank when ranks share a node)
+"""
+
+func fail(_ message: String, code: Int32) -> Never {
+    fflush(nil)
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+    exit(code)
+}
+
+let args = Array(CommandLine.arguments.dropFirst())
+guard let command = args.first else {
+    print(mainUsage)
+    exit(0)
+}
+let rest = Array(args.dropFirst())
+do {
+    switch command {
+    case "--help", "-h", "help":
+        print(mainUsage)
+    case "--version", "version":
+        print("kat-dist \(version)")
+        print(BLASRuntime.summary)
+    case "logprobs":
+        try LogprobsCommand.run(rest)
+    default:
+        throw UsageError(description: "kat-dist: unknown command '\(command)' (see kat-dist --help)")
+    }
+} catch let e as UsageError {
+    fail(e.description, code: 2)
+} catch let e as CommandFailure {
+    fail("kat-dist: " + e.description, code: 1)
+} catch {
+    fail("kat-dist: \(error)", code: 1)
+}
+fflush(nil)
+exit(0)
