@@ -28,6 +28,7 @@ let package = Package(
         .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATDist"]),
 
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel"], path: "Benchmarks/kat-bench"),
     ]
 )

@@ -158,7 +158,8 @@ func fastTanh(_ x: Float) -> Float {
 @inline(__always)
 func fastExp(_ x: Float) -> Float {
     let xc = min(max(x, -87.3), 88.7)
-    let k = (xc * 1.44269504088896341).rounded(.toNearestOrEven)
+    // Round to nearest by adding and subtracting 1.5 * 2^23 (no libm call, vectorises).
+    let k = (xc * 1.44269504088896341 + 12582912) - 12582912
     // Cody-Waite reduction with ln2 split in two.
     let r = (xc - k * 0.693359375) + k * 2.12194440e-4
     var p: Float = 1.9875691500e-4

@@ -1,0 +1,124 @@
+import Foundation
+import XCTest
+import KATModel
+
+/// The built `kat-dist` executable, next to this test bundle.
+func katDistBinary() -> String {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for _ in 0..<4 {
+        let candidate = dir.appendingPathComponent("kat-dist").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/release/kat-dist").standardized.path
+}
+
+struct RunResult { var code: Int32; var stdout: String; var stderr: String }
+
+/// Runs kat-dist with a time limit; a hang fails the test instead of blocking CI.
+func runKatDist(_ args: [String], timeout: TimeInterval = 60) throws -> RunResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: katDistBinary())
+    p.arguments = args
+    let base = NSTemporaryDirectory() + "run-\(UUID().uuidString)"
+    FileManager.default.createFile(atPath: base + ".out", contents: nil)
+    FileManager.default.createFile(atPath: base + ".err", contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
+    p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
+    p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
+    try p.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning {
+        if Date() > deadline {
+            p.terminate()
+            throw NSError(domain: "kat-dist timed out after \(timeout) s: \(args)", code: 1)
+        }
+        usleep(10_000)
+    }
+    p.waitUntilExit()
+    let outData = FileManager.default.contents(atPath: base + ".out") ?? Data()
+    let errData = FileManager.default.contents(atPath: base + ".err") ?? Data()
+    return RunResult(code: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+}
+
+let fixtureModel = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../KATModelTests/Fixtures/hf-gpt2").standardized.path
+
+final class CLITests: XCTestCase {
+    var dir = ""
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "cli-\(UUID().uuidString)"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func testHelpAndVersion() throws {
+        let h = try runKatDist(["--help"])
+        XCTAssertEqual(h.code, 0)
+        XCTAssertTrue(h.stdout.contains("kat-dist logprobs"))
+        let v = try runKatDist(["--version"])
+        XCTAssertEqual(v.code, 0)
+        XCTAssertTrue(v.stdout.contains("OpenBLAS kernel"), v.stdout)
+        let lh = try runKatDist(["logprobs", "--help"])
+        XCTAssertEqual(lh.code, 0)
+        XCTAssertTrue(lh.stdout.contains("--temperature"))
+    }
+
+    /// Usage errors: one line on stderr, exit code 2, no trace.
+    func testUsageErrorsAreOneLineAndExitTwo() throws {
+        let cases: [([String], String)] = [
+            (["frobnicate"], "unknown command 'frobnicate'"),
+            (["logprobs", "--bogus"], "unknown option --bogus"),
+            (["logprobs", "--model"], "option --model needs a value"),
+            (["logprobs", "--model", fixtureModel], "missing required option --input"),
+            (["logprobs", "--model", fixtureModel, "--input", "/nonexistent.jsonl"], "no such file"),
+            (["logprobs", "--model", "/nonexistent", "--input", "/etc/hostname"], "no such directory"),
+            (["logprobs", "--model", fixtureModel, "--input", "/etc/hostname", "--temperature", "abc"], "--temperature must be a number"),
+            (["logprobs", "--model", fixtureModel, "--input", "/etc/hostname", "--temperature", "0"], "--temperature must be a number"),
+            (["logprobs", "stray"], "unexpected argument 'stray'"),
+        ]
+        for (args, fragment) in cases {
+            let r = try runKatDist(args)
+            XCTAssertEqual(r.code, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(fragment), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)")
+        }
+    }
+
+    /// logprobs writes, per line, exactly what the model computes, and leaves an existing
+    /// output file untouched when the input is bad.
+    func testLogprobsMatchesTheModelAndNeverDamagesOutput() throws {
+        let input = dir + "/in.jsonl", output = dir + "/out.jsonl"
+        let lines = [[256, 72, 105, 33, 257], [256, 1], [7]]
+        try (lines.enumerated().map { "{\"id\": \"t\($0.offset)\", \"tokens\": \($0.element), \"reward\": 1.0}" }.joined(separator: "\n") + "\n")
+            .write(toFile: input, atomically: true, encoding: .utf8)
+        let r = try runKatDist(["logprobs", "--model", fixtureModel, "--input", input, "--output", output, "--temperature", "0.9"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        let model = try ModelDirectory.load(fixtureModel)
+        let got = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(got.count, 3)
+        // The command packs all three lines into one forward pass; so does this check.
+        let expect = model.forward(try PackedBatch(sequences: lines, vocabSize: 260, maxPositions: 64), temperature: 0.9)
+        var row = 0
+        for (k, seq) in lines.enumerated() {
+            defer { row += seq.count }
+            let obj = try JSON.parse(String(got[k]))
+            XCTAssertEqual(obj["id"], .string("t\(k)"))
+            let lp = obj["logprobs"]!.arrayValue!, en = obj["entropies"]!.arrayValue!
+            XCTAssertEqual(lp.count, seq.count)
+            XCTAssertTrue(lp[0].isNull && en[0].isNull)
+            for t in 1..<seq.count {
+                // Printed as the shortest decimal that reads back to the same Float.
+                XCTAssertEqual(Float(lp[t].doubleValue!), expect.logprobs[row + t])
+                XCTAssertEqual(Float(en[t].doubleValue!), expect.entropies[row + t])
+            }
+        }
+        // A bad line: the error names file, line and field; the old output is unchanged.
+        let before = try Data(contentsOf: URL(fileURLWithPath: output))
+        try "{\"id\": \"a\", \"tokens\": [1, 2]}\n{\"id\": \"b\", \"tokens\": [1, \"x\"]}\n".write(toFile: input, atomically: true, encoding: .utf8)
+        let bad = try runKatDist(["logprobs", "--model", fixtureModel, "--input", input, "--output", output])
+        XCTAssertEqual(bad.code, 1)
+        XCTAssertTrue(bad.stderr.contains("in.jsonl:2: field tokens"), bad.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: output)), before)
+    }
+}
