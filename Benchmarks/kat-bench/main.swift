@@ -83,8 +83,13 @@ let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
     case "model": try modelBenchmark()
+    case "init-model":
+        // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
+        let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
+        m.initialize(seed: 7)
+        try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, init-model DIR)\n".utf8))
         exit(2)
     }
 } catch {
