@@ -29,6 +29,7 @@ let package = Package(
 
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
         .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
-        .executableTarget(name: "kat-bench", dependencies: ["KATModel"], path: "Benchmarks/kat-bench"),
+        .testTarget(name: "KATDistTests", dependencies: ["kat-bench"]),
+        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATDist"], path: "Benchmarks/kat-bench"),
     ]
 )

@@ -1,9 +1,13 @@
 import Foundation
 import KATModel
+import KATDist
 
 // kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
 // noisy machine affects both sides alike.
 //
+//   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
+//       checks an in-place float allreduce exactly and measures its bus bandwidth
+//       against point-to-point bandwidth between ranks 0 and 1 in the same run.
 //   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
 //       forward+backward of GPT-2 C=256 L=4 NH=4 V=260 on packed flat sequences, one
 //       process, against single-thread sgemm 1024^3 measured in the same run.
@@ -79,17 +83,66 @@ func modelBenchmark() throws {
     print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(model.workspaceBytes) / 1048576))
 }
 
+func allreduceBenchmark() throws {
+    let comm = try Communicator.initWorld()
+    defer { comm.finalize() }
+    let count = option("mib", 64) * 262_144
+    Communicator.maxChunk = option("chunk", Communicator.maxChunk)
+    if option("fail-rank", -1) == comm.rank { comm.abort("failing on purpose (--fail-rank)") }
+    let buf = FloatBuffer(count: count)
+    // Small integers are exact in float, so the sum can be checked exactly.
+    func fill() { for i in 0..<count { buf[i] = Float((i &* 7 &+ comm.rank) % 1000) } }
+    fill()
+    try comm.allreduceSum(buf.pointer, count: count)
+    for i in 0..<count {
+        var expect: Float = 0
+        for r in 0..<comm.size { expect += Float((i &* 7 &+ r) % 1000) }
+        if buf[i] != expect { comm.abort("allreduce element \(i) is \(buf[i]), expected \(expect)") }
+    }
+    // Bus bandwidth: 2 (n-1)/n bytes moved per byte reduced (ring allreduce).
+    var best = Double.infinity
+    for _ in 0..<3 {
+        try comm.barrier()
+        let t0 = Communicator.wallTime()
+        try comm.allreduceSum(buf.pointer, count: count)
+        best = min(best, Communicator.wallTime() - t0)
+    }
+    let n = Double(comm.size), bytes = Double(count * 4)
+    let busBW = bytes * 2 * (n - 1) / n / best / 1e9
+    // Point-to-point: ranks 0 and 1 exchange the same buffer (one way, best of 3).
+    var p2p = 0.0
+    if comm.size > 1 {
+        let msg = [UInt8](repeating: 1, count: count * 4)
+        var bestP = Double.infinity
+        for _ in 0..<3 {
+            try comm.barrier()
+            let t0 = Communicator.wallTime()
+            if comm.rank == 0 { try comm.send(msg, to: 1, tag: 5); _ = try comm.receive(from: 1, tag: 6) }
+            if comm.rank == 1 { _ = try comm.receive(from: 0, tag: 5); try comm.send([1], to: 0, tag: 6) }
+            bestP = min(bestP, Communicator.wallTime() - t0)
+        }
+        p2p = bytes / bestP / 1e9
+    }
+    if comm.rank == 0 {
+        print("allreduce \(comm.size) ranks, \(count) floats: sums verified")
+        print(String(format: "allreduce bus bandwidth GB/s  %.2f", busBW))
+        print(String(format: "point-to-point GB/s           %.2f", p2p))
+        print(String(format: "ratio bus/p2p                 %.2f", p2p > 0 ? busBW / p2p : 0))
+    }
+}
+
 let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
     case "model": try modelBenchmark()
+    case "allreduce": try allreduceBenchmark()
     case "init-model":
         // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
         let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, init-model DIR)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, allreduce, init-model DIR)\n".utf8))
         exit(2)
     }
 } catch {

@@ -22,3 +22,4 @@ static inline int kat_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
 static inline int kat_mpi_success(void) { return MPI_SUCCESS; }
 static inline int kat_mpi_status_source(const MPI_Status *s) { return s->MPI_SOURCE; }
 static inline int kat_mpi_status_tag(const MPI_Status *s) { return s->MPI_TAG; }
+static inline MPI_Errhandler kat_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
