@@ -22,12 +22,17 @@ let package = Package(
         .target(name: "KATJSON"),
         .target(name: "KATModel", dependencies: ["CBLAS", "KATJSON"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        // Trajectories, the trie, its layout and terms. Needs nothing but JSON.
+        .target(name: "KATTrie", dependencies: ["KATJSON"]),
+        // Advantages, the policy loss on a packed trie, the training step in one process.
+        .target(name: "KATRL", dependencies: ["KATModel", "KATTrie"]),
         // The only module that calls MPI.
-        .target(name: "KATDist", dependencies: ["KATModel", "CMPI"]),
+        .target(name: "KATDist", dependencies: ["KATRL", "CMPI"]),
         // The command line.
         .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATDist"]),
 
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
+        .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),
         .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
         .testTarget(name: "KATDistTests", dependencies: ["kat-bench"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATDist"], path: "Benchmarks/kat-bench"),

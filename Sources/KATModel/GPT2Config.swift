@@ -20,8 +20,8 @@ public struct GPT2Config: Equatable, Sendable {
 
     public init(vocabSize: Int = GPT2Config.byteVocabSize, nPositions: Int = 512, nEmbd: Int = 128,
                 nLayer: Int = 4, nHead: Int = 4,
-                bosTokenId: Int? = 256, eosTokenId: Int? = 257, sepTokenId: Int? = 258,
-                padTokenId: Int? = 259) {
+                bosTokenId: Int? = nil, eosTokenId: Int? = nil, sepTokenId: Int? = nil,
+                padTokenId: Int? = nil) {
         self.vocabSize = vocabSize
         self.nPositions = nPositions
         self.nEmbd = nEmbd
@@ -31,6 +31,10 @@ public struct GPT2Config: Equatable, Sendable {
         self.eosTokenId = eosTokenId
         self.sepTokenId = sepTokenId
         self.padTokenId = padTokenId
+        // With no special ids given, a vocabulary that holds the byte tokenizer's gets them.
+        if bosTokenId == nil, eosTokenId == nil, sepTokenId == nil, padTokenId == nil, vocabSize >= GPT2Config.byteVocabSize {
+            self.bosTokenId = 256; self.eosTokenId = 257; self.sepTokenId = 258; self.padTokenId = 259
+        }
     }
 
     /// Head size C / NH.

@@ -1,0 +1,118 @@
+import Foundation
+import KATModel
+import KATTrie
+
+/// How the per-token losses are normalised (SPEC section 5).
+public enum LossMode: String, Sendable, CaseIterable {
+    /// (1/N) sum over all loss tokens, N counted over the flattened global batch.
+    case tokenMean = "token-mean"
+    /// (1/S) sum_s (1/n_s) sum_t.
+    case seqMeanTokenMean = "seq-mean-token-mean"
+    /// (1/S) sum_s sum_t (Dr. GRPO style).
+    case seqMeanTokenSum = "seq-mean-token-sum"
+}
+
+public struct PolicyLossConfig: Sendable, Equatable {
+    public var mode: LossMode = .tokenMean
+    public var epsLow: Double = 0.2
+    public var epsHigh: Double = 0.2
+    public init(mode: LossMode = .tokenMean, epsLow: Double = 0.2, epsHigh: Double = 0.2) {
+        self.mode = mode; self.epsLow = epsLow; self.epsHigh = epsHigh
+    }
+}
+
+/// The normaliser's counts, taken over the flattened global batch (or minibatch): all
+/// trajectories of all shards and ranks, never a shard's or the trie's own count.
+public struct LossNormaliser: Sendable, Equatable {
+    /// Loss tokens of the flattened batch.
+    public var tokens: Int
+    /// Trajectories with at least one loss token.
+    public var sequences: Int
+
+    public init(tokens: Int, sequences: Int) { self.tokens = tokens; self.sequences = sequences }
+    public init(_ trajectories: [Trajectory]) {
+        tokens = trajectories.reduce(0) { $0 + $1.lossTokens }
+        sequences = trajectories.filter { $0.lossTokens > 0 }.count
+    }
+
+    /// w_{s,t} for a trajectory with `n` loss tokens.
+    @inline(__always)
+    public func weight(mode: LossMode, sequenceTokens n: Int) -> Double {
+        switch mode {
+        case .tokenMean: return tokens > 0 ? 1 / Double(tokens) : 0
+        case .seqMeanTokenMean: return sequences > 0 && n > 0 ? 1 / (Double(sequences) * Double(n)) : 0
+        case .seqMeanTokenSum: return sequences > 0 ? 1 / Double(sequences) : 0
+        }
+    }
+}
+
+/// PPO-clip of one token: value -min(r A, clip(r, 1-eps_low, 1+eps_high) A), its derivative
+/// with respect to the current log-prob l (r = exp(l - b)), and whether the clip is active.
+@inline(__always)
+public func ppoClipTerm(l: Double, b: Double, advantage a: Double, epsLow: Double, epsHigh: Double)
+    -> (loss: Double, dl: Double, clipped: Bool) {
+    let r = exp(l - b)
+    let unclipped = r * a
+    let clipped = min(max(r, 1 - epsLow), 1 + epsHigh) * a
+    if unclipped <= clipped { return (-unclipped, -unclipped, false) }
+    // The clipped branch is the minimum only when r is outside the range: constant in l.
+    return (-clipped, 0, true)
+}
+
+/// Result of the policy loss on one packed batch.
+public struct PolicyLossResult: Sendable {
+    /// This batch's share of L (sum over its terms of w * loss).
+    public var loss: Double
+    /// dL/dl per row, the sum of the terms of every trajectory through it.
+    public var dlogprobs: [Float]
+    public var lossTokens: Int
+    public var clippedTokens: Int
+    /// Sum over loss tokens of the k3 estimate of KL(behaviour || current).
+    public var klBehaviourSum: Double
+}
+
+/// The policy loss on a trie (SPEC section 5, TRIE-NOTES): each row's derivative is the
+/// sum of its trajectories' terms, each with its own mask, behaviour log-prob and
+/// advantage; the log-prob of a row comes from its parent's output.
+/// - Parameters:
+///   - logprobs: current log-probs per row (from `GPT2.forward`).
+///   - advantages: A_s per trajectory (after any scaling).
+///   - carriesLoss: optional per-row flag; rows where it is false contribute nothing
+///     (a prefix repeated in a second shard).
+public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Double], logprobs: [Float],
+                       config: PolicyLossConfig, normaliser: LossNormaliser, carriesLoss: [Bool]? = nil) -> PolicyLossResult {
+    precondition(logprobs.count == trie.count && advantages.count == trajectories.count, "policyLoss: sizes differ")
+    var d = [Float](repeating: 0, count: trie.count)
+    var loss = 0.0, tokens = 0, clippedCount = 0, kl = 0.0
+    let weights = trajectories.map { normaliser.weight(mode: config.mode, sequenceTokens: $0.lossTokens) }
+    for u in 0..<trie.count {
+        if let carriesLoss, !carriesLoss[u] { continue }
+        let l = Double(logprobs[u])
+        var du = 0.0
+        for term in trie.terms(of: u) {
+            let s = Int(term.trajectory), t = Int(term.position)
+            let traj = trajectories[s]
+            guard traj.lossMask[t] == 1 else { continue }
+            // Missing behaviour log-probs mean on-policy: b is the current value, ratio 1.
+            let b = traj.logprobs.map { Double($0[t]) } ?? l
+            let term = ppoClipTerm(l: l, b: b, advantage: advantages[s], epsLow: config.epsLow, epsHigh: config.epsHigh)
+            let w = weights[s]
+            loss += w * term.loss
+            du += w * term.dl
+            tokens += 1
+            if term.clipped { clippedCount += 1 }
+            let logRatio = l - b
+            kl += exp(logRatio) - 1 - logRatio
+        }
+        d[u] = Float(du)
+    }
+    return PolicyLossResult(loss: loss, dlogprobs: d, lossTokens: tokens, clippedTokens: clippedCount, klBehaviourSum: kl)
+}
+
+extension Trie {
+    /// The trie as the model's packed batch.
+    public func packedBatch(config: GPT2Config) throws(ModelError) -> PackedBatch {
+        try PackedBatch(tokens: tokens.map(Int.init), parents: parents.map(Int.init), vocabSize: config.vocabSize,
+                        maxPositions: config.nPositions)
+    }
+}

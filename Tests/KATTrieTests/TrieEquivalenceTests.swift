@@ -1,0 +1,166 @@
+import XCTest
+import KATModel
+import KATRL
+@testable import KATTrie
+
+/// Seeded random trajectory sets of the shapes agentic RL produces.
+struct TrajectoryFactory {
+    var rng: SplitMix64
+    let vocab: Int
+    var next = 0
+
+    init(seed: UInt64, vocab: Int) { rng = SplitMix64(seed: seed); self.vocab = vocab }
+
+    mutating func tokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
+    mutating func uniform(_ lo: Double, _ hi: Double) -> Double { lo + (hi - lo) * rng.nextDouble() }
+
+    /// A trajectory with loss on positions >= promptLen, behaviour log-probs drawn far
+    /// enough from anything the model gives that some ratios leave the clip range.
+    mutating func make(_ toks: [Int32], promptLen: Int, group: String, onPolicy: Bool = false) -> Trajectory {
+        var mask = [UInt8](repeating: 0, count: toks.count)
+        for k in max(1, promptLen)..<max(max(1, promptLen), toks.count) { mask[k] = 1 }
+        let lp: [Float]? = onPolicy ? nil : (0..<toks.count).map { mask[$0] == 1 ? Float(uniform(-5, -0.5)) : .nan }
+        next += 1
+        return Trajectory(id: "t\(next)", group: group, tokens: toks, lossMask: mask, logprobs: lp,
+                          reward: uniform(0, 1), advantage: uniform(-2, 2), entropy: uniform(0.1, 3))
+    }
+
+    /// Groups sharing a prompt, one-token responses among them.
+    mutating func groups() -> [Trajectory] {
+        var out: [Trajectory] = []
+        for g in 0..<2 {
+            let prompt = tokens(5 + Int(rng.next() % 5))
+            for k in 0..<4 {
+                let len = k == 0 ? 1 : 2 + Int(rng.next() % 6)
+                out.append(make(prompt + tokens(len), promptLen: prompt.count, group: "g\(g)", onPolicy: k == 3))
+            }
+        }
+        return out
+    }
+
+    /// Multi-turn: each call re-sends the growing history; loss on the newest action.
+    mutating func multiTurn() -> [Trajectory] {
+        var out: [Trajectory] = []
+        var history = tokens(6)
+        for _ in 0..<4 {
+            let action = tokens(3), observation = tokens(2)
+            out.append(make(history + action, promptLen: history.count, group: "agent"))
+            history += action + observation
+        }
+        return out
+    }
+
+    /// Mid-answer branching, identical duplicates, a prefix of another trajectory, and a
+    /// shared token that is prompt in one trajectory and answer in another.
+    mutating func branching() -> [Trajectory] {
+        let prompt = tokens(4), stem = tokens(5)
+        var out: [Trajectory] = []
+        let a = prompt + stem + tokens(4), b = prompt + stem + tokens(3), c = prompt + Array(stem.prefix(2)) + tokens(4)
+        out.append(make(a, promptLen: prompt.count, group: "tree"))
+        out.append(make(b, promptLen: prompt.count, group: "tree"))
+        out.append(make(c, promptLen: prompt.count, group: "tree"))
+        out.append(make(a, promptLen: prompt.count, group: "tree"))                    // duplicate of a
+        out.append(make(Array(a.prefix(7)), promptLen: prompt.count, group: "tree"))  // prefix of a
+        out.append(make(b, promptLen: prompt.count + 3, group: "tree2"))              // different mask on shared tokens
+        out.append(make(tokens(1) + tokens(1), promptLen: 1, group: "tiny"))
+        return out
+    }
+}
+
+final class TrieEquivalenceTests: XCTestCase {
+    func model(seed: UInt64) throws -> GPT2 {
+        let m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
+        m.initialize(seed: seed)
+        // Larger weights than GPT-2's init so log-probs vary and some ratios clip.
+        for i in 0..<m.params.count { m.params[i] *= 10 }
+        for t in m.layout.tensors where t.name.contains("ln_") && t.name.hasSuffix("weight") {
+            for i in 0..<t.count { m.params[t.offset + i] = 1 }
+        }
+        return m
+    }
+
+    /// Trains each trajectory as its own flat sequence, written out plainly: the reference.
+    func flatLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig) throws -> (Double, [Float], Int) {
+        let norm = LossNormaliser(trajs)
+        m.zeroGrad()
+        var loss = 0.0, clipped = 0
+        for (s, t) in trajs.enumerated() {
+            let batch = try PackedBatch(sequences: [t.tokens.map(Int.init)], vocabSize: 13, maxPositions: 64)
+            let lp = m.forward(batch).logprobs
+            var d = [Float](repeating: 0, count: t.tokens.count)
+            let w = norm.weight(mode: cfg.mode, sequenceTokens: t.lossTokens)
+            for k in 0..<t.tokens.count where t.lossMask[k] == 1 {
+                let b = t.logprobs.map { Double($0[k]) } ?? Double(lp[k])
+                let r = ppoClipTerm(l: Double(lp[k]), b: b, advantage: adv[s], epsLow: cfg.epsLow, epsHigh: cfg.epsHigh)
+                loss += w * r.loss
+                d[k] = Float(w * r.dl)
+                if r.clipped { clipped += 1 }
+            }
+            m.backward(dlogprobs: d)
+        }
+        return (loss, m.grads.array, clipped)
+    }
+
+    func trieLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig) throws -> (Double, [Float], Int, Trie) {
+        let trie = Trie(trajs)
+        m.zeroGrad()
+        let lp = m.forward(try trie.packedBatch(config: m.config)).logprobs
+        let r = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: lp, config: cfg, normaliser: LossNormaliser(trajs))
+        m.backward(dlogprobs: r.dlogprobs)
+        return (r.loss, m.grads.array, r.clippedTokens, trie)
+    }
+
+    /// A trie gives the flat loss and the flat gradient, for every shape and loss mode.
+    func testTrieGivesTheFlatLossAndGradient() throws {
+        for seed in UInt64(1)...4 {
+            var f = TrajectoryFactory(seed: seed, vocab: 13)
+            let sets: [(String, [Trajectory])] = [("groups", f.groups()), ("multi-turn", f.multiTurn()), ("branching", f.branching())]
+            let all = sets.flatMap(\.1)
+            for (name, trajs) in sets + [("all", all)] {
+                let m = try model(seed: seed)
+                let adv = trajs.map { $0.advantage ?? 0 }
+                for mode in LossMode.allCases {
+                    let cfg = PolicyLossConfig(mode: mode, epsLow: 0.2, epsHigh: 0.28)
+                    let (fl, fg, fc) = try flatLossAndGradient(m, trajs, adv, cfg)
+                    let (tl, tg, tc, trie) = try trieLossAndGradient(m, trajs, adv, cfg)
+                    let what = "\(name) seed \(seed) \(mode.rawValue)"
+                    XCTAssertLessThan(trie.count, trie.flatTokens, "\(what): the trie shares nothing")
+                    XCTAssertEqual(tc, fc, "\(what): clipped token counts")
+                    // Sums of O(100) float32 terms of size O(1): 1e-5 relative is ~10x round-off.
+                    XCTAssertEqual(tl, fl, accuracy: 1e-5 * max(1, abs(fl)), what)
+                    for t in m.layout.tensors {
+                        let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(fg[$1])) }
+                        let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(tg[$1] - fg[$1])) }
+                        // Same maths in another summation order (shared rows add the
+                        // branches' gradients once instead of per copy): fp32 round-off
+                        // is ~1e-6 of the tensor's scale; 1e-4 leaves margin and still
+                        // fails on any missing or double-counted term.
+                        XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "\(what): \(t.name) worst \(worst) scale \(scale)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clipping is exercised: some tokens clip, not all.
+    func testSomeTokensClip() throws {
+        var f = TrajectoryFactory(seed: 9, vocab: 13)
+        let trajs = f.groups() + f.branching()
+        let m = try model(seed: 9)
+        let (_, _, clipped, _) = try trieLossAndGradient(m, trajs, trajs.map { $0.advantage ?? 0 }, PolicyLossConfig())
+        let total = trajs.reduce(0) { $0 + $1.lossTokens }
+        XCTAssertGreaterThan(clipped, 0)
+        XCTAssertLessThan(clipped, total)
+    }
+
+    func testTrieLayoutIsPreOrderWithDepthPositions() {
+        let t = Trie(sequences: [[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3], [7]])
+        XCTAssertEqual(t.tokens, [1, 2, 3, 4, 5, 7])
+        XCTAssertEqual(t.parents, [-1, 0, 1, 1, 0, -1])
+        XCTAssertEqual(t.depths, [0, 1, 2, 2, 1, 0])
+        XCTAssertEqual(t.flatTokens, 12)
+        XCTAssertEqual(t.terms(of: 0).count, 4)
+        XCTAssertEqual(t.terms(of: 2).map(\.trajectory), [0, 3])
+        XCTAssertEqual(t.endRow, [2, 3, 4, 2, 5])
+    }
+}
