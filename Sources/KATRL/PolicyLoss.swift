@@ -77,19 +77,20 @@ public struct PolicyLossResult: Sendable {
 /// - Parameters:
 ///   - logprobs: current log-probs per row (from `GPT2.forward`).
 ///   - advantages: A_s per trajectory (after any scaling).
-///   - carriesLoss: optional per-row flag; rows where it is false contribute nothing
-///     (a prefix repeated in a second shard).
+///   - shard: when given, `logprobs` are the shard's rows; rows that do not carry the
+///     loss (a prefix repeated in another shard) contribute nothing.
 public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Double], logprobs: [Float],
-                       config: PolicyLossConfig, normaliser: LossNormaliser, carriesLoss: [Bool]? = nil) -> PolicyLossResult {
-    precondition(logprobs.count == trie.count && advantages.count == trajectories.count, "policyLoss: sizes differ")
-    var d = [Float](repeating: 0, count: trie.count)
+                       config: PolicyLossConfig, normaliser: LossNormaliser, shard: TrieShard? = nil) -> PolicyLossResult {
+    let rows = shard?.count ?? trie.count
+    precondition(logprobs.count == rows && advantages.count == trajectories.count, "policyLoss: sizes differ")
+    var d = [Float](repeating: 0, count: rows)
     var loss = 0.0, tokens = 0, clippedCount = 0, kl = 0.0
     let weights = trajectories.map { normaliser.weight(mode: config.mode, sequenceTokens: $0.lossTokens) }
-    for u in 0..<trie.count {
-        if let carriesLoss, !carriesLoss[u] { continue }
+    for u in 0..<rows {
+        if let shard, !shard.carriesLoss[u] { continue }
         let l = Double(logprobs[u])
         var du = 0.0
-        for term in trie.terms(of: u) {
+        for term in trie.terms(of: shard.map { Int($0.rowMap[u]) } ?? u) {
             let s = Int(term.trajectory), t = Int(term.position)
             let traj = trajectories[s]
             guard traj.lossMask[t] == 1 else { continue }
@@ -107,6 +108,14 @@ public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Doub
         d[u] = Float(du)
     }
     return PolicyLossResult(loss: loss, dlogprobs: d, lossTokens: tokens, clippedTokens: clippedCount, klBehaviourSum: kl)
+}
+
+extension TrieShard {
+    /// The shard as the model's packed batch.
+    public func packedBatch(of trie: Trie, config: GPT2Config) throws(ModelError) -> PackedBatch {
+        try PackedBatch(tokens: tokens(of: trie).map(Int.init), parents: parents.map(Int.init), vocabSize: config.vocabSize,
+                        maxPositions: config.nPositions)
+    }
 }
 
 extension Trie {

@@ -67,17 +67,20 @@ struct TrajectoryFactory {
     }
 }
 
-final class TrieEquivalenceTests: XCTestCase {
-    func model(seed: UInt64) throws -> GPT2 {
-        let m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
-        m.initialize(seed: seed)
-        // Larger weights than GPT-2's init so log-probs vary and some ratios clip.
-        for i in 0..<m.params.count { m.params[i] *= 10 }
-        for t in m.layout.tensors where t.name.contains("ln_") && t.name.hasSuffix("weight") {
-            for i in 0..<t.count { m.params[t.offset + i] = 1 }
-        }
-        return m
+/// A tiny model with weights large enough that log-probs vary and some ratios clip.
+func trieTestModel(seed: UInt64) throws -> GPT2 {
+    let m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
+    m.initialize(seed: seed)
+    // Larger weights than GPT-2's init so log-probs vary and some ratios clip.
+    for i in 0..<m.params.count { m.params[i] *= 10 }
+    for t in m.layout.tensors where t.name.contains("ln_") && t.name.hasSuffix("weight") {
+        for i in 0..<t.count { m.params[t.offset + i] = 1 }
     }
+    return m
+}
+
+final class TrieEquivalenceTests: XCTestCase {
+    func model(seed: UInt64) throws -> GPT2 { try trieTestModel(seed: seed) }
 
     /// Trains each trajectory as its own flat sequence, written out plainly: the reference.
     func flatLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig) throws -> (Double, [Float], Int) {
@@ -162,5 +165,57 @@ final class TrieEquivalenceTests: XCTestCase {
         XCTAssertEqual(t.terms(of: 0).count, 4)
         XCTAssertEqual(t.terms(of: 2).map(\.trajectory), [0, 3])
         XCTAssertEqual(t.endRow, [2, 3, 4, 2, 5])
+    }
+}
+
+final class ShardTests: XCTestCase {
+    /// The sum of K shards' losses and gradients is the whole trie's, for K = 1..4,
+    /// including a batch whose single prompt subtree must be cut below branch points.
+    func testShardsSumToTheWholeTrie() throws {
+        for seed in UInt64(1)...3 {
+            var f = TrajectoryFactory(seed: seed, vocab: 13)
+            let sets: [(String, [Trajectory])] = [("one prompt", f.branching().filter { $0.group == "tree" }),
+                                                  ("mixed", f.groups() + f.multiTurn() + f.branching())]
+            for (name, trajs) in sets {
+                let m = try trieTestModel(seed: seed)
+                let adv = trajs.map { $0.advantage ?? 0 }
+                let cfg = PolicyLossConfig(mode: .seqMeanTokenMean)
+                let norm = LossNormaliser(trajs)
+                let trie = Trie(trajs)
+                m.zeroGrad()
+                let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
+                                       logprobs: m.forward(try trie.packedBatch(config: m.config)).logprobs, config: cfg, normaliser: norm)
+                m.backward(dlogprobs: whole.dlogprobs)
+                let wholeGrad = m.grads.array
+                for k in 1...4 {
+                    let shards = trie.shards(k)
+                    XCTAssertEqual(shards.count, k)
+                    // Every trie row is computed somewhere and carries its loss exactly once.
+                    var carried = [Int](repeating: 0, count: trie.count)
+                    for s in shards { for (i, r) in s.rowMap.enumerated() where s.carriesLoss[i] { carried[Int(r)] += 1 } }
+                    XCTAssertEqual(carried, [Int](repeating: 1, count: trie.count), "\(name) k=\(k)")
+                    m.zeroGrad()
+                    var loss = 0.0, tokens = 0
+                    for s in shards where s.count > 0 {
+                        let lp = m.forward(try s.packedBatch(of: trie, config: m.config)).logprobs
+                        let r = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: lp, config: cfg, normaliser: norm, shard: s)
+                        m.backward(dlogprobs: r.dlogprobs)
+                        loss += r.loss
+                        tokens += r.lossTokens
+                    }
+                    XCTAssertEqual(tokens, whole.lossTokens, "\(name) k=\(k)")
+                    XCTAssertEqual(loss, whole.loss, accuracy: 1e-6 * max(1, abs(whole.loss)), "\(name) k=\(k)")
+                    if name == "one prompt" && k > 1 {
+                        XCTAssertGreaterThan(shards.reduce(0) { $0 + $1.count }, trie.count, "the single subtree was cut")
+                    }
+                    for t in m.layout.tensors {
+                        let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(wholeGrad[$1])) }
+                        let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(m.grads[$1] - wholeGrad[$1])) }
+                        // Same justification as the trie = flat test: fp32 reordering only.
+                        XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "\(name) k=\(k) \(t.name)")
+                    }
+                }
+            }
+        }
     }
 }
