@@ -30,25 +30,43 @@ extension Trie {
     /// subtree then repeats the root path, and only the first carries that path's loss.
     /// - Complexity: O(N log N) for N rows, plus the repeated prefixes.
     public func shards(_ k: Int) -> [TrieShard] {
-        precondition(k >= 1, "shards: k must be at least 1")
+        shards(k, maxTokens: Int.max).map { micro in
+            // One micro-batch per shard when there is no token limit.
+            micro.first ?? TrieShard(rowMap: [], parents: [], carriesLoss: [])
+        }
+    }
+
+    /// Splits into `k` shards as above, each in micro-batches of at most `maxTokens` rows
+    /// (repeated prefixes included). Units are cut below branch points until they fit; a
+    /// single path longer than `maxTokens` cannot be cut and forms a micro-batch alone.
+    /// Summing the gradients of every micro-batch of every shard gives the whole trie's.
+    public func shards(_ k: Int, maxTokens: Int) -> [[TrieShard]] {
+        precondition(k >= 1 && maxTokens >= 1, "shards: k and maxTokens must be at least 1")
         let ends = subtreeEnds
         // Cost of a subtree: sum over its rows of (depth + 1).
         var prefixCost = [Int](repeating: 0, count: count + 1)
         for u in 0..<count { prefixCost[u + 1] = prefixCost[u] + Int(depths[u]) + 1 }
         func subtreeCost(_ r: Int) -> Int { prefixCost[Int(ends[r])] - prefixCost[r] }
 
-        struct Unit { var prefix: [Int32]; var ownsPrefix: [Bool]; var root: Int32; var cost: Int }
+        struct Unit {
+            var prefix: [Int32]; var ownsPrefix: [Bool]; var root: Int32; var cost: Int; var rows: Int
+        }
         var units: [Unit] = []
         var r = 0
         while r < count {
-            units.append(Unit(prefix: [], ownsPrefix: [], root: Int32(r), cost: subtreeCost(r)))
+            units.append(Unit(prefix: [], ownsPrefix: [], root: Int32(r), cost: subtreeCost(r), rows: Int(ends[r]) - r))
             r = Int(ends[r])
         }
         let total = units.reduce(0) { $0 + $1.cost }
         let fair = max(1, total / k)
-        // Cut the heaviest unit while it exceeds a fair share and has a branch point.
-        while units.count < 64 * k {
-            guard let i = units.indices.max(by: { units[$0].cost < units[$1].cost }), units[i].cost > fair else { break }
+        // Cut the heaviest unit while it exceeds a fair share (or the token limit) and has
+        // a branch point; units that are single paths are left as they are.
+        var unsplittable = Set<Int32>()
+        while true {
+            let candidates = units.indices.filter {
+                !unsplittable.contains(units[$0].root) && (units[$0].cost > fair && units.count < 64 * k || units[$0].rows > maxTokens)
+            }
+            guard let i = candidates.max(by: { units[$0].cost < units[$1].cost }) else { break }
             let unit = units[i]
             // Walk the single-child chain from the root to the first branch point.
             var chain: [Int32] = []
@@ -62,13 +80,13 @@ extension Trie {
                 if children.count != 1 { break }
                 u = children[0]
             }
-            if children.count < 2 { break } // a single path: cannot be cut further
+            if children.count < 2 { unsplittable.insert(unit.root); continue } // a single path
             units.remove(at: i)
             for (j, c) in children.enumerated() {
                 let owns = j == 0
                 units.append(Unit(prefix: unit.prefix + chain,
                                   ownsPrefix: unit.ownsPrefix.map { $0 && owns } + chain.map { _ in owns },
-                                  root: Int32(c), cost: subtreeCost(c)))
+                                  root: Int32(c), cost: subtreeCost(c), rows: unit.prefix.count + chain.count + Int(ends[c]) - c))
             }
         }
         // Largest first onto the least loaded shard; ties keep trie order, so it is deterministic.
@@ -80,9 +98,9 @@ extension Trie {
             load[s] += units[i].cost + units[i].prefix.count
             assigned[s].append(i)
         }
-        return assigned.map { ids in
+        func layout(_ ids: [Int]) -> TrieShard {
             var rowMap: [Int32] = [], par: [Int32] = [], carries: [Bool] = []
-            for i in ids.sorted() {
+            for i in ids {
                 let unit = units[i]
                 for (j, row) in unit.prefix.enumerated() {
                     par.append(j == 0 ? -1 : Int32(rowMap.count - 1))
@@ -99,6 +117,18 @@ extension Trie {
                 }
             }
             return TrieShard(rowMap: rowMap, parents: par, carriesLoss: carries)
+        }
+        // Within a shard, units in trie order fill micro-batches up to maxTokens rows.
+        return assigned.map { ids in
+            var micro: [[Int]] = [], current: [Int] = [], rows = 0
+            for i in ids.sorted() {
+                if !current.isEmpty, rows + units[i].rows > maxTokens {
+                    micro.append(current); current = []; rows = 0
+                }
+                current.append(i); rows += units[i].rows
+            }
+            if !current.isEmpty || micro.isEmpty { micro.append(current) }
+            return micro.map(layout)
         }
     }
 }

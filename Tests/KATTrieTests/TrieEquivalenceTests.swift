@@ -219,3 +219,46 @@ final class ShardTests: XCTestCase {
         }
     }
 }
+
+final class MicroBatchTests: XCTestCase {
+    /// Micro-batches of at most max_tokens rows, over K shards, sum to the whole trie.
+    func testMicroBatchesSumToTheWholeTrie() throws {
+        var f = TrajectoryFactory(seed: 21, vocab: 13)
+        let trajs = f.groups() + f.multiTurn() + f.branching()
+        let m = try trieTestModel(seed: 21)
+        let adv = trajs.map { $0.advantage ?? 0 }
+        let cfg = PolicyLossConfig(mode: .tokenMean)
+        let norm = LossNormaliser(trajs)
+        let trie = Trie(trajs)
+        m.zeroGrad()
+        let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
+                               logprobs: m.forward(try trie.packedBatch(config: m.config)).logprobs, config: cfg, normaliser: norm)
+        m.backward(dlogprobs: whole.dlogprobs)
+        let wholeGrad = m.grads.array
+        let longestPath = trajs.map(\.tokens.count).max()!
+        for k in [1, 2, 3] {
+            for maxTokens in [longestPath, 24, 40, 1000] {
+                let parts = trie.shards(k, maxTokens: maxTokens)
+                if maxTokens == 24 { XCTAssertGreaterThan(parts.reduce(0) { $0 + $1.count }, k, "the limit split shards into micro-batches") }
+                m.zeroGrad()
+                var loss = 0.0
+                for shard in parts {
+                    for mb in shard where mb.count > 0 {
+                        // A micro-batch exceeds the limit only when it is one uncuttable path.
+                        XCTAssertTrue(mb.count <= maxTokens || mb.parents.dropFirst().allSatisfy { $0 >= 0 }, "k=\(k) max=\(maxTokens)")
+                        let lp = m.forward(try mb.packedBatch(of: trie, config: m.config)).logprobs
+                        let r = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: lp, config: cfg, normaliser: norm, shard: mb)
+                        m.backward(dlogprobs: r.dlogprobs)
+                        loss += r.loss
+                    }
+                }
+                XCTAssertEqual(loss, whole.loss, accuracy: 1e-6 * max(1, abs(whole.loss)), "k=\(k) max=\(maxTokens)")
+                for t in m.layout.tensors {
+                    let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(wholeGrad[$1])) }
+                    let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(m.grads[$1] - wholeGrad[$1])) }
+                    XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "k=\(k) max=\(maxTokens) \(t.name)")
+                }
+            }
+        }
+    }
+}
