@@ -35,6 +35,6 @@ let package = Package(
         .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),
         .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
         .testTarget(name: "KATDistTests", dependencies: ["kat-bench"]),
-        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATDist"], path: "Benchmarks/kat-bench"),
+        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATDist"], path: "Benchmarks/kat-bench"),
     ]
 )

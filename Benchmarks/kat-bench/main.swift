@@ -1,6 +1,7 @@
 import Foundation
 import KATModel
 import KATDist
+import KATTrie
 
 // kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
 // noisy machine affects both sides alike.
@@ -8,6 +9,9 @@ import KATDist
 //   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
 //       checks an in-place float allreduce exactly and measures its bus bandwidth
 //       against point-to-point bandwidth between ranks 0 and 1 in the same run.
+//   kat-bench trie [--scale 1] [--repeat 2]
+//       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
+//       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
 //   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
 //       forward+backward of GPT-2 C=256 L=4 NH=4 V=260 on packed flat sequences, one
 //       process, against single-thread sgemm 1024^3 measured in the same run.
@@ -131,18 +135,79 @@ func allreduceBenchmark() throws {
     }
 }
 
+/// The three workloads of the trie benchmark, as token sequences.
+func workloads(scale: Int) -> [(String, [[Int32]])] {
+    var rng = SplitMix64(seed: 7)
+    func toks(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % 256) } }
+    // W1: 8 prompts x 8 samples, 256-token prompts, 64-token answers.
+    var w1: [[Int32]] = []
+    for _ in 0..<(8 * scale) { let p = toks(256); for _ in 0..<8 { w1.append(p + toks(64)) } }
+    // W2: 4 rollouts of 8 turns; each call re-sends the history (128-token task prompt,
+    // then per turn a 32-token action and a 64-token observation); loss on the newest action.
+    var w2: [[Int32]] = []
+    for _ in 0..<(4 * scale) {
+        var history = toks(128)
+        for _ in 0..<8 { let action = toks(32); w2.append(history + action); history += action + toks(64) }
+    }
+    // W3: a 128-token prompt, 96-token answers branching two ways at depths 24, 48, 72.
+    var w3: [[Int32]] = []
+    for _ in 0..<scale {
+        let p = toks(128)
+        for a in [toks(24), toks(24)] { for b in [toks(24), toks(24)] { for c in [toks(24), toks(24)] {
+            let d = toks(24)
+            w3.append(p + a + b + c + d)
+        } } }
+    }
+    return [("W1 groups", w1), ("W2 agentic", w2), ("W3 tree", w3)]
+}
+
+func trieBenchmark() throws {
+    BLASRuntime.setThreads(1)
+    let scale = option("scale", 1), reps = option("repeat", 2)
+    let cfg = GPT2Config(vocabSize: 260, nPositions: 1024, nEmbd: 256, nLayer: 4, nHead: 4)
+    print("# \(BLASRuntime.summary)")
+    print("# model C=256 L=4 NH=4 V=260, forward+backward, 1 BLAS thread, best of \(reps)")
+    print("workload      flat tok  trie tok  FLOP ratio  time flat  time trie  time ratio  ratio/FLOP  act MiB flat  act MiB trie")
+    for (name, seqs) in workloads(scale: scale) {
+        let trie = Trie(sequences: seqs)
+        let flatBatch = try PackedBatch(sequences: seqs.map { $0.map(Int.init) }, vocabSize: 260, maxPositions: 1024)
+        let trieBatch = try PackedBatch(tokens: trie.tokens.map(Int.init), parents: trie.parents.map(Int.init), vocabSize: 260, maxPositions: 1024)
+        func flops(_ b: PackedBatch) -> Double { Double(b.count) * cfg.flopsPerToken + Double(b.attentionPairs) * cfg.flopsPerAttentionPair }
+        func time(_ b: PackedBatch) throws -> (Double, Int) {
+            let m = try GPT2(config: cfg)
+            m.initialize(seed: 1)
+            var rng = SplitMix64(seed: 3)
+            let d = (0..<b.count).map { _ in Float(rng.nextDouble() - 0.5) * 1e-3 }
+            var best = Double.infinity
+            for _ in 0..<(reps + 1) { // the first pass allocates the workspace
+                m.zeroGrad()
+                let t0 = now()
+                m.forward(b); m.backward(dlogprobs: d)
+                best = min(best, now() - t0)
+            }
+            return (best, m.workspaceBytes)
+        }
+        let (tf, mf) = try time(flatBatch)
+        let (tt, mt) = try time(trieBatch)
+        let fr = flops(flatBatch) / flops(trieBatch)
+        print(String(format: "%-12@  %8d  %8d  %10.2f  %9.3f  %9.3f  %10.2f  %10.2f  %12.0f  %12.0f", name as NSString,
+                     flatBatch.count, trieBatch.count, fr, tf, tt, tf / tt, tf / tt / fr, Double(mf) / 1048576, Double(mt) / 1048576))
+    }
+}
+
 let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
     case "model": try modelBenchmark()
     case "allreduce": try allreduceBenchmark()
+    case "trie": try trieBenchmark()
     case "init-model":
         // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
         let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, allreduce, init-model DIR)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, allreduce, init-model DIR)\n".utf8))
         exit(2)
     }
 } catch {
