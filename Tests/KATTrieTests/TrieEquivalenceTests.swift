@@ -67,6 +67,19 @@ struct TrajectoryFactory {
     }
 }
 
+/// Asserts every parameter tensor's gradient matches the expected one within `tol` of that
+/// tensor's largest expected entry. Two orders of the same fp32 sums differ by ~1e-6 of
+/// that scale; a missing or double-counted term differs by O(1) of it.
+func assertGradientsClose(_ got: [Float], _ expected: [Float], _ layout: ParameterLayout, tol: Float = 1e-4,
+                          _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    for t in layout.tensors {
+        let range = t.offset..<(t.offset + t.count)
+        let scale = range.reduce(Float(0)) { max($0, abs(expected[$1])) }
+        let worst = range.reduce(Float(0)) { max($0, abs(got[$1] - expected[$1])) }
+        XCTAssertLessThanOrEqual(worst, tol * max(scale, 1e-6), "\(what): \(t.name) worst \(worst) scale \(scale)", file: file, line: line)
+    }
+}
+
 /// A tiny model with weights large enough that log-probs vary and some ratios clip.
 func trieTestModel(seed: UInt64) throws -> GPT2 {
     let m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
@@ -131,15 +144,8 @@ final class TrieEquivalenceTests: XCTestCase {
                     XCTAssertEqual(tc, fc, "\(what): clipped token counts")
                     // Sums of O(100) float32 terms of size O(1): 1e-5 relative is ~10x round-off.
                     XCTAssertEqual(tl, fl, accuracy: 1e-5 * max(1, abs(fl)), what)
-                    for t in m.layout.tensors {
-                        let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(fg[$1])) }
-                        let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(tg[$1] - fg[$1])) }
-                        // Same maths in another summation order (shared rows add the
-                        // branches' gradients once instead of per copy): fp32 round-off
-                        // is ~1e-6 of the tensor's scale; 1e-4 leaves margin and still
-                        // fails on any missing or double-counted term.
-                        XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "\(what): \(t.name) worst \(worst) scale \(scale)")
-                    }
+                    // Shared rows add the branches' gradients once instead of per copy.
+                    assertGradientsClose(tg, fg, m.layout, what)
                 }
             }
         }
@@ -208,12 +214,7 @@ final class ShardTests: XCTestCase {
                     if name == "one prompt" && k > 1 {
                         XCTAssertGreaterThan(shards.reduce(0) { $0 + $1.count }, trie.count, "the single subtree was cut")
                     }
-                    for t in m.layout.tensors {
-                        let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(wholeGrad[$1])) }
-                        let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(m.grads[$1] - wholeGrad[$1])) }
-                        // Same justification as the trie = flat test: fp32 reordering only.
-                        XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "\(name) k=\(k) \(t.name)")
-                    }
+                    assertGradientsClose(m.grads.array, wholeGrad, m.layout, "\(name) k=\(k)")
                 }
             }
         }
@@ -253,11 +254,7 @@ final class MicroBatchTests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(loss, whole.loss, accuracy: 1e-6 * max(1, abs(whole.loss)), "k=\(k) max=\(maxTokens)")
-                for t in m.layout.tensors {
-                    let scale = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(wholeGrad[$1])) }
-                    let worst = (t.offset..<(t.offset + t.count)).reduce(Float(0)) { max($0, abs(m.grads[$1] - wholeGrad[$1])) }
-                    XCTAssertLessThanOrEqual(worst, 1e-4 * max(scale, 1e-6), "k=\(k) max=\(maxTokens) \(t.name)")
-                }
+                assertGradientsClose(m.grads.array, wholeGrad, m.layout, "k=\(k) max=\(maxTokens)")
             }
         }
     }
