@@ -34,6 +34,14 @@ func fail(_ message: String, code: Int32) -> Never {
     exit(code)
 }
 
+/// Refuses to compute with a BLAS kernel that gets a small sgemm wrong.
+func checkBLAS() throws {
+    let err = BLASRuntime.selfCheck()
+    if err > BLASRuntime.selfCheckTolerance {
+        throw CommandFailure(description: "\(BLASRuntime.summary): a test sgemm is off by \(err) (relative) against a plain loop; set OPENBLAS_CORETYPE to another kernel (for example Haswell) or KAT_BLAS_AUTO=0")
+    }
+}
+
 let args = Array(CommandLine.arguments.dropFirst())
 guard let command = args.first else {
     print(mainUsage)
@@ -47,7 +55,12 @@ do {
     case "--version", "version":
         print("kat-dist \(version)")
         print(BLASRuntime.summary)
+        let err = BLASRuntime.selfCheck()
+        print(err <= BLASRuntime.selfCheckTolerance
+              ? "sgemm check passed (largest relative error \(err) against a plain loop)"
+              : "sgemm check FAILED (largest relative error \(err)): this OpenBLAS kernel computes wrong results")
     case "logprobs":
+        try checkBLAS()
         try LogprobsCommand.run(rest)
     default:
         throw UsageError(description: "kat-dist: unknown command '\(command)' (see kat-dist --help)")

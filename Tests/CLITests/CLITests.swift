@@ -59,6 +59,7 @@ final class CLITests: XCTestCase {
         let v = try runKatDist(["--version"])
         XCTAssertEqual(v.code, 0)
         XCTAssertTrue(v.stdout.contains("OpenBLAS kernel"), v.stdout)
+        XCTAssertTrue(v.stdout.contains("sgemm check passed"), v.stdout)
         let lh = try runKatDist(["logprobs", "--help"])
         XCTAssertEqual(lh.code, 0)
         XCTAssertTrue(lh.stdout.contains("--temperature"))
