@@ -29,7 +29,7 @@ let package = Package(
         // The only module that calls MPI.
         .target(name: "KATDist", dependencies: ["KATRL", "CMPI"]),
         // The command line.
-        .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATDist"]),
+        .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist"]),
 
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
         .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),

@@ -13,10 +13,12 @@ let mainUsage = """
 kat-dist \(version): reinforcement learning for GPT-2 language models on trie-packed trajectories
 
 Usage:
+  kat-dist train    [--config FILE] [--set key=value ...] [--run-dir DIR]
   kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
   kat-dist --help | --version
 
 Commands:
+  train      train a policy (offline on a trajectories file, for now)
   logprobs   score every token of each trajectory with a model directory
 
 Each command has --help. See README.md and Docs/ for training, formats and tuning.
@@ -59,6 +61,9 @@ do {
         print(err <= BLASRuntime.selfCheckTolerance
               ? "sgemm check passed (largest relative error \(err) against a plain loop)"
               : "sgemm check FAILED (largest relative error \(err)): this OpenBLAS kernel computes wrong results")
+    case "train":
+        try checkBLAS()
+        try TrainCommand.run(rest)
     case "logprobs":
         try checkBLAS()
         try LogprobsCommand.run(rest)

@@ -1,0 +1,104 @@
+import Foundation
+import KATTrie
+
+/// Advantage estimation and entropy-aware scaling (SPEC section 5).
+public struct AdvantageConfig: Sendable, Equatable {
+    public enum Estimator: String, Sendable, CaseIterable { case grpo, rloo, given }
+    public enum Scope: String, Sendable { case group, batch }
+    public var estimator: Estimator = .grpo
+    public var normalizeStd = true
+    public var entropyScaling = true
+    public var alpha = 1.0
+    public var scaleMin = 0.5
+    public var scaleMax = 2.0
+    public var scope: Scope = .group
+    public init(estimator: Estimator = .grpo, normalizeStd: Bool = true, entropyScaling: Bool = true, alpha: Double = 1,
+                scaleMin: Double = 0.5, scaleMax: Double = 2, scope: Scope = .group) {
+        self.estimator = estimator; self.normalizeStd = normalizeStd; self.entropyScaling = entropyScaling
+        self.alpha = alpha; self.scaleMin = scaleMin; self.scaleMax = scaleMax; self.scope = scope
+    }
+}
+
+/// A trajectory that lacks what the estimator needs; names where it came from.
+public struct AdvantageError: Error, CustomStringConvertible {
+    public var source: String
+    public var field: String
+    public var reason: String
+    public var description: String { "\(source): field \(field): \(reason)" }
+}
+
+/// Group keys: the `group` field, or a group of its own when it is missing.
+public func groupKeys(_ trajectories: [Trajectory]) -> [String] {
+    trajectories.map { $0.group.map { "g:" + $0 } ?? "solo:" + $0.id }
+}
+
+/// Entropy-aware scale of each trajectory: clip((H_s / mean H)^alpha, min, max), the mean
+/// over the trajectory's group (or the whole batch); a mean of 0 gives scale 1.
+public func entropyScales(entropies: [Double], groups: [String], config: AdvantageConfig) -> [Double] {
+    var sum: [String: Double] = [:], count: [String: Int] = [:]
+    for (h, g) in zip(entropies, groups) {
+        let key = config.scope == .batch ? "" : g
+        sum[key, default: 0] += h
+        count[key, default: 0] += 1
+    }
+    return zip(entropies, groups).map { h, g in
+        let key = config.scope == .batch ? "" : g
+        let mean = sum[key]! / Double(count[key]!)
+        if mean <= 0 { return 1 }
+        let raw = Foundation.pow(h / mean, config.alpha)
+        return min(max(raw, config.scaleMin), config.scaleMax)
+    }
+}
+
+/// A_s for every trajectory: GRPO, RLOO or given, then entropy scaling when on (for
+/// advantages computed from rewards only). The sign of an advantage never changes.
+public func computeAdvantages(_ trajectories: [Trajectory], config: AdvantageConfig) throws(AdvantageError) -> [Double] {
+    let groups = groupKeys(trajectories)
+    var adv = [Double](repeating: 0, count: trajectories.count)
+    switch config.estimator {
+    case .given:
+        for (s, t) in trajectories.enumerated() {
+            guard let a = t.advantage else { throw AdvantageError(source: t.source, field: "advantage", reason: "missing (advantage.estimator is given)") }
+            adv[s] = a
+        }
+        return adv
+    case .grpo, .rloo:
+        var members: [String: [Int]] = [:]
+        for (s, t) in trajectories.enumerated() {
+            guard t.reward != nil else {
+                throw AdvantageError(source: t.source, field: "reward", reason: "missing (advantage.estimator is \(config.estimator.rawValue))")
+            }
+            members[groups[s], default: []].append(s)
+        }
+        for (_, idx) in members {
+            let rewards = idx.map { trajectories[$0].reward! }
+            let n = Double(rewards.count)
+            let mean = rewards.reduce(0, +) / n
+            if config.estimator == .rloo {
+                guard idx.count > 1 else {
+                    let t = trajectories[idx[0]]
+                    throw AdvantageError(source: t.source, field: "group", reason: "RLOO needs at least two trajectories per group; this one is alone")
+                }
+                let total = rewards.reduce(0, +)
+                for (k, s) in idx.enumerated() { adv[s] = rewards[k] - (total - rewards[k]) / (n - 1) }
+            } else {
+                let std = (rewards.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / n).squareRoot()
+                for (k, s) in idx.enumerated() {
+                    adv[s] = config.normalizeStd ? (rewards[k] - mean) / (std + 1e-6) : rewards[k] - mean
+                }
+            }
+        }
+    }
+    if config.entropyScaling {
+        var h: [Double] = []
+        for t in trajectories {
+            guard let e = t.entropy else {
+                throw AdvantageError(source: t.source, field: "entropy", reason: "missing (advantage.entropy_scaling is on)")
+            }
+            h.append(e)
+        }
+        let scales = entropyScales(entropies: h, groups: groups, config: config)
+        for s in adv.indices { adv[s] *= scales[s] }
+    }
+    return adv
+}

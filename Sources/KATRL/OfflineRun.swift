@@ -1,0 +1,111 @@
+import Foundation
+import KATModel
+import KATTrie
+
+/// Offline training in one process on a trajectories JSONL file (SPEC sections 4-8).
+public final class OfflineRun {
+    public let config: TrainConfig
+    public let run: RunDirectory
+    public let model: GPT2
+    public let step: TrainStep
+    var data: OfflineData
+    let log: (String) -> Void
+
+    /// Reads and validates everything before the first step: config, model, the whole
+    /// trajectory file, advantages. Nothing is trained on a half-read file.
+    public init(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
+        self.config = config
+        self.log = log
+        guard let path = config.string("data.trajectories") else {
+            throw RunError(path: "config", reason: "offline training needs data.trajectories")
+        }
+        let m: GPT2
+        if let dir = config.string("model.init") {
+            m = try ModelDirectory.load(dir)
+        } else {
+            m = try GPT2(config: config.modelConfig)
+            m.initialize(seed: UInt64(config.int("seed")))
+        }
+        model = m
+        let trajs = try TrajectoryReader.read(path: path, vocabSize: m.config.vocabSize, maxPositions: m.config.nPositions)
+        // Check the estimator's fields on the whole file up front.
+        _ = try computeAdvantages(trajs, config: config.advantageConfig)
+        data = OfflineData(trajectories: trajs, batchSize: config.int("batch.trajectories"), shuffle: config.bool("data.shuffle"),
+                           seed: UInt64(config.int("seed")))
+        let opt = Optimizer(config: config.optimizerConfig, layout: m.layout)
+        step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
+                         maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
+                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"))
+        run = try RunDirectory(newRunAt: runDirectory)
+        try run.writeConfig(config.json)
+    }
+
+    /// Runs every step, writes metrics, checkpoints, and the final checkpoint.
+    /// - Returns: the metrics lines written.
+    @discardableResult
+    public func train() throws -> [JSON] {
+        let total = config.int("steps")
+        let start = monotonicSeconds()
+        var version = 0
+        var lines: [JSON] = []
+        let every = config.int("checkpoint.every"), keep = config.int("checkpoint.keep"), flatEvery = config.int("check.flat_every")
+        for s in 0..<total {
+            let t0 = monotonicSeconds()
+            let groups = data.nextBatch()
+            let idx = groups.flatMap { $0 }
+            let trajs = idx.map { data.trajectories[$0] }
+            var next = 0
+            let local = groups.map { g in g.map { _ in defer { next += 1 }; return next } }
+            let adv = try computeAdvantages(trajs, config: config.advantageConfig)
+            let tWait = monotonicSeconds() - t0
+            var drift: Double?
+            if flatEvery > 0, s % flatEvery == 0 {
+                let g = local[0]
+                drift = try step.drift(trajectories: g.map { trajs[$0] }, advantages: g.map { adv[$0] })
+            }
+            let stats = try step.run(trajectories: trajs, groups: local, advantages: adv, step: s, totalSteps: total)
+            version += stats.updates
+            let elapsed = monotonicSeconds() - t0
+            let rewards = trajs.compactMap(\.reward), ents = trajs.compactMap(\.entropy)
+            var m: [(String, JSON)] = [
+                ("step", JSON(s + 1)), ("time", JSON(monotonicSeconds() - start)), ("policy_version", JSON(version)),
+                ("reward_mean", rewards.isEmpty ? .null : JSON(rewards.reduce(0, +) / Double(rewards.count))),
+                ("advantage_abs_mean", JSON(adv.reduce(0) { $0 + abs($1) } / Double(max(1, adv.count)))),
+                ("entropy_mean", ents.isEmpty ? .null : JSON(ents.reduce(0, +) / Double(ents.count))),
+                ("loss", JSON(stats.loss)), ("grad_norm", JSON(stats.gradNorm)), ("lr", JSON(stats.lr)),
+                ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)),
+                ("logprob_mean", JSON(stats.logprobMean)),
+                ("tokens_flat", JSON(stats.tokensFlat)), ("tokens_trie", JSON(stats.tokensTrie)),
+                ("tokens_computed", JSON(stats.tokensComputed)),
+                ("trie_ratio", JSON(Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)))),
+                ("tokens_per_s", JSON(Double(stats.tokensFlat) / elapsed)),
+                ("trajectories", JSON(trajs.count)),
+                ("staleness_mean", 0.0), ("staleness_max", 0), ("staleness_hist", [JSON(trajs.count)]), ("dropped_stale", 0),
+                ("skipped", JSON(stats.skipped)),
+                ("t_wait_data", JSON(tWait)), ("t_forward_backward", JSON(stats.tForwardBackward)),
+                ("t_allreduce", JSON(stats.tAllreduce)), ("t_optimizer", JSON(stats.tOptimizer)), ("t_weight_sync", 0.0),
+                ("epoch", JSON(data.epoch)),
+            ]
+            if let drift { m.append(("trie_flat_drift", JSON(drift))) }
+            let line = JSON.object(m)
+            run.appendMetrics(line)
+            lines.append(line)
+            log(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
+                       s + 1, total, stats.loss, stats.logprobMean, stats.gradNorm, stats.lr,
+                       Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)), Double(stats.tokensFlat) / elapsed,
+                       (stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+            if step.skippedInARow >= 5 {
+                throw RunError(path: run.path, reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping (lower optimizer.lr?)")
+            }
+            let isLast = s + 1 == total
+            if isLast || (every > 0 && (s + 1) % every == 0) {
+                let state: JSON = ["step": JSON(s + 1), "policy_version": JSON(version),
+                                   "data": ["epoch": JSON(data.epoch), "position": JSON(data.position)],
+                                   "buffered": [], "seed": JSON(config.int("seed"))]
+                try run.writeCheckpoint(step: s + 1, model: model, optimizer: step.optimizer, state: state, keep: keep)
+                log("checkpoint \(run.checkpointsPath)/\(RunDirectory.checkpointName(step: s + 1))")
+            }
+        }
+        return lines
+    }
+}

@@ -1,0 +1,277 @@
+import Foundation
+import KATModel
+
+/// A fault in the configuration: names the source (file or --set) and the key.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var source: String
+    public var key: String
+    public var reason: String
+    public var description: String { key.isEmpty ? "\(source): \(reason)" : "\(source): key \(key): \(reason)" }
+}
+
+/// The type and range of one configuration key.
+public enum ConfigKind: Sendable {
+    case int(ClosedRange<Int>)
+    case double(ClosedRange<Double>)
+    case bool
+    case choice([String])
+    /// A string (path, command) or null.
+    case optionalString
+    /// An integer or null.
+    case optionalInt(ClosedRange<Int>)
+    case doublePair(ClosedRange<Double>)
+    case intList(ClosedRange<Int>)
+}
+
+/// One key of SPEC section 9, with its default and what it means.
+public struct ConfigKey: Sendable {
+    public var name: String
+    public var kind: ConfigKind
+    public var defaultValue: JSON
+    public var help: String
+}
+
+/// The resolved configuration of a run: every key of SPEC section 9 with its value.
+///
+/// Read from one JSON file of nested objects, then `--set key=value` overrides by dotted
+/// key. Unknown keys and out-of-range values are errors that name the key.
+public struct TrainConfig: Sendable {
+    public private(set) var values: [String: JSON]
+
+    public static let keys: [ConfigKey] = [
+        ConfigKey(name: "model.init", kind: .optionalString, defaultValue: .null, help: "model directory to start from (null: random init)"),
+        ConfigKey(name: "model.vocab_size", kind: .int(1...10_000_000), defaultValue: 260, help: "vocabulary size"),
+        ConfigKey(name: "model.n_positions", kind: .int(1...1_000_000), defaultValue: 512, help: "context length"),
+        ConfigKey(name: "model.n_embd", kind: .int(1...65_536), defaultValue: 128, help: "embedding width C"),
+        ConfigKey(name: "model.n_layer", kind: .int(1...1000), defaultValue: 4, help: "layers L"),
+        ConfigKey(name: "model.n_head", kind: .int(1...4096), defaultValue: 4, help: "attention heads"),
+        ConfigKey(name: "optimizer.name", kind: .choice(["adamw", "sgd"]), defaultValue: "adamw", help: "optimizer"),
+        ConfigKey(name: "optimizer.lr", kind: .double(0...10), defaultValue: 3e-4, help: "peak learning rate"),
+        ConfigKey(name: "optimizer.betas", kind: .doublePair(0...0.999_999_9), defaultValue: [0.9, 0.999], help: "Adam betas"),
+        ConfigKey(name: "optimizer.eps", kind: .double(1e-30...1), defaultValue: 1e-8, help: "Adam epsilon"),
+        ConfigKey(name: "optimizer.weight_decay", kind: .double(0...10), defaultValue: 0.0, help: "decoupled weight decay (matrices and embeddings)"),
+        ConfigKey(name: "optimizer.grad_clip", kind: .double(0...1e9), defaultValue: 1.0, help: "global-norm clip, 0 = off"),
+        ConfigKey(name: "optimizer.schedule", kind: .choice(["constant", "cosine"]), defaultValue: "cosine", help: "learning-rate schedule"),
+        ConfigKey(name: "optimizer.warmup_steps", kind: .int(0...10_000_000), defaultValue: 0, help: "linear warm-up steps"),
+        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: .null, help: "built-in environment"),
+        ConfigKey(name: "data.env_command", kind: .optionalString, defaultValue: .null, help: "external environment command"),
+        ConfigKey(name: "data.trajectories", kind: .optionalString, defaultValue: .null, help: "JSONL file to train on offline"),
+        ConfigKey(name: "data.packing", kind: .choice(["trie", "flat"]), defaultValue: "trie", help: "trie packing or flat sequences"),
+        ConfigKey(name: "data.shuffle", kind: .bool, defaultValue: true, help: "shuffle groups each epoch after the first (offline)"),
+        ConfigKey(name: "batch.prompts", kind: .int(1...1_000_000), defaultValue: 8, help: "prompts (groups) per step, online"),
+        ConfigKey(name: "batch.trajectories", kind: .int(1...100_000_000), defaultValue: 64, help: "trajectories per step, offline"),
+        ConfigKey(name: "batch.minibatches", kind: .int(1...100_000), defaultValue: 1, help: "minibatches of whole groups per step"),
+        ConfigKey(name: "batch.max_tokens", kind: .int(1...100_000_000), defaultValue: 16384, help: "trie tokens per micro-batch"),
+        ConfigKey(name: "steps", kind: .int(1...100_000_000), defaultValue: 100, help: "optimizer steps"),
+        ConfigKey(name: "seed", kind: .int(0...Int(Int32.max)), defaultValue: 1, help: "random seed"),
+        ConfigKey(name: "deterministic", kind: .bool, defaultValue: false, help: "bitwise repeatable runs"),
+        ConfigKey(name: "rollout.group_size", kind: .int(1...100_000), defaultValue: 8, help: "samples per prompt"),
+        ConfigKey(name: "rollout.temperature", kind: .double(1e-6...1e6), defaultValue: 1.0, help: "sampling temperature tau"),
+        ConfigKey(name: "rollout.top_p", kind: .double(1e-6...1), defaultValue: 1.0, help: "nucleus sampling"),
+        ConfigKey(name: "rollout.max_new_tokens", kind: .int(1...1_000_000), defaultValue: 64, help: "tokens per answer"),
+        ConfigKey(name: "rollout.turns", kind: .int(1...10_000), defaultValue: 1, help: "turns per episode"),
+        ConfigKey(name: "rollout.branch_factor", kind: .int(1...1000), defaultValue: 1, help: "children per branch point"),
+        ConfigKey(name: "rollout.branch_points", kind: .intList(1...1_000_000), defaultValue: [], help: "answer depths at which samples branch"),
+        ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 0, help: "evaluate every N steps, 0 = never"),
+        ConfigKey(name: "eval.prompts", kind: .int(1...1_000_000), defaultValue: 200, help: "held-out prompts per evaluation"),
+        ConfigKey(name: "loss.mode", kind: .choice(LossMode.allCases.map(\.rawValue)), defaultValue: "token-mean", help: "normalisation"),
+        ConfigKey(name: "loss.eps_low", kind: .double(0...1), defaultValue: 0.2, help: "PPO clip below 1"),
+        ConfigKey(name: "loss.eps_high", kind: .double(0...100), defaultValue: 0.2, help: "PPO clip above 1"),
+        ConfigKey(name: "loss.ppo_epochs", kind: .int(1...1000), defaultValue: 1, help: "passes over each batch"),
+        ConfigKey(name: "loss.kl_coef", kind: .double(0...1e6), defaultValue: 0.0, help: "KL penalty to the initial model"),
+        ConfigKey(name: "advantage.estimator", kind: .choice(["grpo", "rloo", "given"]), defaultValue: "grpo", help: "advantage estimator"),
+        ConfigKey(name: "advantage.normalize_std", kind: .bool, defaultValue: true, help: "GRPO divides by the group's std"),
+        ConfigKey(name: "advantage.entropy_scaling", kind: .bool, defaultValue: true, help: "entropy-aware advantage scaling"),
+        ConfigKey(name: "advantage.entropy_alpha", kind: .double(0...100), defaultValue: 1.0, help: "exponent of H / mean H"),
+        ConfigKey(name: "advantage.entropy_min", kind: .double(0...1e6), defaultValue: 0.5, help: "lower clip of the scale"),
+        ConfigKey(name: "advantage.entropy_max", kind: .double(0...1e6), defaultValue: 2.0, help: "upper clip of the scale"),
+        ConfigKey(name: "advantage.entropy_scope", kind: .choice(["group", "batch"]), defaultValue: "group", help: "mean over the group or the batch"),
+        ConfigKey(name: "ranks.trainers", kind: .int(1...1_000_000), defaultValue: 1, help: "trainer ranks T"),
+        ConfigKey(name: "ranks.rollouts", kind: .optionalInt(0...1_000_000), defaultValue: .null, help: "rollout ranks R (null: world size - T)"),
+        ConfigKey(name: "max_staleness", kind: .int(0...1_000_000), defaultValue: 4, help: "largest policy lag trained"),
+        ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
+        ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out"),
+        ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
+        ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),
+        ConfigKey(name: "check.flat_every", kind: .int(0...100_000_000), defaultValue: 0, help: "trie-vs-flat drift check every N steps"),
+    ]
+
+    static let byName: [String: ConfigKey] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })
+
+    /// The built-in defaults.
+    public init() {
+        values = Dictionary(uniqueKeysWithValues: TrainConfig.keys.map { ($0.name, $0.defaultValue) })
+    }
+
+    /// Reads a config file (nested objects, dotted keys allowed too) over the defaults.
+    public static func load(path: String) throws(ConfigError) -> TrainConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(source: path, key: "", reason: FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file")
+        }
+        return try parse(text: String(decoding: data, as: UTF8.self), source: path)
+    }
+
+    public static func parse(text: String, source: String) throws(ConfigError) -> TrainConfig {
+        let json: JSON
+        do { json = try JSON.parse(text) } catch { throw ConfigError(source: source, key: "", reason: "not valid JSON (\(error))") }
+        guard json.objectMembers != nil else { throw ConfigError(source: source, key: "", reason: "the config must be a JSON object") }
+        var cfg = TrainConfig()
+        func walk(_ v: JSON, prefix: String) throws(ConfigError) {
+            guard let members = v.objectMembers else { return }
+            for (k, child) in members {
+                let name = prefix.isEmpty ? k : prefix + "." + k
+                if byName[name] != nil {
+                    try cfg.set(name, child, source: source)
+                } else if child.objectMembers != nil, keys.contains(where: { $0.name.hasPrefix(name + ".") }) {
+                    try walk(child, prefix: name)
+                } else {
+                    throw ConfigError(source: source, key: name, reason: "unknown key" + suggestion(name))
+                }
+            }
+        }
+        try walk(json, prefix: "")
+        return cfg
+    }
+
+    static func suggestion(_ name: String) -> String {
+        let last = name.split(separator: ".").last.map(String.init) ?? name
+        if let k = keys.first(where: { $0.name.hasSuffix("." + last) || $0.name == last }) { return " (did you mean \(k.name)?)" }
+        return ""
+    }
+
+    /// Applies `key=value`; the value is read as JSON when it parses, else as a string.
+    public mutating func apply(override: String) throws(ConfigError) {
+        guard let eq = override.firstIndex(of: "=") else {
+            throw ConfigError(source: "--set \(override)", key: "", reason: "expected key=value")
+        }
+        let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
+        guard TrainConfig.byName[key] != nil else {
+            throw ConfigError(source: "--set", key: key, reason: "unknown key" + TrainConfig.suggestion(key))
+        }
+        let value = (try? JSON.parse(text)) ?? .string(text)
+        try set(key, value, source: "--set")
+    }
+
+    /// Sets one key after checking its type and range.
+    public mutating func set(_ key: String, _ value: JSON, source: String) throws(ConfigError) {
+        guard let spec = TrainConfig.byName[key] else { throw ConfigError(source: source, key: key, reason: "unknown key") }
+        func bad(_ why: String) -> ConfigError { ConfigError(source: source, key: key, reason: why) }
+        switch spec.kind {
+        case let .int(r):
+            guard let i = value.intValue else { throw bad("must be an integer, got \(value.serialized)") }
+            guard r.contains(i) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(i)") }
+            values[key] = JSON(i)
+        case let .optionalInt(r):
+            if value.isNull { values[key] = .null; return }
+            guard let i = value.intValue else { throw bad("must be an integer or null, got \(value.serialized)") }
+            guard r.contains(i) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(i)") }
+            values[key] = JSON(i)
+        case let .double(r):
+            guard let d = value.doubleValue, d.isFinite else { throw bad("must be a number, got \(value.serialized)") }
+            guard r.contains(d) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(d)") }
+            values[key] = .double(d)
+        case .bool:
+            guard let b = value.boolValue else { throw bad("must be true or false, got \(value.serialized)") }
+            values[key] = .bool(b)
+        case let .choice(options):
+            guard let s = value.stringValue, options.contains(s) else {
+                throw bad("must be one of \(options.joined(separator: ", ")), got \(value.serialized)")
+            }
+            values[key] = .string(s)
+        case .optionalString:
+            if value.isNull { values[key] = .null; return }
+            guard let s = value.stringValue, !s.isEmpty else { throw bad("must be a non-empty string or null, got \(value.serialized)") }
+            values[key] = .string(s)
+        case let .doublePair(r):
+            guard let a = value.arrayValue, a.count == 2, let x = a[0].doubleValue, let y = a[1].doubleValue,
+                  r.contains(x), r.contains(y) else {
+                throw bad("must be two numbers in \(r.lowerBound)...\(r.upperBound), got \(value.serialized)")
+            }
+            values[key] = .array([.double(x), .double(y)])
+        case let .intList(r):
+            guard let a = value.arrayValue else { throw bad("must be an array of integers, got \(value.serialized)") }
+            var out: [JSON] = []
+            for v in a {
+                guard let i = v.intValue, r.contains(i) else { throw bad("entries must be integers in \(r.lowerBound)...\(r.upperBound), got \(v.serialized)") }
+                out.append(JSON(i))
+            }
+            values[key] = .array(out)
+        }
+    }
+
+    // MARK: - Typed access
+
+    public func int(_ key: String) -> Int { values[key]?.intValue ?? 0 }
+    public func optionalInt(_ key: String) -> Int? { values[key]?.intValue }
+    public func double(_ key: String) -> Double { values[key]?.doubleValue ?? 0 }
+    public func bool(_ key: String) -> Bool { values[key]?.boolValue ?? false }
+    public func string(_ key: String) -> String? { values[key]?.stringValue }
+    public func intList(_ key: String) -> [Int] { values[key]?.arrayValue?.compactMap(\.intValue) ?? [] }
+
+    /// Checks relations between keys; the message names them.
+    public func validate(source: String) throws(ConfigError) {
+        if int("model.n_embd") % int("model.n_head") != 0 {
+            throw ConfigError(source: source, key: "model.n_head", reason: "must divide model.n_embd (\(int("model.n_embd")))")
+        }
+        let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil }
+        if sources.count > 1 {
+            throw ConfigError(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
+        }
+        if double("advantage.entropy_min") > double("advantage.entropy_max") {
+            throw ConfigError(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")
+        }
+    }
+
+    // MARK: - Derived settings
+
+    public var modelConfig: GPT2Config {
+        GPT2Config(vocabSize: int("model.vocab_size"), nPositions: int("model.n_positions"), nEmbd: int("model.n_embd"),
+                   nLayer: int("model.n_layer"), nHead: int("model.n_head"))
+    }
+
+    public var optimizerConfig: OptimizerConfig {
+        var o = OptimizerConfig()
+        o.kind = OptimizerConfig.Kind(rawValue: string("optimizer.name") ?? "adamw") ?? .adamw
+        o.lr = Float(double("optimizer.lr"))
+        let betas = values["optimizer.betas"]?.arrayValue?.compactMap(\.doubleValue) ?? [0.9, 0.999]
+        o.beta1 = Float(betas[0]); o.beta2 = Float(betas[1])
+        o.eps = Float(double("optimizer.eps"))
+        o.weightDecay = Float(double("optimizer.weight_decay"))
+        o.gradClip = Float(double("optimizer.grad_clip"))
+        o.schedule = OptimizerConfig.Schedule(rawValue: string("optimizer.schedule") ?? "cosine") ?? .cosine
+        o.warmupSteps = int("optimizer.warmup_steps")
+        return o
+    }
+
+    public var lossConfig: PolicyLossConfig {
+        PolicyLossConfig(mode: LossMode(rawValue: string("loss.mode") ?? "token-mean") ?? .tokenMean,
+                         epsLow: double("loss.eps_low"), epsHigh: double("loss.eps_high"))
+    }
+
+    public var advantageConfig: AdvantageConfig {
+        AdvantageConfig(estimator: AdvantageConfig.Estimator(rawValue: string("advantage.estimator") ?? "grpo") ?? .grpo,
+                        normalizeStd: bool("advantage.normalize_std"), entropyScaling: bool("advantage.entropy_scaling"),
+                        alpha: double("advantage.entropy_alpha"), scaleMin: double("advantage.entropy_min"),
+                        scaleMax: double("advantage.entropy_max"),
+                        scope: string("advantage.entropy_scope") == "batch" ? .batch : .group)
+    }
+
+    /// The resolved config as nested JSON, keys in table order.
+    public var json: JSON {
+        var root: [(String, JSON)] = []
+        func insert(_ path: ArraySlice<Substring>, _ v: JSON, into members: inout [(String, JSON)]) {
+            let head = String(path.first!)
+            if path.count == 1 { members.append((head, v)); return }
+            if let i = members.firstIndex(where: { $0.0 == head }), case var .object(sub) = members[i].1 {
+                insert(path.dropFirst(), v, into: &sub)
+                members[i].1 = .object(sub)
+            } else {
+                var sub: [(String, JSON)] = []
+                insert(path.dropFirst(), v, into: &sub)
+                members.append((head, .object(sub)))
+            }
+        }
+        for k in TrainConfig.keys { insert(k.name.split(separator: ".")[...], values[k.name] ?? .null, into: &root) }
+        return .object(root)
+    }
+}

@@ -1,0 +1,75 @@
+import Foundation
+import KATModel
+import KATRL
+import KATTrie
+
+/// `kat-dist train`: offline training on a trajectories file (in one process for now).
+enum TrainCommand {
+    static let usage = """
+    Usage: kat-dist train [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]
+
+    Trains a GPT-2 policy. With data.trajectories set, trains offline on that JSONL file
+    (SPEC section 4): whole groups per step, packed into a trie (data.packing=trie) or flat.
+    Writes RUN/config.json, RUN/metrics.jsonl (one line per step) and checkpoints under
+    RUN/checkpoints (every checkpoint.every steps and at the end).
+
+    Options:
+      --config FILE      JSON config of nested objects (see kat-dist train --keys)
+      --set key=value    override one dotted key; repeatable (value read as JSON, else text)
+      --run-dir DIR      run directory (default runs/<UTC timestamp>); never overwritten
+      --resume auto|PATH continue from a checkpoint (not available yet)
+      --keys             list every config key with its default and exit
+    """
+
+    static func run(_ args: [String]) throws {
+        let specs = [OptionSpec(name: "config", takesValue: true), OptionSpec(name: "set", takesValue: true, repeatable: true),
+                     OptionSpec(name: "run-dir", takesValue: true), OptionSpec(name: "resume", takesValue: true),
+                     OptionSpec(name: "keys", takesValue: false)]
+        let a = try ParsedArguments.parse(args, specs: specs, command: "train")
+        if a.has("help") { print(usage); return }
+        if a.has("keys") {
+            for k in TrainConfig.keys { print("\(k.name) = \(k.defaultValue.serialized)    \(k.help)") }
+            return
+        }
+        var config = TrainConfig()
+        do {
+            if let path = a.value("config") {
+                guard FileManager.default.fileExists(atPath: path) else {
+                    throw UsageError(description: "kat-dist train: --config \(path): no such file")
+                }
+                config = try TrainConfig.load(path: path)
+            }
+            for o in a.all("set") { try config.apply(override: o) }
+            try config.validate(source: a.value("config") ?? "config")
+        } catch let e as ConfigError {
+            throw UsageError(description: "kat-dist train: \(e)")
+        }
+        if a.value("resume") != nil {
+            throw UsageError(description: "kat-dist train: --resume is not available in this version yet")
+        }
+        if let n = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], n != "1" {
+            throw UsageError(description: "kat-dist train: training with \(n) MPI ranks is not available in this version yet; run one process")
+        }
+        guard config.string("data.trajectories") != nil else {
+            throw UsageError(description: "kat-dist train: no data source: set data.trajectories=FILE.jsonl to train offline (built-in tasks and external environments are not available in this version yet)")
+        }
+        if let path = config.string("data.trajectories"), !FileManager.default.fileExists(atPath: path) {
+            throw UsageError(description: "kat-dist train: data.trajectories \(path): no such file")
+        }
+        if let dir = config.string("model.init"), !FileManager.default.fileExists(atPath: dir) {
+            throw UsageError(description: "kat-dist train: model.init \(dir): no such directory")
+        }
+        let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
+        print("kat-dist train: run directory \(runDir)")
+        print(BLASRuntime.summary)
+        fflush(nil)
+        let trainer: OfflineRun
+        do {
+            trainer = try OfflineRun(config: config, runDirectory: runDir) { line in print(line); fflush(nil) }
+        } catch let e as TrajectoryError { throw CommandFailure(description: "\(e)") }
+        catch let e as AdvantageError { throw CommandFailure(description: "\(e)") }
+        catch let e as RunError { throw CommandFailure(description: "\(e)") }
+        catch let e as ModelError { throw CommandFailure(description: "\(e)") }
+        do { try trainer.train() } catch { throw CommandFailure(description: "\(error)") }
+    }
+}
