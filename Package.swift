@@ -33,6 +33,7 @@ let package = Package(
 
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
         .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),
+        .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel"]),
         .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
         .testTarget(name: "KATDistTests", dependencies: ["kat-bench"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATDist"], path: "Benchmarks/kat-bench"),

@@ -53,9 +53,12 @@ public struct OfflineData: Sendable {
         var batch: [[Int]] = []
         var count = 0
         while true {
-            if position >= order.count { epoch += 1; position = 0; order = orderOf(epoch: epoch) }
-            let g = groups[order[position]]
+            // Peek at the next group (possibly the first of the next epoch) before taking it.
+            let wraps = position >= order.count
+            let nextOrder = wraps ? orderOf(epoch: epoch + 1) : order
+            let g = groups[nextOrder[wraps ? 0 : position]]
             if !batch.isEmpty && count + g.count > batchSize { break }
+            if wraps { epoch += 1; position = 0; order = nextOrder }
             batch.append(g)
             count += g.count
             position += 1
