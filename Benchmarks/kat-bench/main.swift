@@ -9,7 +9,7 @@ import KATTrie
 //   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
 //       checks an in-place float allreduce exactly and measures its bus bandwidth
 //       against point-to-point bandwidth between ranks 0 and 1 in the same run.
-//   kat-bench trie [--scale 1] [--repeat 2]
+//   kat-bench trie [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
 //   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
@@ -161,7 +161,28 @@ func workloads(scale: Int) -> [(String, [[Int32]])] {
     return [("W1 groups", w1), ("W2 agentic", w2), ("W3 tree", w3)]
 }
 
+/// W1 at 1x, 2x and 4x the group count: trie rows, activation bytes and peak memory of a
+/// trie-packed forward+backward, each in the same process, one after another.
+func trieMemoryBenchmark() throws {
+    BLASRuntime.setThreads(1)
+    let cfg = GPT2Config(vocabSize: 260, nPositions: 1024, nEmbd: 256, nLayer: 4, nHead: 4)
+    print("# W1 (8 prompts x 8 samples per 1x), trie packing, forward+backward")
+    print("scale  trie tokens  activations MiB  MiB per 1k trie tokens")
+    for scale in [1, 2, 4] {
+        let seqs = workloads(scale: scale)[0].1
+        let trie = Trie(sequences: seqs)
+        let b = try PackedBatch(tokens: trie.tokens.map(Int.init), parents: trie.parents.map(Int.init), vocabSize: 260, maxPositions: 1024)
+        let m = try GPT2(config: cfg)
+        m.initialize(seed: 1)
+        m.forward(b); m.backward(dlogprobs: [Float](repeating: 1e-3, count: b.count))
+        let mib = Double(m.workspaceBytes) / 1048576
+        print(String(format: "%4dx  %11d  %15.0f  %22.1f", scale, b.count, mib, mib / Double(b.count) * 1000))
+    }
+    print(String(format: "peak RSS (MiB)  %.0f", Double(peakRSSBytes()) / 1048576))
+}
+
 func trieBenchmark() throws {
+    if CommandLine.arguments.contains("--memory") { try trieMemoryBenchmark(); return }
     BLASRuntime.setThreads(1)
     let scale = option("scale", 1), reps = option("repeat", 2)
     let cfg = GPT2Config(vocabSize: 260, nPositions: 1024, nEmbd: 256, nLayer: 4, nHead: 4)

@@ -96,13 +96,13 @@ final class TrieEquivalenceTests: XCTestCase {
     func model(seed: UInt64) throws -> GPT2 { try trieTestModel(seed: seed) }
 
     /// Trains each trajectory as its own flat sequence, written out plainly: the reference.
-    func flatLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig) throws -> (Double, [Float], Int) {
+    func flatLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int) {
         let norm = LossNormaliser(trajs)
         m.zeroGrad()
         var loss = 0.0, clipped = 0
         for (s, t) in trajs.enumerated() {
             let batch = try PackedBatch(sequences: [t.tokens.map(Int.init)], vocabSize: 13, maxPositions: 64)
-            let lp = m.forward(batch).logprobs
+            let lp = m.forward(batch, temperature: tau).logprobs
             var d = [Float](repeating: 0, count: t.tokens.count)
             let w = norm.weight(mode: cfg.mode, sequenceTokens: t.lossTokens)
             for k in 0..<t.tokens.count where t.lossMask[k] == 1 {
@@ -117,10 +117,10 @@ final class TrieEquivalenceTests: XCTestCase {
         return (loss, m.grads.array, clipped)
     }
 
-    func trieLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig) throws -> (Double, [Float], Int, Trie) {
+    func trieLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int, Trie) {
         let trie = Trie(trajs)
         m.zeroGrad()
-        let lp = m.forward(try trie.packedBatch(config: m.config)).logprobs
+        let lp = m.forward(try trie.packedBatch(config: m.config), temperature: tau).logprobs
         let r = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: lp, config: cfg, normaliser: LossNormaliser(trajs))
         m.backward(dlogprobs: r.dlogprobs)
         return (r.loss, m.grads.array, r.clippedTokens, trie)
@@ -136,16 +136,18 @@ final class TrieEquivalenceTests: XCTestCase {
                 let m = try model(seed: seed)
                 let adv = trajs.map { $0.advantage ?? 0 }
                 for mode in LossMode.allCases {
+                  for tau: Float in name == "all" ? [1, 0.7] : [1] {
                     let cfg = PolicyLossConfig(mode: mode, epsLow: 0.2, epsHigh: 0.28)
-                    let (fl, fg, fc) = try flatLossAndGradient(m, trajs, adv, cfg)
-                    let (tl, tg, tc, trie) = try trieLossAndGradient(m, trajs, adv, cfg)
-                    let what = "\(name) seed \(seed) \(mode.rawValue)"
+                    let (fl, fg, fc) = try flatLossAndGradient(m, trajs, adv, cfg, tau: tau)
+                    let (tl, tg, tc, trie) = try trieLossAndGradient(m, trajs, adv, cfg, tau: tau)
+                    let what = "\(name) seed \(seed) \(mode.rawValue) tau \(tau)"
                     XCTAssertLessThan(trie.count, trie.flatTokens, "\(what): the trie shares nothing")
                     XCTAssertEqual(tc, fc, "\(what): clipped token counts")
                     // Sums of O(100) float32 terms of size O(1): 1e-5 relative is ~10x round-off.
                     XCTAssertEqual(tl, fl, accuracy: 1e-5 * max(1, abs(fl)), what)
                     // Shared rows add the branches' gradients once instead of per copy.
                     assertGradientsClose(tg, fg, m.layout, what)
+                  }
                 }
             }
         }
