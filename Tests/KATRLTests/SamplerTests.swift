@@ -1,0 +1,85 @@
+import XCTest
+import KATModel
+@testable import KATRL
+
+func samplerModel() throws -> GPT2 {
+    let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 64, nEmbd: 32, nLayer: 2, nHead: 4))
+    m.initialize(seed: 5)
+    for i in 0..<m.params.count { m.params[i] *= 3 } // peaked distributions, not uniform ones
+    return m
+}
+
+final class SamplerTests: XCTestCase {
+    /// The log-probs and entropies the sampler records equal those of a full forward over
+    /// each finished sequence, branches included.
+    func testRecordedLogprobsEqualAFullForward() throws {
+        let m = try samplerModel()
+        let s = Sampler(model: m, seed: 3)
+        var cfg = SamplingConfig()
+        cfg.temperature = 0.8; cfg.maxNewTokens = 12; cfg.branchPoints = [3, 6]; cfg.branchFactor = 2
+        cfg.stopTokens = [257]
+        let prompt: [Int32] = [256, 72, 105, 33, 258]
+        let (row, logits) = try s.prefill(prompt)
+        let outs = try s.generate(from: row, logits: logits, streams: 2, config: cfg)
+        XCTAssertGreaterThanOrEqual(outs.count, 2)
+        for o in outs {
+            let seq = (prompt + o.tokens.map(\.token)).map(Int.init)
+            let full = m.forward(try PackedBatch(sequences: [seq], vocabSize: 260, maxPositions: 64), temperature: 0.8)
+            for (k, t) in o.tokens.enumerated() {
+                // Two float32 paths (scalar cache attention vs sgemm): ~1e-6 apart on
+                // values of O(1-10); 1e-4 is a wide margin that still catches a wrong row.
+                XCTAssertEqual(t.logprob, full.logprobs[prompt.count + k], accuracy: 1e-4)
+                XCTAssertEqual(t.entropy, full.entropies[prompt.count + k], accuracy: 1e-4)
+            }
+        }
+        XCTAssertEqual(outs.count, 8, "2 streams forking twice into 2 give 8 leaves unless some stopped early")
+    }
+
+    /// Step by step, the next-token logits with one shared prompt cache equal those of
+    /// separate caches that each prefill the prompt.
+    func testSharedPrefixCacheEqualsUnshared() throws {
+        let m = try samplerModel()
+        var rng = SplitMix64(seed: 9)
+        let prompt: [Int32] = [256, 10, 20, 30, 40, 258]
+        let answers: [[Int32]] = (0..<4).map { _ in (0..<7).map { _ in Int32(rng.next() % 256) } }
+        let shared = KVCache(model: m)
+        _ = try shared.extend(tokens: prompt, parents: prompt.indices.map { Int32($0) - 1 }, outputs: [])
+        var last = [Int32](repeating: Int32(prompt.count - 1), count: 4)
+        let separate = answers.map { _ in KVCache(model: m) }
+        var sepLast = [Int32](repeating: 0, count: 4)
+        for (k, c) in separate.enumerated() {
+            _ = try c.extend(tokens: prompt, parents: prompt.indices.map { Int32($0) - 1 }, outputs: [])
+            sepLast[k] = Int32(prompt.count - 1)
+        }
+        for step in 0..<7 {
+            let sharedLogits = try shared.extend(tokens: answers.map { $0[step] }, parents: last, outputs: [0, 1, 2, 3])
+            let base = Int32(shared.count - 4)
+            last = (0..<4).map { base + Int32($0) }
+            for k in 0..<4 {
+                let own = try separate[k].extend(tokens: [answers[k][step]], parents: [sepLast[k]], outputs: [0])
+                sepLast[k] = Int32(separate[k].count - 1)
+                // The same rows in the same order: identical maths, so identical floats
+                // up to sgemm blocking over a different row count (~1e-6).
+                for j in 0..<260 { XCTAssertEqual(sharedLogits[k * 260 + j], own[j], accuracy: 1e-4, "step \(step) stream \(k)") }
+            }
+        }
+        XCTAssertEqual(shared.count, prompt.count + 28)
+        XCTAssertEqual(separate.reduce(0) { $0 + $1.count }, 4 * (prompt.count + 7))
+    }
+
+    func testTopPAndGreedy() throws {
+        let s = Sampler(model: try samplerModel(), seed: 1)
+        let logp: [Float] = [log(0.5), log(0.3), log(0.15), log(0.05)]
+        var cfg = SamplingConfig()
+        cfg.greedy = true
+        XCTAssertEqual(s.pick(logp, config: cfg), 0)
+        cfg.greedy = false; cfg.topP = 0.7
+        var seen = Set<Int32>()
+        for _ in 0..<400 { seen.insert(s.pick(logp, config: cfg)) }
+        XCTAssertEqual(seen, [0, 1], "top-p 0.7 keeps the two most likely tokens")
+        cfg.topP = 1
+        seen = []
+        for _ in 0..<2000 { seen.insert(s.pick(logp, config: cfg)) }
+        XCTAssertEqual(seen, [0, 1, 2, 3])
+    }
+}
