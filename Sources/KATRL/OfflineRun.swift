@@ -66,26 +66,10 @@ public final class OfflineRun {
             let stats = try step.run(trajectories: trajs, groups: local, advantages: adv, step: s, totalSteps: total)
             version += stats.updates
             let elapsed = monotonicSeconds() - t0
-            let rewards = trajs.compactMap(\.reward), ents = trajs.compactMap(\.entropy)
-            var m: [(String, JSON)] = [
-                ("step", JSON(s + 1)), ("time", JSON(monotonicSeconds() - start)), ("policy_version", JSON(version)),
-                ("reward_mean", rewards.isEmpty ? .null : JSON(rewards.reduce(0, +) / Double(rewards.count))),
-                ("advantage_abs_mean", JSON(adv.reduce(0) { $0 + abs($1) } / Double(max(1, adv.count)))),
-                ("entropy_mean", ents.isEmpty ? .null : JSON(ents.reduce(0, +) / Double(ents.count))),
-                ("loss", JSON(stats.loss)), ("grad_norm", JSON(stats.gradNorm)), ("lr", JSON(stats.lr)),
-                ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)),
-                ("logprob_mean", JSON(stats.logprobMean)),
-                ("tokens_flat", JSON(stats.tokensFlat)), ("tokens_trie", JSON(stats.tokensTrie)),
-                ("tokens_computed", JSON(stats.tokensComputed)),
-                ("trie_ratio", JSON(Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)))),
-                ("tokens_per_s", JSON(Double(stats.tokensFlat) / elapsed)),
-                ("trajectories", JSON(trajs.count)),
-                ("staleness_mean", 0.0), ("staleness_max", 0), ("staleness_hist", [JSON(trajs.count)]), ("dropped_stale", 0),
-                ("skipped", JSON(stats.skipped)),
-                ("t_wait_data", JSON(tWait)), ("t_forward_backward", JSON(stats.tForwardBackward)),
-                ("t_allreduce", JSON(stats.tAllreduce)), ("t_optimizer", JSON(stats.tOptimizer)), ("t_weight_sync", 0.0),
-                ("epoch", JSON(data.epoch)),
-            ]
+            var m = commonMetrics(step: s + 1, version: version, stats: stats, trajectories: trajs, advantages: adv,
+                                  elapsed: elapsed, waitData: tWait, staleness: false)
+            m[1] = ("time", JSON(monotonicSeconds() - start))
+            m.append(("epoch", JSON(data.epoch)))
             if let drift { m.append(("trie_flat_drift", JSON(drift))) }
             let line = JSON.object(m)
             run.appendMetrics(line)

@@ -19,6 +19,8 @@ public enum ConfigKind: Sendable {
     case optionalString
     /// An integer or null.
     case optionalInt(ClosedRange<Int>)
+    /// A number or null.
+    case optionalDouble(ClosedRange<Double>)
     case doublePair(ClosedRange<Double>)
     case intList(ClosedRange<Int>)
 }
@@ -37,42 +39,44 @@ public struct ConfigKey: Sendable {
 /// key. Unknown keys and out-of-range values are errors that name the key.
 public struct TrainConfig: Sendable {
     public private(set) var values: [String: JSON]
+    /// Keys set by the file or --set (not left at their defaults).
+    public private(set) var explicit: Set<String> = []
 
     public static let keys: [ConfigKey] = [
         ConfigKey(name: "model.init", kind: .optionalString, defaultValue: .null, help: "model directory to start from (null: random init)"),
         ConfigKey(name: "model.vocab_size", kind: .int(1...10_000_000), defaultValue: 260, help: "vocabulary size"),
-        ConfigKey(name: "model.n_positions", kind: .int(1...1_000_000), defaultValue: 512, help: "context length"),
+        ConfigKey(name: "model.n_positions", kind: .int(1...1_000_000), defaultValue: 128, help: "context length"),
         ConfigKey(name: "model.n_embd", kind: .int(1...65_536), defaultValue: 128, help: "embedding width C"),
         ConfigKey(name: "model.n_layer", kind: .int(1...1000), defaultValue: 4, help: "layers L"),
         ConfigKey(name: "model.n_head", kind: .int(1...4096), defaultValue: 4, help: "attention heads"),
         ConfigKey(name: "optimizer.name", kind: .choice(["adamw", "sgd"]), defaultValue: "adamw", help: "optimizer"),
-        ConfigKey(name: "optimizer.lr", kind: .double(0...10), defaultValue: 3e-4, help: "peak learning rate"),
+        ConfigKey(name: "optimizer.lr", kind: .double(0...10), defaultValue: 5e-4, help: "peak learning rate"),
         ConfigKey(name: "optimizer.betas", kind: .doublePair(0...0.999_999_9), defaultValue: [0.9, 0.999], help: "Adam betas"),
         ConfigKey(name: "optimizer.eps", kind: .double(1e-30...1), defaultValue: 1e-8, help: "Adam epsilon"),
         ConfigKey(name: "optimizer.weight_decay", kind: .double(0...10), defaultValue: 0.0, help: "decoupled weight decay (matrices and embeddings)"),
         ConfigKey(name: "optimizer.grad_clip", kind: .double(0...1e9), defaultValue: 1.0, help: "global-norm clip, 0 = off"),
         ConfigKey(name: "optimizer.schedule", kind: .choice(["constant", "cosine"]), defaultValue: "cosine", help: "learning-rate schedule"),
         ConfigKey(name: "optimizer.warmup_steps", kind: .int(0...10_000_000), defaultValue: 0, help: "linear warm-up steps"),
-        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: .null, help: "built-in environment"),
+        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: "code", help: "built-in environment (code, arithmetic); used when no other source is set"),
         ConfigKey(name: "data.env_command", kind: .optionalString, defaultValue: .null, help: "external environment command"),
         ConfigKey(name: "data.trajectories", kind: .optionalString, defaultValue: .null, help: "JSONL file to train on offline"),
         ConfigKey(name: "data.packing", kind: .choice(["trie", "flat"]), defaultValue: "trie", help: "trie packing or flat sequences"),
         ConfigKey(name: "data.shuffle", kind: .bool, defaultValue: true, help: "shuffle groups each epoch after the first (offline)"),
-        ConfigKey(name: "batch.prompts", kind: .int(1...1_000_000), defaultValue: 8, help: "prompts (groups) per step, online"),
+        ConfigKey(name: "batch.prompts", kind: .int(1...1_000_000), defaultValue: 16, help: "prompts (groups) per step, online"),
         ConfigKey(name: "batch.trajectories", kind: .int(1...100_000_000), defaultValue: 64, help: "trajectories per step, offline"),
         ConfigKey(name: "batch.minibatches", kind: .int(1...100_000), defaultValue: 1, help: "minibatches of whole groups per step"),
         ConfigKey(name: "batch.max_tokens", kind: .int(1...100_000_000), defaultValue: 16384, help: "trie tokens per micro-batch"),
-        ConfigKey(name: "steps", kind: .int(1...100_000_000), defaultValue: 100, help: "optimizer steps"),
+        ConfigKey(name: "steps", kind: .int(1...100_000_000), defaultValue: 120, help: "optimizer steps"),
         ConfigKey(name: "seed", kind: .int(0...Int(Int32.max)), defaultValue: 1, help: "random seed"),
         ConfigKey(name: "deterministic", kind: .bool, defaultValue: false, help: "bitwise repeatable runs"),
         ConfigKey(name: "rollout.group_size", kind: .int(1...100_000), defaultValue: 8, help: "samples per prompt"),
         ConfigKey(name: "rollout.temperature", kind: .double(1e-6...1e6), defaultValue: 1.0, help: "sampling temperature tau"),
         ConfigKey(name: "rollout.top_p", kind: .double(1e-6...1), defaultValue: 1.0, help: "nucleus sampling"),
-        ConfigKey(name: "rollout.max_new_tokens", kind: .int(1...1_000_000), defaultValue: 64, help: "tokens per answer"),
+        ConfigKey(name: "rollout.max_new_tokens", kind: .int(1...1_000_000), defaultValue: 16, help: "tokens per answer"),
         ConfigKey(name: "rollout.turns", kind: .int(1...10_000), defaultValue: 1, help: "turns per episode"),
         ConfigKey(name: "rollout.branch_factor", kind: .int(1...1000), defaultValue: 1, help: "children per branch point"),
         ConfigKey(name: "rollout.branch_points", kind: .intList(1...1_000_000), defaultValue: [], help: "answer depths at which samples branch"),
-        ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 0, help: "evaluate every N steps, 0 = never"),
+        ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 20, help: "evaluate every N steps, 0 = never"),
         ConfigKey(name: "eval.prompts", kind: .int(1...1_000_000), defaultValue: 200, help: "held-out prompts per evaluation"),
         ConfigKey(name: "loss.mode", kind: .choice(LossMode.allCases.map(\.rawValue)), defaultValue: "token-mean", help: "normalisation"),
         ConfigKey(name: "loss.eps_low", kind: .double(0...1), defaultValue: 0.2, help: "PPO clip below 1"),
@@ -94,6 +98,10 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
         ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),
         ConfigKey(name: "check.flat_every", kind: .int(0...100_000_000), defaultValue: 0, help: "trie-vs-flat drift check every N steps"),
+        ConfigKey(name: "warmstart.steps", kind: .int(0...100_000_000), defaultValue: 400, help: "supervised steps on the task's reference answers before RL"),
+        ConfigKey(name: "warmstart.batch", kind: .int(1...1_000_000), defaultValue: 64, help: "examples per supervised warm-start step"),
+        ConfigKey(name: "warmstart.lr", kind: .optionalDouble(0...10), defaultValue: 1e-3, help: "warm-start learning rate (null: optimizer.lr)"),
+        ConfigKey(name: "warmstart.flawed", kind: .double(0...1), defaultValue: 0.6, help: "share of warm-start demonstrations that are flawed (a weaker teacher's)"),
     ]
 
     static let byName: [String: ConfigKey] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })
@@ -155,6 +163,7 @@ public struct TrainConfig: Sendable {
     /// Sets one key after checking its type and range.
     public mutating func set(_ key: String, _ value: JSON, source: String) throws(ConfigError) {
         guard let spec = TrainConfig.byName[key] else { throw ConfigError(source: source, key: key, reason: "unknown key") }
+        explicit.insert(key)
         func bad(_ why: String) -> ConfigError { ConfigError(source: source, key: key, reason: why) }
         switch spec.kind {
         case let .int(r):
@@ -166,6 +175,11 @@ public struct TrainConfig: Sendable {
             guard let i = value.intValue else { throw bad("must be an integer or null, got \(value.serialized)") }
             guard r.contains(i) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(i)") }
             values[key] = JSON(i)
+        case let .optionalDouble(r):
+            if value.isNull { values[key] = .null; return }
+            guard let d = value.doubleValue, d.isFinite else { throw bad("must be a number or null, got \(value.serialized)") }
+            guard r.contains(d) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(d)") }
+            values[key] = .double(d)
         case let .double(r):
             guard let d = value.doubleValue, d.isFinite else { throw bad("must be a number, got \(value.serialized)") }
             guard r.contains(d) else { throw bad("must be in \(r.lowerBound)...\(r.upperBound), got \(d)") }
@@ -204,6 +218,7 @@ public struct TrainConfig: Sendable {
     public func int(_ key: String) -> Int { values[key]?.intValue ?? 0 }
     public func optionalInt(_ key: String) -> Int? { values[key]?.intValue }
     public func double(_ key: String) -> Double { values[key]?.doubleValue ?? 0 }
+    public func optionalDouble(_ key: String) -> Double? { values[key]?.doubleValue }
     public func bool(_ key: String) -> Bool { values[key]?.boolValue ?? false }
     public func string(_ key: String) -> String? { values[key]?.stringValue }
     public func intList(_ key: String) -> [Int] { values[key]?.arrayValue?.compactMap(\.intValue) ?? [] }
@@ -213,7 +228,7 @@ public struct TrainConfig: Sendable {
         if int("model.n_embd") % int("model.n_head") != 0 {
             throw ConfigError(source: source, key: "model.n_head", reason: "must divide model.n_embd (\(int("model.n_embd")))")
         }
-        let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil }
+        let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {
             throw ConfigError(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
         }
@@ -223,6 +238,26 @@ public struct TrainConfig: Sendable {
     }
 
     // MARK: - Derived settings
+
+    /// Where the data comes from: a trajectories file, an external command, or a task.
+    public enum DataSource: Equatable { case trajectories(String), external(String), task(String) }
+    public var dataSource: DataSource {
+        if let t = string("data.trajectories") { return .trajectories(t) }
+        if let c = string("data.env_command") { return .external(c) }
+        return .task(string("data.task") ?? "code")
+    }
+
+    public var rolloutConfig: RolloutConfig {
+        var r = RolloutConfig()
+        r.groupSize = int("rollout.group_size")
+        r.temperature = Float(double("rollout.temperature"))
+        r.topP = Float(double("rollout.top_p"))
+        r.maxNewTokens = int("rollout.max_new_tokens")
+        r.turns = int("rollout.turns")
+        r.branchFactor = int("rollout.branch_factor")
+        r.branchPoints = intList("rollout.branch_points")
+        return r
+    }
 
     public var modelConfig: GPT2Config {
         GPT2Config(vocabSize: int("model.vocab_size"), nPositions: int("model.n_positions"), nEmbd: int("model.n_embd"),

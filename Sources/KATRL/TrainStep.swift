@@ -99,7 +99,7 @@ public final class TrainStep {
     /// Runs the step. `groups` are trajectory indices of whole groups; `advantages` per
     /// trajectory; `step`/`totalSteps` place the learning rate on its schedule.
     public func run(trajectories input: [Trajectory], groups: [[Int]], advantages: [Double],
-                    step: Int, totalSteps: Int) throws -> StepStats {
+                    step: Int, totalSteps: Int, lrOverride: Float? = nil) throws -> StepStats {
         var stats = StepStats()
         var trajs = input
         let parts = minibatches(groups, minibatchCount)
@@ -108,7 +108,7 @@ public final class TrainStep {
             try fillOnPolicyLogprobs(&trajs)
             stats.tForwardBackward += monotonicSeconds() - t0
         }
-        let lr = optimizer.config.learningRate(step: step, totalSteps: totalSteps)
+        let lr = lrOverride ?? optimizer.config.learningRate(step: step, totalSteps: totalSteps)
         stats.lr = Double(lr)
         var lossSum = 0.0, normSum = 0.0, tokens = 0.0, clipped = 0.0, kl = 0.0, lpSum = 0.0, lpCount = 0.0
         var anySkipped = false

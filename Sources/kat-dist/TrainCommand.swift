@@ -8,8 +8,12 @@ enum TrainCommand {
     static let usage = """
     Usage: kat-dist train [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]
 
-    Trains a GPT-2 policy. With data.trajectories set, trains offline on that JSONL file
-    (SPEC section 4): whole groups per step, packed into a trie (data.packing=trie) or flat.
+    Trains a GPT-2 policy. With no config, runs the built-in default: reinforcement learning
+    on the code task (write a stack-language program for a function described in words),
+    after a short supervised warm start, evaluated on held-out prompts.
+    data.task=NAME picks a built-in task (code, arithmetic); data.env_command=CMD an external
+    environment (JSON lines, SPEC section 11); data.trajectories=FILE trains offline on that
+    JSONL file (SPEC section 4). Batches are packed into a trie (data.packing=trie) or flat.
     Writes RUN/config.json, RUN/metrics.jsonl (one line per step) and checkpoints under
     RUN/checkpoints (every checkpoint.every steps and at the end).
 
@@ -50,8 +54,8 @@ enum TrainCommand {
         if let n = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], n != "1" {
             throw UsageError(description: "kat-dist train: training with \(n) MPI ranks is not available in this version yet; run one process")
         }
-        guard config.string("data.trajectories") != nil else {
-            throw UsageError(description: "kat-dist train: no data source: set data.trajectories=FILE.jsonl to train offline (built-in tasks and external environments are not available in this version yet)")
+        if case let .task(name) = config.dataSource, builtinTask(name) == nil {
+            throw UsageError(description: "kat-dist train: data.task \"\(name)\" is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
         }
         if let path = config.string("data.trajectories"), !FileManager.default.fileExists(atPath: path) {
             throw UsageError(description: "kat-dist train: data.trajectories \(path): no such file")
@@ -63,13 +67,46 @@ enum TrainCommand {
         print("kat-dist train: run directory \(runDir)")
         print(BLASRuntime.summary)
         fflush(nil)
-        let trainer: OfflineRun
+        let display = ProgressDisplay()
         do {
-            trainer = try OfflineRun(config: config, runDirectory: runDir) { line in print(line); fflush(nil) }
-        } catch let e as TrajectoryError { throw CommandFailure(description: "\(e)") }
-        catch let e as AdvantageError { throw CommandFailure(description: "\(e)") }
-        catch let e as RunError { throw CommandFailure(description: "\(e)") }
-        catch let e as ModelError { throw CommandFailure(description: "\(e)") }
-        do { try trainer.train() } catch { throw CommandFailure(description: "\(error)") }
+            if config.string("data.trajectories") != nil {
+                let trainer = try OfflineRun(config: config, runDirectory: runDir) { display.line($0) }
+                try trainer.train()
+            } else {
+                let trainer = try OnlineRun(config: config, runDirectory: runDir, log: { display.line($0) }, progress: { display.status($0) })
+                try trainer.train()
+            }
+            display.finish()
+        } catch {
+            display.finish()
+            throw CommandFailure(description: "\(error)")
+        }
+    }
+}
+
+/// Progress on a terminal: one status line rewritten in place; elsewhere, plain lines.
+final class ProgressDisplay {
+    let tty = isatty(1) != 0
+    var statusShown = false
+
+    func line(_ s: String) {
+        if statusShown { print("\r\u{1B}[K", terminator: ""); statusShown = false }
+        print(s)
+        fflush(nil)
+    }
+
+    func status(_ s: String) {
+        if tty {
+            print("\r\u{1B}[K" + s, terminator: "")
+            statusShown = true
+        } else {
+            print(s)
+        }
+        fflush(nil)
+    }
+
+    func finish() {
+        if statusShown { print(""); statusShown = false }
+        fflush(nil)
     }
 }

@@ -1,0 +1,139 @@
+import Foundation
+import KATModel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An environment in another process speaking JSON lines over stdin/stdout (SPEC
+/// section 11). A reply that is not JSON, lacks a field or takes longer than the time-out
+/// is an error naming the command and the message; the process is restarted once (and
+/// the episode replayed), then the error stands.
+public final class ExternalEnvironment: Environment {
+    public let command: String
+    public let timeout: Double
+    var process: Process?
+    var toChild: FileHandle?
+    var fromChild: Int32 = -1
+    var pending: [UInt8] = []
+    /// The episode so far (reset message, then actions), replayed after a restart.
+    var episode: [JSON] = []
+    var restarted = false
+
+    public init(command: String, timeout: Double) {
+        self.command = command
+        self.timeout = timeout
+    }
+
+    deinit { stop() }
+
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", command]
+        let inPipe = Pipe(), outPipe = Pipe()
+        p.standardInput = inPipe
+        p.standardOutput = outPipe
+        p.standardError = FileHandle.standardError
+        do { try p.run() } catch { throw EnvironmentError(source: command, reason: "cannot start: \(error.localizedDescription)") }
+        process = p
+        toChild = inPipe.fileHandleForWriting
+        fromChild = outPipe.fileHandleForReading.fileDescriptor
+        pending = []
+        _ = outPipe // keep the read end alive through the FileHandle's descriptor
+        readHandle = outPipe.fileHandleForReading
+    }
+    var readHandle: FileHandle?
+
+    func stop() {
+        if let p = process, p.isRunning {
+            p.terminate()
+            usleep(10_000)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        try? toChild?.close()
+        process = nil
+        toChild = nil
+        readHandle = nil
+        fromChild = -1
+    }
+
+    /// Sends one message and reads one reply line, within the time-out.
+    func exchange(_ message: JSON) throws -> JSON {
+        if process == nil { try start() }
+        guard let out = toChild else { throw EnvironmentError(source: command, reason: "not running") }
+        let line = Data((message.serialized + "\n").utf8)
+        do { try out.write(contentsOf: line) } catch {
+            throw EnvironmentError(source: command, reason: "the process closed its input (exited?) when sent \(message.serialized)")
+        }
+        let deadline = monotonicSeconds() + timeout
+        while true {
+            if let nl = pending.firstIndex(of: 0x0A) {
+                let text = String(decoding: pending[..<nl], as: UTF8.self)
+                pending.removeSubrange(...nl)
+                do { return try JSON.parse(text) } catch {
+                    throw EnvironmentError(source: command, reason: "reply is not JSON: \(text.prefix(200))")
+                }
+            }
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { throw EnvironmentError(source: command, reason: "no reply within \(timeout) s to \(message.serialized)") }
+            var pfd = pollfd(fd: fromChild, events: Int16(POLLIN), revents: 0)
+            let r = poll(&pfd, 1, Int32(max(1, min(left * 1000, 1e9))))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { continue }
+            var buf = [UInt8](repeating: 0, count: 65536)
+            let n = read(fromChild, &buf, buf.count)
+            if n <= 0 { throw EnvironmentError(source: command, reason: "the process closed its output (exited?) before replying to \(message.serialized)") }
+            pending.append(contentsOf: buf[0..<n])
+            if pending.count > 16_000_000 { throw EnvironmentError(source: command, reason: "reply longer than 16 MB without a newline") }
+        }
+    }
+
+    /// Runs `op`; on failure restarts the process once, replays the episode, and retries.
+    func withRestart<T>(_ op: () throws -> T) throws -> T {
+        do { return try op() } catch let first as EnvironmentError {
+            guard !restarted else { throw first }
+            restarted = true
+            FileHandle.standardError.write(Data("kat-dist: \(first); restarting it once\n".utf8))
+            stop()
+            let history = episode
+            episode = []
+            for (k, m) in history.enumerated() {
+                _ = try exchange(m)
+                episode.append(m)
+                _ = k
+            }
+            return try op()
+        }
+    }
+
+    public func reset(seed: UInt64, split: String) throws -> String {
+        let msg: JSON = ["op": "reset", "seed": JSON(Int(truncatingIfNeeded: seed & 0x7fff_ffff_ffff)), "split": .string(split)]
+        episode = []
+        return try withRestart {
+            let reply = try exchange(msg)
+            guard let prompt = reply["prompt"]?.stringValue else {
+                throw EnvironmentError(source: command, reason: "reply to reset lacks a string \"prompt\": \(reply.serialized.prefix(200))")
+            }
+            episode = [msg]
+            return prompt
+        }
+    }
+
+    public func step(action: String) throws -> EnvReply {
+        let msg: JSON = ["op": "step", "action": .string(action)]
+        return try withRestart {
+            let reply = try exchange(msg)
+            guard let obs = reply["observation"]?.stringValue else {
+                throw EnvironmentError(source: command, reason: "reply to step lacks a string \"observation\": \(reply.serialized.prefix(200))")
+            }
+            guard let reward = reply["reward"]?.doubleValue, reward.isFinite else {
+                throw EnvironmentError(source: command, reason: "reply to step lacks a finite number \"reward\": \(reply.serialized.prefix(200))")
+            }
+            guard let done = reply["done"]?.boolValue else {
+                throw EnvironmentError(source: command, reason: "reply to step lacks a boolean \"done\": \(reply.serialized.prefix(200))")
+            }
+            episode.append(msg)
+            return EnvReply(observation: obs, reward: reward, done: done)
+        }
+    }
+}

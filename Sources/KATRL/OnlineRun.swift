@@ -1,0 +1,229 @@
+import Foundation
+import KATModel
+import KATTrie
+
+/// Reinforcement learning in one process (R = 0): roll out groups with the current
+/// weights, pack them into a trie, train a step, repeat; evaluate on the held-out split.
+public final class OnlineRun {
+    public let config: TrainConfig
+    public let run: RunDirectory
+    public let model: GPT2
+    public let step: TrainStep
+    let worker: RolloutWorker
+    let evalWorker: RolloutWorker
+    let task: Task?
+    let sourceName: String
+    let log: (String) -> Void
+    let progress: (String) -> Void
+    var rng: SplitMix64
+    public private(set) var lines: [JSON] = []
+
+    public init(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void,
+                progress: @escaping (String) -> Void) throws {
+        self.config = config
+        self.log = log
+        self.progress = progress
+        let m: GPT2
+        if let dir = config.string("model.init") {
+            m = try ModelDirectory.load(dir)
+        } else {
+            m = try GPT2(config: config.modelConfig)
+            m.initialize(seed: UInt64(config.int("seed")))
+        }
+        guard m.config.vocabSize >= GPT2Config.byteVocabSize else {
+            throw RunError(path: "config", reason: "built-in and external environments use the byte tokenizer: model.vocab_size must be at least 260")
+        }
+        model = m
+        let makeEnv: () -> Environment
+        let turns = config.int("rollout.turns")
+        switch config.dataSource {
+        case let .task(name):
+            guard let t = builtinTask(name) else {
+                throw RunError(path: "config", reason: "data.task \"\(name)\" is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
+            }
+            task = t
+            sourceName = "task \(name)"
+            makeEnv = { t.makeEnvironment(maxTurns: turns) }
+        case let .external(cmd):
+            task = nil
+            sourceName = "environment \(cmd)"
+            let timeout = config.double("env.timeout_s")
+            makeEnv = { ExternalEnvironment(command: cmd, timeout: timeout) }
+        case .trajectories:
+            throw RunError(path: "config", reason: "data.trajectories is offline training, not a rollout source")
+        }
+        let seed = UInt64(config.int("seed"))
+        worker = RolloutWorker(model: m, seed: seed &+ 1, config: config.rolloutConfig, makeEnvironment: makeEnv)
+        evalWorker = RolloutWorker(model: m, seed: seed &+ 2, config: config.rolloutConfig, makeEnvironment: makeEnv)
+        rng = SplitMix64(seed: seed &+ 3)
+        let opt = Optimizer(config: config.optimizerConfig, layout: m.layout)
+        step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
+                         maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
+                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"))
+        run = try RunDirectory(newRunAt: runDirectory)
+        try run.writeConfig(config.json)
+    }
+
+    /// Held-out success (full reward under greedy decoding) and mean reward.
+    public func evaluate() throws -> (success: Double, reward: Double) {
+        let n = config.int("eval.prompts")
+        var ok = 0, total = 0.0
+        for i in 0..<n {
+            let r = try evalWorker.greedyEpisode(seed: UInt64(i), split: "test")
+            total += r.reward
+            if r.reward >= 1 - 1e-9 { ok += 1 }
+        }
+        return (Double(ok) / Double(n), total / Double(n))
+    }
+
+    func writeReport(_ notes: [String]) {
+        let html = Report.html(title: "kat-dist run \(run.path) (\(sourceName))", lines: lines, notes: notes)
+        try? FileWriting.writeAtomically(Data(html.utf8), to: run.path + "/report.html")
+    }
+
+    /// Supervised warm start on the task's reference answers for training prompts.
+    func warmStart(steps: Int, batch: Int, version: inout Int, stepIndex: inout Int) throws {
+        guard let task else { return }
+        let lr = config.optionalDouble("warmstart.lr") ?? config.double("optimizer.lr")
+        let flawed = config.double("warmstart.flawed")
+        for w in 0..<steps {
+            let t0 = monotonicSeconds()
+            var trajs: [Trajectory] = []
+            for k in 0..<batch {
+                let seed = rng.next() % UInt64(task.promptCount(split: "train"))
+                let ref = rng.nextDouble() < flawed ? task.flawedDemonstration(seed: seed, split: "train")
+                                                    : task.reference(seed: seed, split: "train")
+                let p = [ByteTokenizer.bos] + ByteTokenizer.encode(ref.prompt) + [ByteTokenizer.sep]
+                let a = ByteTokenizer.encode(ref.answer) + [ByteTokenizer.eos]
+                trajs.append(Trajectory(id: "w\(w)-\(k)", group: "w\(w)-\(k)", tokens: p + a,
+                                        lossMask: [UInt8](repeating: 0, count: p.count) + [UInt8](repeating: 1, count: a.count),
+                                        advantage: 1, source: "warm start"))
+            }
+            let stats = try step.run(trajectories: trajs, groups: trajs.indices.map { [$0] }, advantages: trajs.map { _ in 1 },
+                                     step: 0, totalSteps: 1, lrOverride: Float(lr))
+            version += stats.updates
+            stepIndex += 1
+            let elapsed = monotonicSeconds() - t0
+            var m = commonMetrics(step: stepIndex, version: version, stats: stats, trajectories: trajs, advantages: trajs.map { _ in 1 },
+                                  elapsed: elapsed, waitData: 0)
+            m.append(("phase", "warmstart"))
+            lines.append(.object(m))
+            run.appendMetrics(.object(m))
+            progress(String(format: "warm start %d/%d  answer log-prob %.3f", w + 1, steps, stats.logprobMean))
+        }
+    }
+
+    public func train() throws {
+        let start = monotonicSeconds()
+        let steps = config.int("steps"), every = config.int("eval.every"), prompts = config.int("batch.prompts")
+        let ckEvery = config.int("checkpoint.every"), keep = config.int("checkpoint.keep"), flatEvery = config.int("check.flat_every")
+        var version = 0, stepIndex = 0
+        var notes: [String] = []
+        if every > 0 {
+            let e = try evaluate()
+            notes.append(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
+            log(notes.last!)
+        }
+        let warm = config.int("warmstart.steps")
+        if warm > 0, task != nil {
+            try warmStart(steps: warm, batch: config.int("warmstart.batch"), version: &version, stepIndex: &stepIndex)
+            if every > 0 {
+                let e = try evaluate()
+                notes.append(String(format: "held-out success after the %d-step supervised warm start: %.3f (mean reward %.3f)", warm, e.success, e.reward))
+                log(notes.last!)
+                if case var .object(m) = lines[lines.count - 1] {
+                    m.append(("eval_success", JSON(e.success))); m.append(("eval_reward", JSON(e.reward)))
+                    lines[lines.count - 1] = .object(m)
+                }
+            }
+        }
+        let trainCount = UInt64(task?.promptCount(split: "train") ?? Int(Int32.max))
+        let rlStart = monotonicSeconds()
+        for s in 0..<steps {
+            let t0 = monotonicSeconds()
+            var trajs: [Trajectory] = []
+            var groups: [[Int]] = []
+            for g in 0..<prompts {
+                let seed = rng.next() % trainCount
+                let group = try worker.rolloutGroup(seed: seed, split: "train", groupID: "s\(s)-g\(g)", policyVersion: version,
+                                                    idPrefix: "s\(s)-g\(g)")
+                groups.append(Array(trajs.count..<(trajs.count + group.count)))
+                trajs += group
+            }
+            let adv = try computeAdvantages(trajs, config: config.advantageConfig)
+            let tWait = monotonicSeconds() - t0
+            var drift: Double?
+            if flatEvery > 0, s % flatEvery == 0 {
+                drift = try step.drift(trajectories: groups[0].map { trajs[$0] }, advantages: groups[0].map { adv[$0] })
+            }
+            let stats = try step.run(trajectories: trajs, groups: groups, advantages: adv, step: s, totalSteps: steps)
+            version += stats.updates
+            stepIndex += 1
+            var m = commonMetrics(step: stepIndex, version: version, stats: stats, trajectories: trajs, advantages: adv,
+                                  elapsed: monotonicSeconds() - t0, waitData: tWait)
+            m.append(("phase", "rl"))
+            if let drift { m.append(("trie_flat_drift", JSON(drift))) }
+            let isLast = s + 1 == steps
+            var evalText = ""
+            if every > 0, (s + 1) % every == 0 || isLast {
+                let e = try evaluate()
+                m.append(("eval_success", JSON(e.success))); m.append(("eval_reward", JSON(e.reward)))
+                evalText = String(format: "  eval %.3f", e.success)
+                if isLast { notes.append(String(format: "held-out success at the end: %.3f (mean reward %.3f)", e.success, e.reward)) }
+            }
+            m[1] = ("time", JSON(monotonicSeconds() - start))
+            lines.append(.object(m))
+            run.appendMetrics(.object(m))
+            let rewardMean = trajs.compactMap(\.reward).reduce(0, +) / Double(max(1, trajs.count))
+            let perStep = (monotonicSeconds() - rlStart) / Double(s + 1)
+            let left = perStep * Double(steps - s - 1)
+            progress(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  left %dm%02ds", s + 1, steps, rewardMean,
+                            evalText as NSString, stats.loss, Double(stats.tokensFlat) / max(1e-9, monotonicSeconds() - t0),
+                            Int(left) / 60, Int(left) % 60))
+            if step.skippedInARow >= 5 {
+                throw RunError(path: run.path, reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping")
+            }
+            writeReport(notes)
+            if isLast || (ckEvery > 0 && (s + 1) % ckEvery == 0) {
+                let state: JSON = ["step": JSON(stepIndex), "policy_version": JSON(version), "rng": JSON(String(rng.state)),
+                                   "buffered": [], "seed": JSON(config.int("seed"))]
+                try run.writeCheckpoint(step: stepIndex, model: model, optimizer: step.optimizer, state: state, keep: keep)
+            }
+        }
+        writeReport(notes)
+        for n in notes { log(n) }
+        log(String(format: "done in %.0f s; report %@/report.html", monotonicSeconds() - start, run.path as NSString))
+    }
+}
+
+/// The metrics every training step reports (SPEC section 8), before the source's extras.
+func commonMetrics(step: Int, version: Int, stats: StepStats, trajectories trajs: [Trajectory], advantages adv: [Double],
+                   elapsed: Double, waitData: Double, staleness: Bool = true) -> [(String, JSON)] {
+    let rewards = trajs.compactMap(\.reward), ents = trajs.compactMap(\.entropy)
+    // Lag of a trajectory: the policy version before this step minus the version it was
+    // sampled with. Offline data has no policy versions that apply: every lag is 0.
+    let before = version - stats.updates
+    let lags = trajs.map { staleness ? max(0, before - ($0.policyVersion ?? before)) : 0 }
+    let maxLag = lags.max() ?? 0
+    var hist = [Int](repeating: 0, count: maxLag + 1)
+    for l in lags { hist[l] += 1 }
+    return [
+        ("step", JSON(step)), ("time", JSON(elapsed)), ("policy_version", JSON(version)),
+        ("reward_mean", rewards.isEmpty ? .null : JSON(rewards.reduce(0, +) / Double(rewards.count))),
+        ("advantage_abs_mean", JSON(adv.reduce(0) { $0 + abs($1) } / Double(max(1, adv.count)))),
+        ("entropy_mean", ents.isEmpty ? .null : JSON(ents.reduce(0, +) / Double(ents.count))),
+        ("loss", JSON(stats.loss)), ("grad_norm", JSON(stats.gradNorm)), ("lr", JSON(stats.lr)),
+        ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)),
+        ("logprob_mean", JSON(stats.logprobMean)),
+        ("tokens_flat", JSON(stats.tokensFlat)), ("tokens_trie", JSON(stats.tokensTrie)),
+        ("tokens_computed", JSON(stats.tokensComputed)),
+        ("trie_ratio", JSON(Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)))),
+        ("tokens_per_s", JSON(Double(stats.tokensFlat) / max(elapsed, 1e-9))),
+        ("trajectories", JSON(trajs.count)),
+        ("staleness_mean", JSON(Double(lags.reduce(0, +)) / Double(max(1, lags.count)))), ("staleness_max", JSON(maxLag)),
+        ("staleness_hist", .array(hist.map { JSON($0) })), ("dropped_stale", 0),
+        ("skipped", JSON(stats.skipped)),
+        ("t_wait_data", JSON(waitData)), ("t_forward_backward", JSON(stats.tForwardBackward)),
+        ("t_allreduce", JSON(stats.tAllreduce)), ("t_optimizer", JSON(stats.tOptimizer)), ("t_weight_sync", 0.0),
+    ]
+}

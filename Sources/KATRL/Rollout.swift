@@ -1,0 +1,133 @@
+import Foundation
+import KATModel
+import KATTrie
+
+/// The byte tokenizer of SPEC section 3: bytes 0-255, then BOS, EOS, SEP, PAD.
+public enum ByteTokenizer {
+    public static let bos: Int32 = 256, eos: Int32 = 257, sep: Int32 = 258, pad: Int32 = 259
+    public static func encode(_ text: String) -> [Int32] { text.utf8.map { Int32($0) } }
+    /// Bytes only (special tokens dropped), decoded as UTF-8 with replacement.
+    public static func decode(_ tokens: [Int32]) -> String {
+        String(decoding: tokens.filter { $0 >= 0 && $0 < 256 }.map { UInt8($0) }, as: UTF8.self)
+    }
+}
+
+/// Rollout settings (SPEC section 9, rollout.*).
+public struct RolloutConfig: Sendable {
+    public var groupSize = 8
+    public var temperature: Float = 1
+    public var topP: Float = 1
+    public var maxNewTokens = 32
+    public var turns = 1
+    public var branchFactor = 1
+    public var branchPoints: [Int] = []
+    public init() {}
+}
+
+/// An episode's result for evaluation.
+public struct EpisodeResult: Sendable {
+    public var reward: Double
+    public var text: String
+}
+
+/// Generates tree-shaped groups of trajectories: the prompt is prefilled once for the
+/// group, samples fork at the branch points, and each sample runs its own episode (turns
+/// continue from its own cache rows).
+public final class RolloutWorker {
+    public let sampler: Sampler
+    public let makeEnvironment: () -> Environment
+    public var config: RolloutConfig
+
+    public init(model: GPT2, seed: UInt64, config: RolloutConfig, makeEnvironment: @escaping () -> Environment) {
+        sampler = Sampler(model: model, seed: seed)
+        self.config = config
+        self.makeEnvironment = makeEnvironment
+    }
+
+    var samplingConfig: SamplingConfig {
+        var s = SamplingConfig()
+        s.temperature = config.temperature
+        s.topP = config.topP
+        s.maxNewTokens = config.maxNewTokens
+        s.stopTokens = [ByteTokenizer.eos, ByteTokenizer.sep]
+        return s
+    }
+
+    func promptTokens(_ prompt: String) -> [Int32] { [ByteTokenizer.bos] + ByteTokenizer.encode(prompt) + [ByteTokenizer.sep] }
+
+    /// Room left under n_positions for an observation and the next answer.
+    func fits(_ length: Int) -> Bool { length + config.maxNewTokens < sampler.cache.model.config.nPositions }
+
+    /// One group for the prompt of `seed`: up to `groupSize` trajectories.
+    public func rolloutGroup(seed: UInt64, split: String, groupID: String, policyVersion: Int, idPrefix: String) throws -> [Trajectory] {
+        sampler.cache.reset()
+        let first = makeEnvironment()
+        let prompt = try first.reset(seed: seed, split: split)
+        let ptoks = promptTokens(prompt)
+        guard fits(ptoks.count) else {
+            throw EnvironmentError(source: "prompt of seed \(seed)", reason: "\(ptoks.count) tokens plus rollout.max_new_tokens exceed model.n_positions")
+        }
+        let (row, logits) = try sampler.prefill(ptoks)
+        var cfg = samplingConfig
+        cfg.branchPoints = config.branchPoints
+        cfg.branchFactor = config.branchFactor
+        let forks = config.branchPoints.filter { $0 < config.maxNewTokens }.count
+        let fanOut = Int(pow(Double(max(1, config.branchFactor)), Double(forks)))
+        let streams = max(1, config.groupSize / max(1, fanOut))
+        let leaves = try sampler.generate(from: row, logits: logits, streams: streams, config: cfg)
+        var out: [Trajectory] = []
+        for (k, leaf) in leaves.prefix(config.groupSize).enumerated() {
+            let env = k == 0 ? first : makeEnvironment()
+            if k > 0 { _ = try env.reset(seed: seed, split: split) }
+            var tokens = ptoks, mask = [UInt8](repeating: 0, count: ptoks.count)
+            var lps = [Float](repeating: .nan, count: ptoks.count)
+            var ents: [Float] = []
+            var reward = 0.0
+            var cont = leaf
+            var turn = 0
+            while true {
+                turn += 1
+                for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
+                let action = ByteTokenizer.decode(cont.tokens.map(\.token))
+                let reply = try env.step(action: action)
+                reward += reply.reward
+                if reply.done || turn >= config.turns { break }
+                let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+                guard fits(tokens.count + obs.count) else { break }
+                let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
+                tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
+                cont = try sampler.generate(from: r2, logits: l2, streams: 1, config: samplingConfig)[0]
+            }
+            let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
+            out.append(Trajectory(id: "\(idPrefix)-\(k)", group: groupID, tokens: tokens, lossMask: mask, logprobs: lps,
+                                  reward: reward, entropy: h, policyVersion: policyVersion, source: "rollout \(idPrefix)-\(k)"))
+        }
+        return out
+    }
+
+    /// One greedy episode (evaluation).
+    public func greedyEpisode(seed: UInt64, split: String) throws -> EpisodeResult {
+        sampler.cache.reset()
+        let env = makeEnvironment()
+        let ptoks = promptTokens(try env.reset(seed: seed, split: split))
+        var (row, logits) = try sampler.prefill(ptoks)
+        var cfg = samplingConfig
+        cfg.greedy = true
+        var reward = 0.0, text = "", length = ptoks.count, turn = 0
+        while true {
+            turn += 1
+            let cont = try sampler.generate(from: row, logits: logits, streams: 1, config: cfg)[0]
+            let action = ByteTokenizer.decode(cont.tokens.map(\.token))
+            text += (text.isEmpty ? "" : " | ") + action
+            length += cont.tokens.count
+            let reply = try env.step(action: action)
+            reward += reply.reward
+            if reply.done || turn >= config.turns { break }
+            let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+            guard fits(length + obs.count) else { break }
+            (row, logits) = try sampler.prefill(obs, parent: cont.lastRow)
+            length += obs.count
+        }
+        return EpisodeResult(reward: reward, text: text)
+    }
+}
