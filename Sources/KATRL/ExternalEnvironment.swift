@@ -27,6 +27,9 @@ public final class ExternalEnvironment: Environment {
     deinit { stop() }
 
     func start() throws {
+        // A child that exits makes our next write fail with EPIPE; without this the
+        // signal would kill the trainer instead of giving the clear error.
+        signal(SIGPIPE, SIG_IGN)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         p.arguments = ["-c", command]
@@ -37,10 +40,10 @@ public final class ExternalEnvironment: Environment {
         do { try p.run() } catch { throw EnvironmentError(source: command, reason: "cannot start: \(error.localizedDescription)") }
         process = p
         toChild = inPipe.fileHandleForWriting
+        // Keep the read end's FileHandle alive: it owns the descriptor polled below.
+        readHandle = outPipe.fileHandleForReading
         fromChild = outPipe.fileHandleForReading.fileDescriptor
         pending = []
-        _ = outPipe // keep the read end alive through the FileHandle's descriptor
-        readHandle = outPipe.fileHandleForReading
     }
     var readHandle: FileHandle?
 
@@ -97,10 +100,9 @@ public final class ExternalEnvironment: Environment {
             stop()
             let history = episode
             episode = []
-            for (k, m) in history.enumerated() {
+            for m in history {
                 _ = try exchange(m)
                 episode.append(m)
-                _ = k
             }
             return try op()
         }

@@ -17,6 +17,7 @@ public final class OnlineRun {
     let progress: (String) -> Void
     var rng: SplitMix64
     public private(set) var lines: [JSON] = []
+    var warmEval: (success: Double, reward: Double)?
 
     public init(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void,
                 progress: @escaping (String) -> Void) throws {
@@ -107,6 +108,11 @@ public final class OnlineRun {
             var m = commonMetrics(step: stepIndex, version: version, stats: stats, trajectories: trajs, advantages: trajs.map { _ in 1 },
                                   elapsed: elapsed, waitData: 0)
             m.append(("phase", "warmstart"))
+            if w + 1 == steps, config.int("eval.every") > 0 {
+                let e = try evaluate()
+                m.append(("eval_success", JSON(e.success))); m.append(("eval_reward", JSON(e.reward)))
+                warmEval = e
+            }
             lines.append(.object(m))
             run.appendMetrics(.object(m))
             progress(String(format: "warm start %d/%d  answer log-prob %.3f", w + 1, steps, stats.logprobMean))
@@ -127,14 +133,9 @@ public final class OnlineRun {
         let warm = config.int("warmstart.steps")
         if warm > 0, task != nil {
             try warmStart(steps: warm, batch: config.int("warmstart.batch"), version: &version, stepIndex: &stepIndex)
-            if every > 0 {
-                let e = try evaluate()
+            if let e = warmEval {
                 notes.append(String(format: "held-out success after the %d-step supervised warm start: %.3f (mean reward %.3f)", warm, e.success, e.reward))
                 log(notes.last!)
-                if case var .object(m) = lines[lines.count - 1] {
-                    m.append(("eval_success", JSON(e.success))); m.append(("eval_reward", JSON(e.reward)))
-                    lines[lines.count - 1] = .object(m)
-                }
             }
         }
         let trainCount = UInt64(task?.promptCount(split: "train") ?? Int(Int32.max))

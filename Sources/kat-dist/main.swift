@@ -15,11 +15,15 @@ kat-dist \(version): reinforcement learning for GPT-2 language models on trie-pa
 Usage:
   kat-dist train    [--config FILE] [--set key=value ...] [--run-dir DIR]
   kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
+  kat-dist generate --model DIR --prompt TEXT [--n N] [--temperature T] [--max-new-tokens N]
+  kat-dist eval     --model DIR [--task NAME] [--prompts N]
   kat-dist --help | --version
 
 Commands:
-  train      train a policy (offline on a trajectories file, for now)
+  train      train a policy: with no options, the built-in default RL run
   logprobs   score every token of each trajectory with a model directory
+  generate   sample continuations of a prompt
+  eval       held-out success of a model on a built-in task
 
 Each command has --help. See README.md and Docs/ for training, formats and tuning.
 
@@ -64,6 +68,12 @@ do {
     case "train":
         try checkBLAS()
         try TrainCommand.run(rest)
+    case "eval":
+        try checkBLAS()
+        try EvalCommand.run(rest)
+    case "generate":
+        try checkBLAS()
+        try GenerateCommand.run(rest)
     case "logprobs":
         try checkBLAS()
         try LogprobsCommand.run(rest)

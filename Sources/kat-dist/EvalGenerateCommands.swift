@@ -1,0 +1,101 @@
+import Foundation
+import KATModel
+import KATRL
+
+func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
+    let dir = try a.required("model", command: command)
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        throw UsageError(description: "kat-dist \(command): --model \(dir): no such directory")
+    }
+    do { return try ModelDirectory.load(dir) } catch { throw CommandFailure(description: "\(error)") }
+}
+
+/// `kat-dist eval`: held-out success (full reward under greedy decoding) and mean reward.
+enum EvalCommand {
+    static let usage = """
+    Usage: kat-dist eval --model DIR [--task NAME] [--prompts N] [--turns N] [--max-new-tokens N]
+
+    Runs the model greedily on the first N held-out prompts of a built-in task and prints
+    the share solved (full reward) and the mean reward.
+
+    Options:
+      --model DIR          model directory (a checkpoint works)
+      --task NAME          built-in task: \(builtinTaskNames.joined(separator: ", ")) (default code)
+      --prompts N          held-out prompts (default 200)
+      --turns N            turns per episode (default 1)
+      --max-new-tokens N   tokens per answer (default 16)
+    """
+
+    static func run(_ args: [String]) throws {
+        let a = try ParsedArguments.parse(args, specs: [OptionSpec(name: "model", takesValue: true), OptionSpec(name: "task", takesValue: true),
+                                                        OptionSpec(name: "prompts", takesValue: true), OptionSpec(name: "turns", takesValue: true),
+                                                        OptionSpec(name: "max-new-tokens", takesValue: true)], command: "eval")
+        if a.has("help") { print(usage); return }
+        let name = a.value("task") ?? "code"
+        guard let task = builtinTask(name) else {
+            throw UsageError(description: "kat-dist eval: --task \(name) is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
+        }
+        let prompts = try a.int("prompts", command: "eval", range: 1...task.promptCount(split: "test")) ?? min(200, task.promptCount(split: "test"))
+        let turns = try a.int("turns", command: "eval", range: 1...100) ?? 1
+        let maxNew = try a.int("max-new-tokens", command: "eval", range: 1...100_000) ?? 16
+        let model = try loadModelOption(a, command: "eval")
+        guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
+            throw CommandFailure(description: "built-in tasks use the byte tokenizer; this model's vocabulary has \(model.config.vocabSize) tokens")
+        }
+        var rc = RolloutConfig()
+        rc.turns = turns; rc.maxNewTokens = maxNew
+        let worker = RolloutWorker(model: model, seed: 1, config: rc) { task.makeEnvironment(maxTurns: turns) }
+        var ok = 0, total = 0.0
+        for i in 0..<prompts {
+            let r = try worker.greedyEpisode(seed: UInt64(i), split: "test")
+            total += r.reward
+            if r.reward >= 1 - 1e-9 { ok += 1 }
+        }
+        print(String(format: "task %@: held-out success %.3f (%d of %d), mean reward %.3f", name as NSString,
+                     Double(ok) / Double(prompts), ok, prompts, total / Double(prompts)))
+    }
+}
+
+/// `kat-dist generate`: decoded samples for a prompt.
+enum GenerateCommand {
+    static let usage = """
+    Usage: kat-dist generate --model DIR --prompt TEXT [--n N] [--temperature T] [--max-new-tokens N] [--seed S]
+
+    Samples N continuations of the prompt (BOS, its bytes, SEP) and prints each, one per
+    line. --temperature 0 decodes greedily.
+    """
+
+    static func run(_ args: [String]) throws {
+        let a = try ParsedArguments.parse(args, specs: [OptionSpec(name: "model", takesValue: true), OptionSpec(name: "prompt", takesValue: true),
+                                                        OptionSpec(name: "n", takesValue: true), OptionSpec(name: "temperature", takesValue: true),
+                                                        OptionSpec(name: "max-new-tokens", takesValue: true), OptionSpec(name: "seed", takesValue: true)],
+                                          command: "generate")
+        if a.has("help") { print(usage); return }
+        let prompt = try a.required("prompt", command: "generate")
+        let n = try a.int("n", command: "generate", range: 1...10_000) ?? 1
+        let tau = try a.double("temperature", command: "generate", range: 0...1e6) ?? 1
+        let maxNew = try a.int("max-new-tokens", command: "generate", range: 1...100_000) ?? 32
+        let seed = try a.int("seed", command: "generate", range: 0...Int(Int32.max)) ?? 1
+        let model = try loadModelOption(a, command: "generate")
+        guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
+            throw CommandFailure(description: "generate uses the byte tokenizer; this model's vocabulary has \(model.config.vocabSize) tokens")
+        }
+        let tokens = [ByteTokenizer.bos] + ByteTokenizer.encode(prompt) + [ByteTokenizer.sep]
+        guard tokens.count + maxNew <= model.config.nPositions else {
+            throw UsageError(description: "kat-dist generate: the prompt (\(tokens.count) tokens) plus --max-new-tokens exceed the model's n_positions (\(model.config.nPositions))")
+        }
+        let sampler = Sampler(model: model, seed: UInt64(seed))
+        var cfg = SamplingConfig()
+        cfg.temperature = tau > 0 ? Float(tau) : 1
+        cfg.greedy = tau == 0
+        cfg.maxNewTokens = maxNew
+        cfg.stopTokens = [ByteTokenizer.eos, ByteTokenizer.sep]
+        do {
+            let (row, logits) = try sampler.prefill(tokens)
+            for c in try sampler.generate(from: row, logits: logits, streams: n, config: cfg) {
+                print(ByteTokenizer.decode(c.tokens.map(\.token)))
+            }
+        } catch { throw CommandFailure(description: "\(error)") }
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import XCTest
+@testable import KATRL
+
+final class StackLanguageTests: XCTestCase {
+    func value(_ p: String, _ x: Int64) -> Int64? { if case let .success(r) = StackLanguage.run(p, input: x) { return r.value }; return nil }
+    func fault(_ p: String, _ x: Int64 = 3) -> StackLanguage.Fault? { if case let .failure(f) = StackLanguage.run(p, input: x) { return f }; return nil }
+
+    func testSemantics() {
+        XCTAssertEqual(value("x 3 * 5 +", 2), 11)
+        XCTAssertEqual(value("x 7 - 2 /", 1), -3)
+        XCTAssertEqual(value("x 4 % dup *", 7), 9)
+        XCTAssertEqual(value("1 x swap - 2 over drop drop", 5), 4)
+        // A loop summing x down to 1: acc x [ dup rot... ] written with a word.
+        XCTAssertEqual(value(": fact dup 1 - dup [ dup fact swap drop * 0 ] drop ; x fact", 1), 1)
+        XCTAssertEqual(value("0 x dup [ swap over + swap 1 - dup ] drop", 4), 10)
+        if case let .success(r) = StackLanguage.run("x . x 1 + . 0", input: 4) { XCTAssertEqual(r.output, "4 5 ") } else { XCTFail() }
+    }
+
+    /// The sandbox: an endless loop, huge output, deep recursion, unbounded stack growth and
+    /// malformed programs each end with a fault, fast.
+    func testSandboxLimits() {
+        let t0 = Date()
+        XCTAssertEqual(fault("1 [ 1 ]"), .stepLimit)
+        XCTAssertEqual(fault("1 [ 12345678 . 1 ]"), .outputLimit)
+        XCTAssertEqual(fault(": f f ; f"), .callDepth)
+        XCTAssertEqual(fault("1 [ 1 1 ]"), .stackOverflow)
+        XCTAssertEqual(fault("x 0 /"), .divisionByZero)
+        XCTAssertEqual(fault("9223372036854775807 1 +"), .overflow)
+        XCTAssertEqual(fault("+"), .stackUnderflow)
+        XCTAssertEqual(fault(""), .empty)
+        XCTAssertEqual(fault(String(repeating: "1 ", count: 400)), .tooLong)
+        for bad in ["x 3 * ]", "[ 1", ": f 1", "; x", "x foo", "x 3 # 4", ": : ;", "x ? 1"] {
+            guard case .syntax? = fault(bad) else { XCTFail("\(bad) should be a syntax error"); continue }
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 2, "every limit ends quickly")
+    }
+}
+
+final class TaskTests: XCTestCase {
+    /// Held-out prompts are never training prompts, and there are at least 200 of them.
+    func testHeldOutSplitsAreDisjointAndLargeEnough() {
+        for task in [CodeTask() as Task, ArithmeticTask()] {
+            let train = Set((0..<task.promptCount(split: "train")).map { task.reference(seed: UInt64($0), split: "train").prompt })
+            let test = Set((0..<task.promptCount(split: "test")).map { task.reference(seed: UInt64($0), split: "test").prompt })
+            XCTAssertGreaterThanOrEqual(test.count, 200, task.name)
+            XCTAssertTrue(train.isDisjoint(with: test), task.name)
+        }
+    }
+
+    /// The reference answer earns full reward; the sandbox's faults earn 0 and the
+    /// environment carries on; multi-turn feedback names the failing inputs.
+    func testCodeEnvironmentRewards() throws {
+        let task = CodeTask()
+        let env = task.makeEnvironment(maxTurns: 2)
+        let prompt = try env.reset(seed: 11, split: "train")
+        XCTAssertEqual(prompt, task.reference(seed: 11, split: "train").prompt)
+        let first = try env.step(action: "1 [ 1 ]")
+        XCTAssertFalse(first.done)
+        XCTAssertEqual(first.reward, 0)
+        XCTAssertTrue(first.observation.contains("step limit exceeded"), first.observation)
+        let second = try env.step(action: task.reference(seed: 11, split: "train").answer)
+        XCTAssertTrue(second.done)
+        XCTAssertEqual(second.reward, 1)
+        for bad in [": f f ; f", "1 [ 7 . 1 ]", "x ]", ""] {
+            _ = try env.reset(seed: 3, split: "test")
+            let r = try task.makeEnvironment(maxTurns: 1).step(action: bad)
+            XCTAssertEqual(r.reward, 0, bad)
+            XCTAssertTrue(r.done)
+        }
+    }
+}
+
+final class ExternalEnvironmentTests: XCTestCase {
+    let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path
+
+    func testSpeaksTheProtocol() throws {
+        let env = ExternalEnvironment(command: "python3 \(example)", timeout: 10)
+        let prompt = try env.reset(seed: 4, split: "train")
+        XCTAssertTrue(prompt.hasPrefix("reverse: "))
+        let word = String(prompt.dropFirst("reverse: ".count))
+        let r = try env.step(action: String(word.reversed()))
+        XCTAssertEqual(r, EnvReply(observation: "", reward: 1, done: true))
+    }
+
+    /// A hanging environment is a clear error after the time-out (restarted once), never a hang.
+    func testHangingEnvironmentIsAnError() {
+        let env = ExternalEnvironment(command: "sleep 30", timeout: 0.3)
+        let t0 = Date()
+        XCTAssertThrowsError(try env.reset(seed: 1, split: "train")) { e in
+            XCTAssertTrue("\(e)".contains("environment sleep 30: no reply within 0.3 s"), "\(e)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 5)
+    }
+
+    func testGarbageAndMissingFieldsAreErrors() {
+        let garbage = ExternalEnvironment(command: "while read l; do echo 'not json'; done", timeout: 5)
+        XCTAssertThrowsError(try garbage.reset(seed: 1, split: "train")) { XCTAssertTrue("\($0)".contains("reply is not JSON: not json"), "\($0)") }
+        let noPrompt = ExternalEnvironment(command: "while read l; do echo '{\"x\": 1}'; done", timeout: 5)
+        XCTAssertThrowsError(try noPrompt.reset(seed: 1, split: "train")) { XCTAssertTrue("\($0)".contains("lacks a string \"prompt\""), "\($0)") }
+        let badReward = ExternalEnvironment(command: "read l; echo '{\"prompt\": \"p\"}'; while read l; do echo '{\"observation\": \"\", \"reward\": \"lots\", \"done\": true}'; done", timeout: 5)
+        XCTAssertNoThrow(try badReward.reset(seed: 1, split: "train"))
+        XCTAssertThrowsError(try badReward.step(action: "a")) { XCTAssertTrue("\($0)".contains("lacks a finite number \"reward\""), "\($0)") }
+        let dies = ExternalEnvironment(command: "exit 3", timeout: 5)
+        XCTAssertThrowsError(try dies.reset(seed: 1, split: "train")) { XCTAssertTrue("\($0)".contains("environment exit 3"), "\($0)") }
+    }
+
+    /// After one failure the process is restarted and the episode replayed.
+    func testRestartsOnceAndReplaysTheEpisode() throws {
+        let marker = NSTemporaryDirectory() + "env-\(UUID().uuidString)"
+        // First run: answers reset, then dies on the first step. Second run: works.
+        let script = "if [ -e \(marker) ]; then exec python3 \(example); else touch \(marker); read l; echo '{\"prompt\": \"reverse: ab\"}'; exit 1; fi"
+        defer { try? FileManager.default.removeItem(atPath: marker) }
+        let env = ExternalEnvironment(command: script, timeout: 10)
+        _ = try env.reset(seed: 4, split: "train")
+        let r = try env.step(action: "zz")
+        XCTAssertFalse(r.done)
+    }
+}
