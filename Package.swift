@@ -36,6 +36,6 @@ let package = Package(
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel"]),
         .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"]),
         .testTarget(name: "KATDistTests", dependencies: ["kat-bench"]),
-        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATDist"], path: "Benchmarks/kat-bench"),
+        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist"], path: "Benchmarks/kat-bench"),
     ]
 )

@@ -2,6 +2,7 @@ import Foundation
 import KATModel
 import KATDist
 import KATTrie
+import KATRL
 
 // kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
 // noisy machine affects both sides alike.
@@ -12,6 +13,8 @@ import KATTrie
 //   kat-bench trie [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
+//   kat-bench sampler [--prompt 64] [--new 64] [--group 8]
+//       generated tokens/s with the group's prompt cache shared and with a copy per sample.
 //   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
 //       forward+backward of GPT-2 C=256 L=4 NH=4 V=260 on packed flat sequences, one
 //       process, against single-thread sgemm 1024^3 measured in the same run.
@@ -216,19 +219,85 @@ func trieBenchmark() throws {
     }
 }
 
+func samplerBenchmark() throws {
+    BLASRuntime.setThreads(1)
+    let promptLen = option("prompt", 64), newTokens = option("new", 64), group = option("group", 8)
+    let cfg = GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
+    let model = try GPT2(config: cfg)
+    model.initialize(seed: 1)
+    var rng = SplitMix64(seed: 4)
+    let prompt = (0..<promptLen).map { _ in Int32(rng.next() % 256) }
+    var sc = SamplingConfig()
+    sc.maxNewTokens = newTokens
+    print("# \(BLASRuntime.summary)")
+    print("# model C=128 L=4 NH=4, prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
+    // Shared: one prefill, every sample continues from it.
+    func shared() throws -> Double {
+        let s = Sampler(model: model, seed: 1)
+        let t0 = now()
+        let (row, logits) = try s.prefill(prompt)
+        let out = try s.generate(from: row, logits: logits, streams: group, config: sc)
+        precondition(out.count == group)
+        return now() - t0
+    }
+    // Unshared: each sample prefills its own copy of the prompt; decoding is batched the
+    // same way (one cache call per step for all samples), so only the sharing differs.
+    func unshared() throws -> Double {
+        let cache = KVCache(model: model)
+        let t0 = now()
+        var last: [Int32] = []
+        for _ in 0..<group {
+            let base = Int32(cache.count)
+            _ = try cache.extend(tokens: prompt, parents: prompt.indices.map { $0 == 0 ? -1 : base + Int32($0) - 1 }, outputs: [promptLen - 1])
+            last.append(Int32(cache.count - 1))
+        }
+        var logits = [Float](repeating: 0, count: group * 260)
+        for _ in 0..<newTokens {
+            // The same per-token distribution work as the sampler (the token itself is drawn
+            // at random here: only the cost matters).
+            for k in 0..<group { _ = logits[(k * 260)..<((k + 1) * 260)].withUnsafeBufferPointer { distribution($0, temperature: 1) } }
+            let toks = (0..<group).map { _ in Int32(rng.next() % 256) }
+            logits = try cache.extend(tokens: toks, parents: last, outputs: Array(0..<group))
+            let base = Int32(cache.count - group)
+            last = (0..<group).map { base + Int32($0) }
+        }
+        return now() - t0
+    }
+    var bestS = Double.infinity, bestU = Double.infinity
+    for _ in 0..<3 { bestS = min(bestS, try shared()); bestU = min(bestU, try unshared()) }
+    let tokens = Double(group * newTokens)
+    print(String(format: "generated tokens/s, shared prompt cache   %.0f", tokens / bestS))
+    print(String(format: "generated tokens/s, one copy per sample   %.0f", tokens / bestU))
+    print(String(format: "ratio shared/unshared                     %.2f", bestU / bestS))
+}
+
 let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
     case "model": try modelBenchmark()
     case "allreduce": try allreduceBenchmark()
     case "trie": try trieBenchmark()
+    case "sampler": try samplerBenchmark()
+    case "curve":
+        // kat-bench curve RUN OUT.svg: the held-out success and training reward of a run as one SVG.
+        let a = CommandLine.arguments
+        guard a.count >= 4 else { throw RunError(path: "curve", reason: "usage: kat-bench curve RUN OUT.svg") }
+        let text = try String(contentsOfFile: a[2] + "/metrics.jsonl", encoding: .utf8)
+        let lines = try text.split(separator: "\n").map { try JSON.parse(String($0)) }
+        func series(_ key: String) -> [(Double, Double)] {
+            lines.compactMap { l in l[key]?.doubleValue.map { (l["step"]!.doubleValue!, $0) } }
+        }
+        let svg = Report.chart(title: "default run: held-out success (greedy) and training reward; steps 1-400 supervised warm start, then RL",
+                               series: [("held-out success", "#c0392b", series("eval_success")), ("training reward", "#2471a3", series("reward_mean"))],
+                               yRange: 0...1)
+        try (svg + "\n").write(toFile: a[3], atomically: true, encoding: .utf8)
     case "init-model":
         // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
         let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, allreduce, init-model DIR)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR)\n".utf8))
         exit(2)
     }
 } catch {

@@ -214,7 +214,7 @@ func commonMetrics(step: Int, version: Int, stats: StepStats, trajectories trajs
         ("advantage_abs_mean", JSON(adv.reduce(0) { $0 + abs($1) } / Double(max(1, adv.count)))),
         ("entropy_mean", ents.isEmpty ? .null : JSON(ents.reduce(0, +) / Double(ents.count))),
         ("loss", JSON(stats.loss)), ("grad_norm", JSON(stats.gradNorm)), ("lr", JSON(stats.lr)),
-        ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)),
+        ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)), ("kl_reference", JSON(stats.klReference)),
         ("logprob_mean", JSON(stats.logprobMean)),
         ("tokens_flat", JSON(stats.tokensFlat)), ("tokens_trie", JSON(stats.tokensTrie)),
         ("tokens_computed", JSON(stats.tokensComputed)),

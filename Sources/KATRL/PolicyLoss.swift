@@ -16,8 +16,10 @@ public struct PolicyLossConfig: Sendable, Equatable {
     public var mode: LossMode = .tokenMean
     public var epsLow: Double = 0.2
     public var epsHigh: Double = 0.2
-    public init(mode: LossMode = .tokenMean, epsLow: Double = 0.2, epsHigh: Double = 0.2) {
-        self.mode = mode; self.epsLow = epsLow; self.epsHigh = epsHigh
+    /// Weight of the k3 estimate of KL(pi || pi_ref) per loss token (0: off).
+    public var klCoef: Double = 0
+    public init(mode: LossMode = .tokenMean, epsLow: Double = 0.2, epsHigh: Double = 0.2, klCoef: Double = 0) {
+        self.mode = mode; self.epsLow = epsLow; self.epsHigh = epsHigh; self.klCoef = klCoef
     }
 }
 
@@ -69,6 +71,8 @@ public struct PolicyLossResult: Sendable {
     public var clippedTokens: Int
     /// Sum over loss tokens of the k3 estimate of KL(behaviour || current).
     public var klBehaviourSum: Double
+    /// Sum over loss tokens of the k3 estimate of KL(current || reference), when given.
+    public var klReferenceSum: Double = 0
 }
 
 /// The policy loss on a trie (SPEC section 5, TRIE-NOTES): each row's derivative is the
@@ -79,12 +83,15 @@ public struct PolicyLossResult: Sendable {
 ///   - advantages: A_s per trajectory (after any scaling).
 ///   - shard: when given, `logprobs` are the shard's rows; rows that do not carry the
 ///     loss (a prefix repeated in another shard) contribute nothing.
+///   - referenceLogprobs: per row, the reference (initial) model's log-probs; with
+///     `config.klCoef` > 0 each loss token adds klCoef * w * k3, k3 = e^(r-l) - 1 - (r-l).
 public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Double], logprobs: [Float],
-                       config: PolicyLossConfig, normaliser: LossNormaliser, shard: TrieShard? = nil) -> PolicyLossResult {
+                       config: PolicyLossConfig, normaliser: LossNormaliser, shard: TrieShard? = nil,
+                       referenceLogprobs: [Float]? = nil) -> PolicyLossResult {
     let rows = shard?.count ?? trie.count
     precondition(logprobs.count == rows && advantages.count == trajectories.count, "policyLoss: sizes differ")
     var d = [Float](repeating: 0, count: rows)
-    var loss = 0.0, tokens = 0, clippedCount = 0, kl = 0.0
+    var loss = 0.0, tokens = 0, clippedCount = 0, kl = 0.0, klRef = 0.0
     let weights = trajectories.map { normaliser.weight(mode: config.mode, sequenceTokens: $0.lossTokens) }
     for u in 0..<rows {
         if let shard, !shard.carriesLoss[u] { continue }
@@ -104,10 +111,18 @@ public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Doub
             if term.clipped { clippedCount += 1 }
             let logRatio = l - b
             kl += exp(logRatio) - 1 - logRatio
+            if let referenceLogprobs, config.klCoef > 0 {
+                let d = Double(referenceLogprobs[u]) - l
+                let k3 = exp(d) - 1 - d
+                klRef += k3
+                loss += w * config.klCoef * k3
+                du += w * config.klCoef * (1 - exp(d))
+            }
         }
         d[u] = Float(du)
     }
-    return PolicyLossResult(loss: loss, dlogprobs: d, lossTokens: tokens, clippedTokens: clippedCount, klBehaviourSum: kl)
+    return PolicyLossResult(loss: loss, dlogprobs: d, lossTokens: tokens, clippedTokens: clippedCount, klBehaviourSum: kl,
+                            klReferenceSum: klRef)
 }
 
 extension TrieShard {

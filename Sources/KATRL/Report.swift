@@ -9,7 +9,7 @@ public enum Report {
     }
 
     /// One line chart of (x, y) series.
-    static func chart(title: String, series: [(name: String, color: String, points: [(Double, Double)])], yRange: ClosedRange<Double>? = nil) -> String {
+    public static func chart(title: String, series: [(name: String, color: String, points: [(Double, Double)])], yRange: ClosedRange<Double>? = nil) -> String {
         let w = 560.0, h = 220.0, left = 50.0, bottom = 30.0, top = 24.0, right = 12.0
         let all = series.flatMap(\.points)
         guard !all.isEmpty else { return "<h3>\(esc(title))</h3><p>no data yet</p>" }

@@ -6,6 +6,7 @@ public struct RunError: Error, CustomStringConvertible {
     public var path: String
     public var reason: String
     public var description: String { "\(path): \(reason)" }
+    public init(path: String, reason: String) { self.path = path; self.reason = reason }
 }
 
 /// The run directory of SPEC section 7: config.json, metrics.jsonl, checkpoints/.

@@ -66,7 +66,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "batch.trajectories", kind: .int(1...100_000_000), defaultValue: 64, help: "trajectories per step, offline"),
         ConfigKey(name: "batch.minibatches", kind: .int(1...100_000), defaultValue: 1, help: "minibatches of whole groups per step"),
         ConfigKey(name: "batch.max_tokens", kind: .int(1...100_000_000), defaultValue: 16384, help: "trie tokens per micro-batch"),
-        ConfigKey(name: "steps", kind: .int(1...100_000_000), defaultValue: 120, help: "optimizer steps"),
+        ConfigKey(name: "steps", kind: .int(1...100_000_000), defaultValue: 200, help: "optimizer steps"),
         ConfigKey(name: "seed", kind: .int(0...Int(Int32.max)), defaultValue: 1, help: "random seed"),
         ConfigKey(name: "deterministic", kind: .bool, defaultValue: false, help: "bitwise repeatable runs"),
         ConfigKey(name: "rollout.group_size", kind: .int(1...100_000), defaultValue: 8, help: "samples per prompt"),
@@ -76,7 +76,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "rollout.turns", kind: .int(1...10_000), defaultValue: 1, help: "turns per episode"),
         ConfigKey(name: "rollout.branch_factor", kind: .int(1...1000), defaultValue: 1, help: "children per branch point"),
         ConfigKey(name: "rollout.branch_points", kind: .intList(1...1_000_000), defaultValue: [], help: "answer depths at which samples branch"),
-        ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 20, help: "evaluate every N steps, 0 = never"),
+        ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 25, help: "evaluate every N steps, 0 = never"),
         ConfigKey(name: "eval.prompts", kind: .int(1...1_000_000), defaultValue: 200, help: "held-out prompts per evaluation"),
         ConfigKey(name: "loss.mode", kind: .choice(LossMode.allCases.map(\.rawValue)), defaultValue: "token-mean", help: "normalisation"),
         ConfigKey(name: "loss.eps_low", kind: .double(0...1), defaultValue: 0.2, help: "PPO clip below 1"),
@@ -280,7 +280,7 @@ public struct TrainConfig: Sendable {
 
     public var lossConfig: PolicyLossConfig {
         PolicyLossConfig(mode: LossMode(rawValue: string("loss.mode") ?? "token-mean") ?? .tokenMean,
-                         epsLow: double("loss.eps_low"), epsHigh: double("loss.eps_high"))
+                         epsLow: double("loss.eps_low"), epsHigh: double("loss.eps_high"), klCoef: double("loss.kl_coef"))
     }
 
     public var advantageConfig: AdvantageConfig {

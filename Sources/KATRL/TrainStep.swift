@@ -38,6 +38,7 @@ public struct StepStats: Sendable {
     public var lr = 0.0
     public var clipFrac = 0.0
     public var klBehaviour = 0.0
+    public var klReference = 0.0
     public var logprobMean = 0.0
     public var tokensFlat = 0
     public var tokensTrie = 0
@@ -65,12 +66,20 @@ public final class TrainStep {
     public let role: TrainerRole
     /// Consecutive skipped updates (non-finite loss or gradient).
     public private(set) var skippedInARow = 0
+    /// The initial model, held only when loss.kl_coef > 0.
+    let reference: GPT2?
 
     public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, packing: String, maxTokens: Int,
                 temperature: Float, minibatches: Int, ppoEpochs: Int, role: TrainerRole = .single) {
         self.model = model; self.optimizer = optimizer; self.loss = loss; self.packing = packing
         self.maxTokens = maxTokens; self.temperature = temperature; self.minibatchCount = minibatches
         self.ppoEpochs = ppoEpochs; self.role = role
+        if loss.klCoef > 0, let copy = try? GPT2(config: model.config) {
+            copy.params.copy(from: model.params)
+            reference = copy
+        } else {
+            reference = nil
+        }
     }
 
     func trie(_ trajs: [Trajectory]) -> Trie {
@@ -112,6 +121,7 @@ public final class TrainStep {
         stats.lr = Double(lr)
         var lossSum = 0.0, normSum = 0.0, tokens = 0.0, clipped = 0.0, kl = 0.0, lpSum = 0.0, lpCount = 0.0
         var anySkipped = false
+        var klRef = 0.0
         let tries = parts.map { idx in trie(idx.map { trajs[$0] }) }
         for epoch in 0..<ppoEpochs {
             for (m, idx) in parts.enumerated() {
@@ -122,14 +132,16 @@ public final class TrainStep {
                 let shards = t.shards(role.count, maxTokens: maxTokens)
                 let t0 = monotonicSeconds()
                 model.zeroGrad()
-                var local = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0] // loss, tokens, clipped, kl, logprob sum, computed rows
+                var local = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] // loss, tokens, clipped, kl, logprob sum, computed rows, kl to reference
                 for mb in shards[role.index] where mb.count > 0 {
-                    let out = model.forward(try mb.packedBatch(of: t, config: model.config), temperature: temperature)
+                    let packed = try mb.packedBatch(of: t, config: model.config)
+                    let ref = reference.map { $0.forward(packed, temperature: temperature).logprobs }
+                    let out = model.forward(packed, temperature: temperature)
                     let r = policyLoss(trie: t, trajectories: sub, advantages: adv, logprobs: out.logprobs, config: loss,
-                                       normaliser: norm, shard: mb)
+                                       normaliser: norm, shard: mb, referenceLogprobs: ref)
                     model.backward(dlogprobs: r.dlogprobs)
                     local[0] += r.loss; local[1] += Double(r.lossTokens); local[2] += Double(r.clippedTokens)
-                    local[3] += r.klBehaviourSum; local[5] += Double(mb.count)
+                    local[3] += r.klBehaviourSum; local[5] += Double(mb.count); local[6] += r.klReferenceSum
                     for (i, row) in mb.rowMap.enumerated() where mb.carriesLoss[i] {
                         for term in t.terms(of: Int(row)) where sub[Int(term.trajectory)].lossMask[Int(term.position)] == 1 {
                             local[4] += Double(out.logprobs[i])
@@ -153,7 +165,7 @@ public final class TrainStep {
                 }
                 stats.tOptimizer += monotonicSeconds() - t2
                 lossSum += local[0]; normSum += Double(gnorm)
-                tokens += local[1]; clipped += local[2]; kl += local[3]
+                tokens += local[1]; clipped += local[2]; kl += local[3]; klRef += local[6]
                 if epoch == 0 {
                     lpSum += local[4]; lpCount += local[1]
                     stats.tokensComputed += Int(local[5])
@@ -167,6 +179,7 @@ public final class TrainStep {
         stats.gradNorm = normSum / n
         stats.clipFrac = tokens > 0 ? clipped / tokens : 0
         stats.klBehaviour = tokens > 0 ? kl / tokens : 0
+        stats.klReference = tokens > 0 ? klRef / tokens : 0
         stats.logprobMean = lpCount > 0 ? lpSum / lpCount : 0
         stats.skipped = anySkipped
         return stats

@@ -261,3 +261,38 @@ final class MicroBatchTests: XCTestCase {
         }
     }
 }
+
+final class PolicyLossDerivativeTests: XCTestCase {
+    /// dL/dl from policyLoss matches central differences of L in each row's log-prob, with
+    /// clipping and the KL-to-reference penalty on, for every loss mode.
+    func testDerivativeMatchesFiniteDifferences() {
+        var f = TrajectoryFactory(seed: 5, vocab: 13)
+        let trajs = f.branching()
+        let trie = Trie(trajs)
+        var rng = SplitMix64(seed: 8)
+        let lp = (0..<trie.count).map { _ in Float(-3 * rng.nextDouble()) }
+        let ref = (0..<trie.count).map { _ in Float(-3 * rng.nextDouble()) }
+        let adv = trajs.map { $0.advantage ?? 0 }
+        for mode in LossMode.allCases {
+            let cfg = PolicyLossConfig(mode: mode, epsLow: 0.2, epsHigh: 0.28, klCoef: 0.3)
+            let norm = LossNormaliser(trajs)
+            let base = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: lp, config: cfg, normaliser: norm, referenceLogprobs: ref)
+            XCTAssertGreaterThan(base.klReferenceSum, 0)
+            for u in 0..<trie.count {
+                // A step of 1e-3 in float log-probs: the clip kinks are at |r - 1| = eps, and
+                // a row whose ratio sits within 1e-3 of a kink is skipped (one-sided there).
+                var up = lp, down = lp
+                up[u] += 1e-3; down[u] -= 1e-3
+                let lu = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: up, config: cfg, normaliser: norm, referenceLogprobs: ref).loss
+                let ld = policyLoss(trie: trie, trajectories: trajs, advantages: adv, logprobs: down, config: cfg, normaliser: norm, referenceLogprobs: ref).loss
+                let nearKink = trie.terms(of: u).contains { term in
+                    guard let b = trajs[Int(term.trajectory)].logprobs?[Int(term.position)], !b.isNaN else { return false }
+                    let r = exp(Double(lp[u]) - Double(b))
+                    return abs(r - 0.8) < 2e-3 || abs(r - 1.28) < 2e-3
+                }
+                if nearKink { continue }
+                XCTAssertEqual(Double(base.dlogprobs[u]), (lu - ld) / 2e-3, accuracy: 1e-4 + 1e-3 * abs((lu - ld) / 2e-3), "\(mode) row \(u)")
+            }
+        }
+    }
+}
