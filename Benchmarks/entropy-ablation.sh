@@ -11,7 +11,7 @@ seeds=("${@:-1 2 3}")
 for seed in ${seeds[@]}; do
   for scaling in true false; do
     .build/release/kat-dist train --run-dir "$out/seed$seed-$scaling" --set seed=$seed \
-        --set advantage.entropy_scaling=$scaling > "$out/seed$seed-$scaling.log" 2>&1
+        --set advantage.entropy_scaling=$scaling --set steps=120 --set eval.every=20 > "$out/seed$seed-$scaling.log" 2>&1
     python3 - "$out/seed$seed-$scaling/metrics.jsonl" "$seed" "$scaling" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
