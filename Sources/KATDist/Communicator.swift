@@ -106,6 +106,89 @@ public final class Communicator: @unchecked Sendable {
 
     public func barrier() throws { try check(MPI_Barrier(comm), "MPI_Barrier") }
 
+    /// Splits into sub-communicators by `color`, ranks ordered by `key`.
+    public func split(color: Int, key: Int) throws -> Communicator {
+        var out: MPI_Comm? = kat_mpi_comm_null()
+        try check(MPI_Comm_split(comm, Int32(color), Int32(key), &out), "MPI_Comm_split")
+        guard let c = out else { throw MPIError(call: "MPI_Comm_split", code: -1, rank: rank) }
+        return Communicator(comm: c, owns: false)
+    }
+
+    /// Max and min of one double over ranks.
+    public func allreduceMaxMin(_ v: Double) throws -> (max: Double, min: Double) {
+        var a = v, b = v
+        try check(MPI_Allreduce(kat_mpi_in_place(), &a, 1, kat_mpi_double(), kat_mpi_max(), comm), "MPI_Allreduce")
+        try check(MPI_Allreduce(kat_mpi_in_place(), &b, 1, kat_mpi_double(), kat_mpi_min(), comm), "MPI_Allreduce")
+        return (a, b)
+    }
+
+    /// Broadcasts bytes of any length from `root`.
+    public func broadcast(bytes: [UInt8], root: Int) throws -> [UInt8] {
+        var n = [Double(bytes.count)]
+        if rank != root { n = [0] }
+        try n.withUnsafeMutableBufferPointer { b in
+            try check(MPI_Bcast(b.baseAddress, 1, kat_mpi_double(), Int32(root), comm), "MPI_Bcast")
+        }
+        var out = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n[0]))
+        var off = 0
+        while off < out.count {
+            let len = min(Communicator.maxChunk, out.count - off)
+            try out.withUnsafeMutableBufferPointer { b in
+                try check(MPI_Bcast(b.baseAddress! + off, Int32(len), kat_mpi_byte(), Int32(root), comm), "MPI_Bcast")
+            }
+            off += len
+        }
+        return out
+    }
+
+    /// Every rank's bytes, in rank order, on every rank.
+    public func allgather(bytes: [UInt8]) throws -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        for r in 0..<size { out.append(try broadcast(bytes: bytes, root: r)) }
+        return out
+    }
+
+    /// Whether a message with `tag` from `source` (nil: any) is waiting; returns its source and size.
+    public func probe(source: Int?, tag: Int) throws -> (source: Int, bytes: Int)? {
+        var flag: Int32 = 0
+        var status = MPI_Status()
+        try check(MPI_Iprobe(source.map { Int32($0) } ?? kat_mpi_any_source(), Int32(tag), comm, &flag, &status), "MPI_Iprobe")
+        guard flag != 0 else { return nil }
+        var count: Int32 = 0
+        MPI_Get_count(&status, kat_mpi_byte(), &count)
+        return (Int(kat_mpi_status_source(&status)), Int(count))
+    }
+
+    /// A non-blocking send that owns its buffer until it completes.
+    public final class PendingSend {
+        var request: MPI_Request?
+        let buffer: UnsafeMutableRawBufferPointer
+        init(request: MPI_Request?, buffer: UnsafeMutableRawBufferPointer) { self.request = request; self.buffer = buffer }
+        deinit { buffer.deallocate() }
+    }
+
+    /// Starts sending `bytes` to `dest`; poll the result with `test`. With `synchronous`,
+    /// the send completes only once the receiver has started receiving it (MPI_Issend):
+    /// that is what makes a full receiver push back on its senders.
+    public func isend(_ bytes: [UInt8], to dest: Int, tag: Int, synchronous: Bool = false) throws -> PendingSend {
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes.count), alignment: 64)
+        bytes.withUnsafeBytes { buf.copyMemory(from: $0) }
+        var req: MPI_Request? = kat_mpi_request_null()
+        if synchronous {
+            try check(MPI_Issend(buf.baseAddress, Int32(bytes.count), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Issend")
+        } else {
+            try check(MPI_Isend(buf.baseAddress, Int32(bytes.count), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Isend")
+        }
+        return PendingSend(request: req, buffer: buf)
+    }
+
+    /// Whether a pending send has completed (and drives MPI's progress).
+    public func test(_ p: PendingSend) throws -> Bool {
+        var flag: Int32 = 0
+        try check(MPI_Test(&p.request, &flag, kat_mpi_status_ignore()), "MPI_Test")
+        return flag != 0
+    }
+
     /// Seconds since an arbitrary origin, MPI's wall clock.
     public static func wallTime() -> Double { MPI_Wtime() }
 

@@ -5,7 +5,7 @@ import KATTrie
 /// Offline training in one process on a trajectories JSONL file (SPEC sections 4-8).
 public final class OfflineRun {
     public let config: TrainConfig
-    public let run: RunDirectory
+    public let run: RunDirectory?
     public let model: GPT2
     public let step: TrainStep
     var data: OfflineData
@@ -13,7 +13,8 @@ public final class OfflineRun {
 
     /// Reads and validates everything before the first step: config, model, the whole
     /// trajectory file, advantages. Nothing is trained on a half-read file.
-    public init(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
+    public init(config: TrainConfig, runDirectory: String, role: TrainerRole = .single, isLeader: Bool = true,
+                log: @escaping (String) -> Void) throws {
         self.config = config
         self.log = log
         guard let path = config.string("data.trajectories") else {
@@ -35,9 +36,14 @@ public final class OfflineRun {
         let opt = Optimizer(config: config.optimizerConfig, layout: m.layout)
         step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
                          maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
-                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"))
-        run = try RunDirectory(newRunAt: runDirectory)
-        try run.writeConfig(config.json)
+                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"), role: role)
+        if isLeader {
+            let r = try RunDirectory(newRunAt: runDirectory)
+            try r.writeConfig(config.json)
+            run = r
+        } else {
+            run = nil
+        }
     }
 
     /// Runs every step, writes metrics, checkpoints, and the final checkpoint.
@@ -72,17 +78,17 @@ public final class OfflineRun {
             m.append(("epoch", JSON(data.epoch)))
             if let drift { m.append(("trie_flat_drift", JSON(drift))) }
             let line = JSON.object(m)
-            run.appendMetrics(line)
+            run?.appendMetrics(line)
             lines.append(line)
             log(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
                        s + 1, total, stats.loss, stats.logprobMean, stats.gradNorm, stats.lr,
                        Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)), Double(stats.tokensFlat) / elapsed,
                        (stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
             if step.skippedInARow >= 5 {
-                throw RunError(path: run.path, reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping (lower optimizer.lr?)")
+                throw RunError(path: run?.path ?? "trainer", reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping (lower optimizer.lr?)")
             }
             let isLast = s + 1 == total
-            if isLast || (every > 0 && (s + 1) % every == 0) {
+            if let run, isLast || (every > 0 && (s + 1) % every == 0) {
                 let state: JSON = ["step": JSON(s + 1), "policy_version": JSON(version),
                                    "data": ["epoch": JSON(data.epoch), "position": JSON(data.position)],
                                    "buffered": [], "seed": JSON(config.int("seed"))]

@@ -2,11 +2,40 @@ import Foundation
 import KATModel
 import KATTrie
 
-/// Reinforcement learning in one process (R = 0): roll out groups with the current
-/// weights, pack them into a trie, train a step, repeat; evaluate on the held-out split.
+/// A step's batch as groups of trajectories.
+public struct CollectedBatch {
+    public var trajectories: [Trajectory]
+    public var groups: [[Int]]
+    public var waitSeconds: Double
+    public var droppedStale: Int
+    public init(trajectories: [Trajectory], groups: [[Int]], waitSeconds: Double, droppedStale: Int) {
+        self.trajectories = trajectories; self.groups = groups; self.waitSeconds = waitSeconds; self.droppedStale = droppedStale
+    }
+}
+
+/// How a run takes part in a job of several ranks (the defaults: one process alone).
+public struct RunHooks {
+    /// Writes the run directory, metrics, report and checkpoints, and logs.
+    public var isLeader = true
+    public var role: TrainerRole = .single
+    /// Supplies a step's batch; nil generates every group in this process.
+    public var collect: ((_ step: Int, _ version: Int) throws -> CollectedBatch)?
+    /// Called with the new policy version after each step that changed the weights.
+    public var published: ((_ version: Int) throws -> Void)?
+    /// Sums evaluation tallies over trainers (each evaluates its share of the prompts).
+    public var reduceEval: (inout [Double]) throws -> Void = { _ in }
+    /// Called at the end of every step, for example to check that trainers agree.
+    public var stepDone: ((_ step: Int) throws -> Void)?
+    public init() {}
+}
+
+/// Reinforcement learning: roll out groups with the current weights (here, or on rollout
+/// ranks through `RunHooks.collect`), pack them into a trie, train a step, repeat;
+/// evaluate on the held-out split.
 public final class OnlineRun {
     public let config: TrainConfig
-    public let run: RunDirectory
+    public let run: RunDirectory?
+    public let hooks: RunHooks
     public let model: GPT2
     public let step: TrainStep
     let worker: RolloutWorker
@@ -19,9 +48,10 @@ public final class OnlineRun {
     public private(set) var lines: [JSON] = []
     var warmEval: (success: Double, reward: Double)?
 
-    public init(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void,
+    public init(config: TrainConfig, runDirectory: String, hooks: RunHooks = RunHooks(), log: @escaping (String) -> Void,
                 progress: @escaping (String) -> Void) throws {
         self.config = config
+        self.hooks = hooks
         self.log = log
         self.progress = progress
         let m: GPT2
@@ -60,24 +90,42 @@ public final class OnlineRun {
         let opt = Optimizer(config: config.optimizerConfig, layout: m.layout)
         step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
                          maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
-                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"))
-        run = try RunDirectory(newRunAt: runDirectory)
-        try run.writeConfig(config.json)
+                         minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"), role: hooks.role)
+        if hooks.isLeader {
+            let r = try RunDirectory(newRunAt: runDirectory)
+            try r.writeConfig(config.json)
+            run = r
+        } else {
+            run = nil
+        }
     }
+
+    /// Group `index` of step `step`: its prompt and sampling depend on the seed, the step
+    /// and the index only, so any rank generating it gives the same trajectories.
+    public func generateGroup(step s: Int, index g: Int, version: Int) throws -> [Trajectory] {
+        var mix = SplitMix64(seed: UInt64(config.int("seed")) &* 0x100000001B3 &+ UInt64(s) &* 0x9E3779B97F4A7C15 &+ UInt64(g))
+        let prompt = mix.next() % trainCount
+        worker.sampler.rng = SplitMix64(seed: mix.next())
+        return try worker.rolloutGroup(seed: prompt, split: "train", groupID: "s\(s)-g\(g)", policyVersion: version, idPrefix: "s\(s)-g\(g)")
+    }
+
+    var trainCount: UInt64 { UInt64(task?.promptCount(split: "train") ?? Int(Int32.max)) }
 
     /// Held-out success (full reward under greedy decoding) and mean reward.
     public func evaluate() throws -> (success: Double, reward: Double) {
         let n = config.int("eval.prompts")
-        var ok = 0, total = 0.0
-        for i in 0..<n {
+        var tally = [0.0, 0.0]
+        for i in stride(from: hooks.role.index, to: n, by: hooks.role.count) {
             let r = try evalWorker.greedyEpisode(seed: UInt64(i), split: "test")
-            total += r.reward
-            if r.reward >= 1 - 1e-9 { ok += 1 }
+            tally[1] += r.reward
+            if r.reward >= 1 - 1e-9 { tally[0] += 1 }
         }
-        return (Double(ok) / Double(n), total / Double(n))
+        try hooks.reduceEval(&tally)
+        return (tally[0] / Double(n), tally[1] / Double(n))
     }
 
     func writeReport(_ notes: [String]) {
+        guard let run else { return }
         let html = Report.html(title: "kat-dist run \(run.path) (\(sourceName))", lines: lines, notes: notes)
         try? FileWriting.writeAtomically(Data(html.utf8), to: run.path + "/report.html")
     }
@@ -114,7 +162,8 @@ public final class OnlineRun {
                 warmEval = e
             }
             lines.append(.object(m))
-            run.appendMetrics(.object(m))
+            run?.appendMetrics(.object(m))
+            try hooks.published?(version)
             progress(String(format: "warm start %d/%d  answer log-prob %.3f", w + 1, steps, stats.logprobMean))
         }
     }
@@ -138,21 +187,25 @@ public final class OnlineRun {
                 log(notes.last!)
             }
         }
-        let trainCount = UInt64(task?.promptCount(split: "train") ?? Int(Int32.max))
+        try hooks.published?(version)
         let rlStart = monotonicSeconds()
         for s in 0..<steps {
             let t0 = monotonicSeconds()
-            var trajs: [Trajectory] = []
-            var groups: [[Int]] = []
-            for g in 0..<prompts {
-                let seed = rng.next() % trainCount
-                let group = try worker.rolloutGroup(seed: seed, split: "train", groupID: "s\(s)-g\(g)", policyVersion: version,
-                                                    idPrefix: "s\(s)-g\(g)")
-                groups.append(Array(trajs.count..<(trajs.count + group.count)))
-                trajs += group
+            let batch: CollectedBatch
+            if let collect = hooks.collect {
+                batch = try collect(s, version)
+            } else {
+                var trajs: [Trajectory] = [], groups: [[Int]] = []
+                for g in 0..<prompts {
+                    let group = try generateGroup(step: s, index: g, version: version)
+                    groups.append(Array(trajs.count..<(trajs.count + group.count)))
+                    trajs += group
+                }
+                batch = CollectedBatch(trajectories: trajs, groups: groups, waitSeconds: monotonicSeconds() - t0, droppedStale: 0)
             }
+            let trajs = batch.trajectories, groups = batch.groups
             let adv = try computeAdvantages(trajs, config: config.advantageConfig)
-            let tWait = monotonicSeconds() - t0
+            let tWait = batch.waitSeconds
             var drift: Double?
             if flatEvery > 0, s % flatEvery == 0 {
                 drift = try step.drift(trajectories: groups[0].map { trajs[$0] }, advantages: groups[0].map { adv[$0] })
@@ -163,6 +216,7 @@ public final class OnlineRun {
             var m = commonMetrics(step: stepIndex, version: version, stats: stats, trajectories: trajs, advantages: adv,
                                   elapsed: monotonicSeconds() - t0, waitData: tWait)
             m.append(("phase", "rl"))
+            if let i = m.firstIndex(where: { $0.0 == "dropped_stale" }) { m[i].1 = JSON(batch.droppedStale) }
             if let drift { m.append(("trie_flat_drift", JSON(drift))) }
             let isLast = s + 1 == steps
             var evalText = ""
@@ -174,7 +228,9 @@ public final class OnlineRun {
             }
             m[1] = ("time", JSON(monotonicSeconds() - start))
             lines.append(.object(m))
-            run.appendMetrics(.object(m))
+            run?.appendMetrics(.object(m))
+            if stats.updates > 0 { try hooks.published?(version) }
+            try hooks.stepDone?(s)
             let rewardMean = trajs.compactMap(\.reward).reduce(0, +) / Double(max(1, trajs.count))
             let perStep = (monotonicSeconds() - rlStart) / Double(s + 1)
             let left = perStep * Double(steps - s - 1)
@@ -182,10 +238,10 @@ public final class OnlineRun {
                             evalText as NSString, stats.loss, Double(stats.tokensFlat) / max(1e-9, monotonicSeconds() - t0),
                             Int(left) / 60, Int(left) % 60))
             if step.skippedInARow >= 5 {
-                throw RunError(path: run.path, reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping")
+                throw RunError(path: run?.path ?? "trainer", reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping")
             }
             writeReport(notes)
-            if isLast || (ckEvery > 0 && (s + 1) % ckEvery == 0) {
+            if let run, isLast || (ckEvery > 0 && (s + 1) % ckEvery == 0) {
                 let state: JSON = ["step": JSON(stepIndex), "policy_version": JSON(version), "rng": JSON(String(rng.state)),
                                    "buffered": [], "seed": JSON(config.int("seed"))]
                 try run.writeCheckpoint(step: stepIndex, model: model, optimizer: step.optimizer, state: state, keep: keep)
@@ -193,7 +249,7 @@ public final class OnlineRun {
         }
         writeReport(notes)
         for n in notes { log(n) }
-        log(String(format: "done in %.0f s; report %@/report.html", monotonicSeconds() - start, run.path as NSString))
+        if let run { log(String(format: "done in %.0f s; report %@/report.html", monotonicSeconds() - start, run.path as NSString)) }
     }
 }
 

@@ -22,6 +22,9 @@ public struct TrainerRole {
     public var reduceGradients: (FloatBuffer) throws -> Void
     /// Sums a few doubles over trainers, in place.
     public var reduceStats: (inout [Double]) throws -> Void
+    /// Called between micro-batches, so that a rank that also serves messages (trainer 0
+    /// receiving rollouts) keeps them moving during a long step.
+    public var poll: () throws -> Void = {}
 
     public static var single: TrainerRole { TrainerRole(index: 0, count: 1, reduceGradients: { _ in }, reduceStats: { _ in }) }
 
@@ -134,6 +137,7 @@ public final class TrainStep {
                 model.zeroGrad()
                 var local = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] // loss, tokens, clipped, kl, logprob sum, computed rows, kl to reference
                 for mb in shards[role.index] where mb.count > 0 {
+                    try role.poll()
                     let packed = try mb.packedBatch(of: t, config: model.config)
                     let ref = reference.map { $0.forward(packed, temperature: temperature).logprobs }
                     let out = model.forward(packed, temperature: temperature)

@@ -2,6 +2,7 @@ import Foundation
 import KATModel
 import KATRL
 import KATTrie
+import KATDist
 
 /// `kat-dist train`: offline training on a trajectories file (in one process for now).
 enum TrainCommand {
@@ -51,9 +52,6 @@ enum TrainCommand {
         if a.value("resume") != nil {
             throw UsageError(description: "kat-dist train: --resume is not available in this version yet")
         }
-        if let n = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], n != "1" {
-            throw UsageError(description: "kat-dist train: training with \(n) MPI ranks is not available in this version yet; run one process")
-        }
         if case let .task(name) = config.dataSource, builtinTask(name) == nil {
             throw UsageError(description: "kat-dist train: data.task \"\(name)\" is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
         }
@@ -63,11 +61,27 @@ enum TrainCommand {
         if let dir = config.string("model.init"), !FileManager.default.fileExists(atPath: dir) {
             throw UsageError(description: "kat-dist train: model.init \(dir): no such directory")
         }
+        if let ws = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init) {
+            let t = config.int("ranks.trainers"), r = config.optionalInt("ranks.rollouts") ?? (ws - t)
+            if t + r != ws || r < 0 {
+                throw UsageError(description: "kat-dist train: ranks.trainers (\(t)) + ranks.rollouts (\(r)) must equal the number of MPI ranks (\(ws))")
+            }
+        }
         let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
-        print("kat-dist train: run directory \(runDir)")
-        print(BLASRuntime.summary)
+        let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "0"
+        if rank == "0" {
+            print("kat-dist train: run directory \(runDir)")
+            print(BLASRuntime.summary)
+        }
         fflush(nil)
         let display = ProgressDisplay()
+        if Communicator.launchedByMPI {
+            let code = DistributedTraining.run(config: config, runDirectory: runDir, log: { display.line($0) },
+                                               progress: { display.status($0) })
+            display.finish()
+            if code != 0 { exit(code) }
+            return
+        }
         do {
             if config.string("data.trajectories") != nil {
                 let trainer = try OfflineRun(config: config, runDirectory: runDir) { display.line($0) }

@@ -1,0 +1,314 @@
+import Foundation
+import KATModel
+import KATRL
+import KATTrie
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kat-dist train` as one rank of an MPI job (SPEC section 6).
+///
+/// Ranks 0..T-1 train, ranks T..N-1 generate rollouts. Trainers split every global batch
+/// into T trie shards, sum gradients with MPI and apply the same step. With R = 0 the
+/// trainers generate too, each a share of the groups (synchronous). With R > 0 the rollout
+/// ranks generate continuously with the newest weights they hold and send finished groups
+/// to trainer 0; a bounded buffer there pushes back; trajectories older than
+/// `max_staleness` versions are dropped and counted.
+public enum DistributedTraining {
+    enum Tag { static let group = 10, weights = 11, stop = 12, done = 13, bye = 14 }
+
+    /// Runs this rank's part. Returns the process exit code; a failure on any rank ends the
+    /// whole job through MPI_Abort with a message naming the rank.
+    public static func run(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void,
+                           progress: @escaping (String) -> Void) -> Int32 {
+        let world: Communicator
+        do { world = try Communicator.initWorld() } catch {
+            FileHandle.standardError.write(Data("kat-dist: \(error)\n".utf8))
+            return 1
+        }
+        let n = world.size
+        let t = config.int("ranks.trainers")
+        let r = config.optionalInt("ranks.rollouts") ?? (n - t)
+        if t + r != n || r < 0 {
+            if world.rank == 0 {
+                FileHandle.standardError.write(Data("kat-dist train: ranks.trainers (\(t)) + ranks.rollouts (\(r)) must equal the number of MPI ranks (\(n))\n".utf8))
+            }
+            world.finalize()
+            return 2
+        }
+        if case .trajectories = config.dataSource, r > 0 {
+            if world.rank == 0 {
+                FileHandle.standardError.write(Data("kat-dist train: offline training (data.trajectories) has no rollout ranks: set ranks.trainers to the number of ranks (\(n))\n".utf8))
+            }
+            world.finalize()
+            return 2
+        }
+        if config.bool("deterministic") { BLASRuntime.setThreads(1) }
+        do {
+            let trainers = try world.split(color: world.rank < t ? 0 : 1, key: world.rank)
+            if world.rank < t {
+                try trainer(world: world, trainers: trainers, t: t, r: r, config: config, runDirectory: runDirectory,
+                            log: world.rank == 0 ? log : { _ in }, progress: world.rank == 0 ? progress : { _ in })
+            } else {
+                try rollout(world: world, t: t, config: config, runDirectory: runDirectory)
+            }
+        } catch {
+            world.abort("\(error)")
+        }
+        world.finalize()
+        return 0
+    }
+
+    // MARK: - Trainers
+
+    static func role(_ trainers: Communicator, poll: @escaping () throws -> Void = {}) -> TrainerRole {
+        var role = TrainerRole(index: trainers.rank, count: trainers.size,
+                               reduceGradients: { g in try trainers.allreduceSum(g.pointer, count: g.count) },
+                               reduceStats: { v in try trainers.allreduceSum(&v) })
+        role.poll = poll
+        return role
+    }
+
+    /// Sum of all parameters in double: equal on every trainer when they agree.
+    static func checksum(_ m: GPT2) -> Double {
+        var s = 0.0
+        for i in 0..<m.params.count { s += Double(m.params[i]) * Double(1 + i % 7) }
+        return s
+    }
+
+    static func trainer(world: Communicator, trainers: Communicator, t: Int, r: Int, config: TrainConfig, runDirectory: String,
+                        log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
+        let leader = world.rank == 0
+        if case .trajectories = config.dataSource {
+            let offline = try OfflineRun(config: config, runDirectory: runDirectory, role: role(trainers), isLeader: leader, log: log)
+            try offline.train()
+            return
+        }
+        let inbox = r > 0 && leader ? Inbox(world: world, rollouts: Array(t..<(t + r)), capacity: config.int("buffer.max_groups")) : nil
+        var hooks = RunHooks()
+        hooks.isLeader = leader
+        hooks.role = role(trainers, poll: { try inbox?.poll() })
+        hooks.reduceEval = { v in try trainers.allreduceSum(&v) }
+        hooks.stepDone = { step in
+            let c = try trainers.allreduceMaxMin(checksum(hooksModel!))
+            if c.max != c.min {
+                throw RunError(path: "trainers", reason: "weights diverged across trainer ranks after step \(step + 1) (checksums \(c.min) and \(c.max))")
+            }
+        }
+        var run: OnlineRun?
+        let prompts = config.int("batch.prompts")
+        if r == 0 {
+            if t > 1 {
+                hooks.collect = { step, version in
+                    let t0 = monotonicSeconds()
+                    var mine: [Trajectory] = []
+                    var sizes: [Int] = []
+                    for g in stride(from: trainers.rank, to: prompts, by: t) {
+                        let group = try run!.generateGroup(step: step, index: g, version: version)
+                        sizes.append(group.count)
+                        mine += group
+                    }
+                    let all = try trainers.allgather(bytes: TrajectoryCodec.encode(mine) + sizeBytes(sizes))
+                    var perRank: [[[Trajectory]]] = []
+                    for bytes in all { perRank.append(try splitGroups(bytes)) }
+                    var trajs: [Trajectory] = [], groups: [[Int]] = []
+                    for g in 0..<prompts {
+                        let group = perRank[g % t][g / t]
+                        groups.append(Array(trajs.count..<(trajs.count + group.count)))
+                        trajs += group
+                    }
+                    return CollectedBatch(trajectories: trajs, groups: groups, waitSeconds: monotonicSeconds() - t0, droppedStale: 0)
+                }
+            }
+        } else {
+            let maxStale = config.int("max_staleness")
+            hooks.collect = { _, version in
+                let t0 = monotonicSeconds()
+                var payload: [UInt8] = []
+                var dropped = 0
+                if let inbox {
+                    var picked: [[Trajectory]] = []
+                    while picked.count < prompts {
+                        if let g = inbox.take() {
+                            let v = g.first?.policyVersion ?? version
+                            if version - v > maxStale { dropped += g.count; continue }
+                            picked.append(g)
+                        } else {
+                            try inbox.poll()
+                            if inbox.isEmpty { usleep(500) }
+                        }
+                    }
+                    payload = TrajectoryCodec.encode(picked.flatMap { $0 }) + sizeBytes(picked.map(\.count)) + sizeBytes([dropped])
+                }
+                let bytes = try trainers.broadcast(bytes: payload, root: 0)
+                let (groups, droppedCount) = try splitGroupsWithTrailer(bytes)
+                var trajs: [Trajectory] = [], idx: [[Int]] = []
+                for g in groups { idx.append(Array(trajs.count..<(trajs.count + g.count))); trajs += g }
+                return CollectedBatch(trajectories: trajs, groups: idx, waitSeconds: monotonicSeconds() - t0, droppedStale: droppedCount)
+            }
+            if let inbox {
+                hooks.published = { version in try inbox.publish(run!.model, version: version) }
+            }
+        }
+        let online = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, log: log, progress: progress)
+        run = online
+        hooksModel = online.model
+        try online.train()
+        try inbox?.shutdown()
+    }
+
+    nonisolated(unsafe) static var hooksModel: GPT2?
+
+    static func sizeBytes(_ sizes: [Int]) -> [UInt8] {
+        var out: [UInt8] = []
+        for s in sizes { withUnsafeBytes(of: UInt32(s).littleEndian) { out += $0 } }
+        withUnsafeBytes(of: UInt32(sizes.count).littleEndian) { out += $0 }
+        return out
+    }
+
+    /// Reads a trailer of sizes written by `sizeBytes` from the end of `bytes`.
+    static func readSizes(_ bytes: inout [UInt8]) throws -> [Int] {
+        func u32(_ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 | Int(bytes[at + 2]) << 16 | Int(bytes[at + 3]) << 24 }
+        guard bytes.count >= 4 else { throw TrajectoryCodec.DecodeError() }
+        let n = u32(bytes.count - 4)
+        guard bytes.count >= 4 + 4 * n else { throw TrajectoryCodec.DecodeError() }
+        let base = bytes.count - 4 - 4 * n
+        let sizes = (0..<n).map { u32(base + 4 * $0) }
+        bytes.removeLast(4 + 4 * n)
+        return sizes
+    }
+
+    static func splitGroups(_ message: [UInt8]) throws -> [[Trajectory]] {
+        var bytes = message
+        let sizes = try readSizes(&bytes)
+        let all = try TrajectoryCodec.decode(bytes)
+        var out: [[Trajectory]] = [], k = 0
+        for s in sizes { out.append(Array(all[k..<(k + s)])); k += s }
+        return out
+    }
+
+    static func splitGroupsWithTrailer(_ message: [UInt8]) throws -> ([[Trajectory]], Int) {
+        var bytes = message
+        let dropped = try readSizes(&bytes).first ?? 0
+        return (try splitGroups(bytes), dropped)
+    }
+
+    // MARK: - Trainer 0's inbox of rollouts and its weight distribution
+
+    final class Inbox {
+        let world: Communicator
+        let rollouts: [Int]
+        let capacity: Int
+        var buffer: [[Trajectory]] = []
+        var weightSends: [Int: Communicator.PendingSend] = [:]
+        init(world: Communicator, rollouts: [Int], capacity: Int) {
+            self.world = world; self.rollouts = rollouts; self.capacity = capacity
+        }
+        var isEmpty: Bool { buffer.isEmpty }
+
+        /// Receives waiting groups while the buffer has room, and advances weight sends.
+        func poll() throws {
+            while buffer.count < capacity, let m = try world.probe(source: nil, tag: Tag.group) {
+                buffer.append(try TrajectoryCodec.decode(try world.receive(from: m.source, tag: Tag.group)))
+            }
+            for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
+        }
+
+        func take() -> [Trajectory]? { buffer.isEmpty ? nil : buffer.removeFirst() }
+
+        /// Sends the weights of `version` to every rollout rank whose previous copy arrived.
+        func publish(_ model: GPT2, version: Int) throws {
+            try poll()
+            var bytes = [UInt8]()
+            withUnsafeBytes(of: UInt64(version).littleEndian) { bytes += $0 }
+            bytes += UnsafeRawBufferPointer(model.params.buffer)
+            for rank in rollouts where weightSends[rank] == nil {
+                weightSends[rank] = try world.isend(bytes, to: rank, tag: Tag.weights)
+            }
+        }
+
+        /// Tells every rollout rank to stop, drains their last groups and lets every weight
+        /// send finish (the rollout ranks keep receiving until told goodbye), then says goodbye.
+        func shutdown() throws {
+            for rank in rollouts { try world.send([], to: rank, tag: Tag.stop) }
+            var done = Set<Int>()
+            while done.count < rollouts.count || !weightSends.isEmpty {
+                if let m = try world.probe(source: nil, tag: Tag.done) {
+                    _ = try world.receive(from: m.source, tag: Tag.done)
+                    done.insert(m.source)
+                }
+                while let m = try world.probe(source: nil, tag: Tag.group) { _ = try world.receive(from: m.source, tag: Tag.group) }
+                for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
+                usleep(200)
+            }
+            for rank in rollouts { try world.send([], to: rank, tag: Tag.bye) }
+        }
+    }
+
+    // MARK: - Rollout ranks
+
+    static func rollout(world: Communicator, t: Int, config: TrainConfig, runDirectory: String) throws {
+        var hooks = RunHooks()
+        hooks.isLeader = false
+        let gen = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, log: { _ in }, progress: { _ in })
+        let model = gen.model
+        var version = -1
+        var pending: Communicator.PendingSend?
+        var counter = 0
+        func takeWeights() throws {
+            while let m = try world.probe(source: 0, tag: Tag.weights) {
+                let bytes = try world.receive(from: 0, tag: Tag.weights)
+                guard bytes.count == 8 + 4 * model.params.count, m.bytes == bytes.count else {
+                    throw RunError(path: "rollout", reason: "weights message of \(bytes.count) bytes, expected \(8 + 4 * model.params.count)")
+                }
+                // The message is complete before anything is copied: sampling never sees half of it.
+                bytes.withUnsafeBytes { raw in
+                    version = Int(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
+                    UnsafeMutableRawBufferPointer(model.params.buffer).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[8...]))
+                }
+            }
+        }
+        func stopRequested() throws -> Bool {
+            if try world.probe(source: 0, tag: Tag.stop) != nil { _ = try world.receive(from: 0, tag: Tag.stop); return true }
+            return false
+        }
+        // Wait for the first weights (after the trainers' warm start).
+        while version < 0 {
+            if try stopRequested() {
+                try world.send([], to: 0, tag: Tag.done)
+                while try world.probe(source: 0, tag: Tag.bye) == nil {
+                    while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights) }
+                    usleep(200)
+                }
+                _ = try world.receive(from: 0, tag: Tag.bye)
+                return
+            }
+            try takeWeights()
+            if version < 0 { usleep(1000) }
+        }
+        while true {
+            if try stopRequested() { break }
+            try takeWeights()
+            if let p = pending, try !world.test(p) {
+                usleep(200) // back-pressure: trainer 0's buffer is full
+                continue
+            }
+            pending = nil
+            let group = try gen.generateGroup(step: counter, index: 1_000_000 + world.rank, version: version)
+            counter += 1
+            pending = try world.isend(TrajectoryCodec.encode(group), to: 0, tag: Tag.group, synchronous: true)
+        }
+        // Finish the group in flight (trainer 0 drains it), say done, and keep taking weight
+        // messages until trainer 0 says goodbye, so that every send of both sides completes.
+        while let p = pending, try !world.test(p) {
+            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights) }
+            usleep(200)
+        }
+        try world.send([], to: 0, tag: Tag.done)
+        while try world.probe(source: 0, tag: Tag.bye) == nil {
+            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights) }
+            usleep(200)
+        }
+        _ = try world.receive(from: 0, tag: Tag.bye)
+    }
+}

@@ -1,0 +1,83 @@
+/// A compact binary form of trajectories, for messages between ranks and for checkpoints
+/// of buffered rollouts. Little-endian; every field of `Trajectory` round-trips exactly.
+public enum TrajectoryCodec {
+    public struct DecodeError: Error, CustomStringConvertible {
+        public var description: String { "malformed trajectory message" }
+        public init() {}
+    }
+
+    struct Writer {
+        var bytes: [UInt8] = []
+        mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        mutating func f64(_ v: Double?) { u64(v.map(\.bitPattern) ?? 0x7FF8_DEAD_0000_0001) }
+        mutating func str(_ s: String?) {
+            guard let s else { u32(UInt32.max); return }
+            let b = Array(s.utf8)
+            u32(UInt32(b.count)); bytes += b
+        }
+    }
+
+    struct Reader {
+        let bytes: [UInt8]
+        var i = 0
+        mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+            guard n >= 0, i + n <= bytes.count else { throw DecodeError() }
+            defer { i += n }
+            return bytes[i..<(i + n)]
+        }
+        mutating func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+        mutating func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+        mutating func f64() throws -> Double? { let b = try u64(); return b == 0x7FF8_DEAD_0000_0001 ? nil : Double(bitPattern: b) }
+        mutating func str() throws -> String? {
+            let n = try u32()
+            if n == UInt32.max { return nil }
+            return String(decoding: try take(Int(n)), as: UTF8.self)
+        }
+    }
+
+    static let noVersion: UInt64 = UInt64.max
+
+    public static func encode(_ trajectories: [Trajectory]) -> [UInt8] {
+        var w = Writer()
+        w.u32(UInt32(trajectories.count))
+        for t in trajectories {
+            w.str(t.id); w.str(t.group); w.str(t.source)
+            w.u32(UInt32(t.tokens.count))
+            for x in t.tokens { w.u32(UInt32(bitPattern: x)) }
+            w.bytes += t.lossMask
+            w.u32(t.logprobs == nil ? 0 : 1)
+            if let lp = t.logprobs { for x in lp { w.u32(x.bitPattern) } }
+            w.f64(t.reward); w.f64(t.advantage); w.f64(t.entropy)
+            w.u64(t.policyVersion.map { UInt64($0) } ?? noVersion)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> [Trajectory] {
+        var r = Reader(bytes: bytes)
+        let n = Int(try r.u32())
+        guard n <= bytes.count else { throw DecodeError() }
+        var out: [Trajectory] = []
+        for _ in 0..<n {
+            let id = try r.str() ?? "", group = try r.str(), source = try r.str() ?? ""
+            let len = Int(try r.u32())
+            guard len <= bytes.count else { throw DecodeError() }
+            var tokens = [Int32](); tokens.reserveCapacity(len)
+            for _ in 0..<len { tokens.append(Int32(bitPattern: try r.u32())) }
+            let mask = Array(try r.take(len))
+            var logprobs: [Float]?
+            if try r.u32() == 1 {
+                var lp = [Float](); lp.reserveCapacity(len)
+                for _ in 0..<len { lp.append(Float(bitPattern: try r.u32())) }
+                logprobs = lp
+            }
+            let reward = try r.f64(), advantage = try r.f64(), entropy = try r.f64()
+            let v = try r.u64()
+            out.append(Trajectory(id: id, group: group, tokens: tokens, lossMask: mask, logprobs: logprobs, reward: reward,
+                                  advantage: advantage, entropy: entropy, policyVersion: v == noVersion ? nil : Int(v), source: source))
+        }
+        guard r.i == bytes.count else { throw DecodeError() }
+        return out
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import XCTest
+import KATModel
+
+func katDist() -> String { URL(fileURLWithPath: benchBinary()).deletingLastPathComponent().appendingPathComponent("kat-dist").path }
+
+func metricsLines(_ run: String) throws -> [JSON] {
+    try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
+}
+
+/// A tiny model and a short run, so that every launch takes seconds.
+let tinyRun = ["--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2", "--set", "steps=4",
+               "--set", "warmstart.steps=3", "--set", "eval.every=2", "--set", "eval.prompts=8", "--set", "batch.prompts=4",
+               "--set", "rollout.group_size=4"]
+
+final class DistributedTrainingTests: XCTestCase {
+    var dir = ""
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "dist-\(UUID().uuidString)"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// Every shape of job trains, ends cleanly on every rank, and writes its metrics.
+    func testEveryRankLayoutTrainsAndEndsCleanly() throws {
+        for (t, r) in [(1, 0), (2, 0), (1, 1), (2, 1), (1, 3)] {
+            let run = dir + "/t\(t)r\(r)"
+            let out = try mpirun(t + r, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=\(t)"] + tinyRun, timeout: 180)
+            XCTAssertEqual(out.code, 0, "T=\(t) R=\(r): \(out.output)")
+            let m = try metricsLines(run)
+            XCTAssertEqual(m.count, 7, "T=\(t) R=\(r): 3 warm-start and 4 RL steps")
+            XCTAssertEqual(m.last?["trajectories"], .int(16), "T=\(t) R=\(r)")
+            XCTAssertNotNil(m.last?["eval_success"], "T=\(t) R=\(r)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoints/step-000007/MANIFEST"), "T=\(t) R=\(r)")
+        }
+    }
+
+    func testRankCountMismatchIsAClearError() throws {
+        let out = try mpirun(3, [katDist(), "train", "--run-dir", dir + "/x", "--set", "ranks.trainers=2", "--set", "ranks.rollouts=2"], timeout: 60)
+        XCTAssertNotEqual(out.code, 0)
+        XCTAssertTrue(out.output.contains("ranks.trainers (2) + ranks.rollouts (2) must equal the number of MPI ranks (3)"), out.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"))
+    }
+
+    /// One SGD step with T = 2, 3, 4 trainers gives the T = 1 weights on the same batch,
+    /// which is a single prompt's tree, so its subtree is split across ranks.
+    func testTrainerCountDoesNotChangeTheUpdate() throws {
+        var rng = SplitMix64(seed: 3)
+        func toks(_ n: Int) -> [Int] { (0..<n).map { _ in Int(rng.next() % 256) } }
+        let prompt = [256] + toks(20)
+        var lines: [String] = []
+        var k = 0
+        for a in [toks(6), toks(6)] {
+            for b in [toks(5), toks(5), toks(5)] {
+                let seq = prompt + a + b + [257]
+                lines.append("{\"id\": \"t\(k)\", \"group\": \"p\", \"tokens\": \(seq), \"prompt_len\": \(prompt.count), \"advantage\": \(Double(k % 3) - 0.7)}")
+                k += 1
+            }
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/tree.jsonl", atomically: true, encoding: .utf8)
+        var weights: [[Float]] = []
+        for t in 1...4 {
+            let run = dir + "/sgd\(t)"
+            let out = try mpirun(t, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=\(t)", "--set", "data.trajectories=\(dir)/tree.jsonl",
+                                     "--set", "advantage.estimator=given", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.5",
+                                     "--set", "optimizer.grad_clip=0", "--set", "steps=1", "--set", "model.n_embd=32", "--set", "model.n_layer=2",
+                                     "--set", "model.n_head=2"], timeout: 120)
+            XCTAssertEqual(out.code, 0, out.output)
+            let m = try metricsLines(run)
+            if t > 1 { XCTAssertGreaterThan(m[0]["tokens_computed"]!.intValue!, m[0]["tokens_trie"]!.intValue!, "the prompt was repeated across shards") }
+            weights.append(try ModelDirectory.load(run + "/checkpoints/step-000001").params.array)
+        }
+        let initial = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 32, nLayer: 2, nHead: 2))
+        initial.initialize(seed: 1)
+        let moved = zip(weights[0], initial.params.array).map { abs($0 - $1) }.max()!
+        XCTAssertGreaterThan(moved, 1e-4, "the step moved the weights")
+        for t in 1..<4 {
+            // The same gradient summed in another order (per-shard partial sums, then the
+            // allreduce): fp32 round-off of ~1e-7 relative on gradients of O(1), times lr 0.5.
+            let worst = zip(weights[t], weights[0]).map { abs($0 - $1) }.max()!
+            XCTAssertLessThan(worst, 1e-5, "T=\(t + 1) differs from T=1 by \(worst) (the step moved weights by up to \(moved))")
+        }
+    }
+
+    /// No trajectory is trained with a lag above max_staleness; the metrics show the
+    /// histogram and the drops.
+    func testStalenessBoundHolds() throws {
+        for maxStale in [0, 1] {
+            let run = dir + "/stale\(maxStale)"
+            let out = try mpirun(3, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "max_staleness=\(maxStale)"]
+                                 + tinyRun + ["--set", "steps=6"], timeout: 180)
+            XCTAssertEqual(out.code, 0, out.output)
+            let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
+            XCTAssertEqual(rl.count, 6)
+            for line in rl {
+                let hist = line["staleness_hist"]!.arrayValue!.map { $0.intValue! }
+                XCTAssertLessThanOrEqual(hist.count, maxStale + 1)
+                XCTAssertLessThanOrEqual(line["staleness_max"]!.intValue!, maxStale)
+                XCTAssertEqual(hist.reduce(0, +), 16)
+                XCTAssertNotNil(line["dropped_stale"]?.intValue)
+            }
+        }
+    }
+
+    /// Synchronous and deterministic: the same seeds give bit-identical weights.
+    func testDeterministicSynchronousRunsRepeatBitwise() throws {
+        var files: [Data] = []
+        for k in 0..<2 {
+            let run = dir + "/det\(k)"
+            let out = try mpirun(2, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=2", "--set", "deterministic=true"] + tinyRun, timeout: 180)
+            XCTAssertEqual(out.code, 0, out.output)
+            files.append(try Data(contentsOf: URL(fileURLWithPath: run + "/checkpoints/step-000007/model.safetensors")))
+        }
+        XCTAssertEqual(files[0], files[1])
+    }
+}
