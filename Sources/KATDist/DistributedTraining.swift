@@ -138,13 +138,16 @@ public enum DistributedTraining {
                             if inbox.isEmpty { usleep(500) }
                         }
                     }
-                    payload = TrajectoryCodec.encode(picked.flatMap { $0 }) + sizeBytes(picked.map(\.count)) + sizeBytes([dropped])
+                    let generated = inbox.receivedTokens
+                    inbox.receivedTokens = 0
+                    payload = TrajectoryCodec.encode(picked.flatMap { $0 }) + sizeBytes(picked.map(\.count)) + sizeBytes([dropped, generated])
                 }
                 let bytes = try trainers.broadcast(bytes: payload, root: 0)
-                let (groups, droppedCount) = try splitGroupsWithTrailer(bytes)
+                let (groups, trailer) = try splitGroupsWithTrailer(bytes)
                 var trajs: [Trajectory] = [], idx: [[Int]] = []
                 for g in groups { idx.append(Array(trajs.count..<(trajs.count + g.count))); trajs += g }
-                return CollectedBatch(trajectories: trajs, groups: idx, waitSeconds: monotonicSeconds() - t0, droppedStale: droppedCount)
+                return CollectedBatch(trajectories: trajs, groups: idx, waitSeconds: monotonicSeconds() - t0, droppedStale: trailer[0],
+                                      generatedTokens: trailer[1])
             }
             if let inbox {
                 hooks.published = { version in try inbox.publish(run!.model, version: version) }
@@ -187,10 +190,12 @@ public enum DistributedTraining {
         return out
     }
 
-    static func splitGroupsWithTrailer(_ message: [UInt8]) throws -> ([[Trajectory]], Int) {
+    /// Groups and the trailer (dropped trajectories, generated tokens) of a batch message.
+    static func splitGroupsWithTrailer(_ message: [UInt8]) throws -> ([[Trajectory]], [Int]) {
         var bytes = message
-        let dropped = try readSizes(&bytes).first ?? 0
-        return (try splitGroups(bytes), dropped)
+        let trailer = try readSizes(&bytes)
+        guard trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
+        return (try splitGroups(bytes), trailer)
     }
 
     // MARK: - Trainer 0's inbox of rollouts and its weight distribution
@@ -200,6 +205,8 @@ public enum DistributedTraining {
         let rollouts: [Int]
         let capacity: Int
         var buffer: [[Trajectory]] = []
+        /// Flat tokens of the groups received since the counter was last reset.
+        var receivedTokens = 0
         var weightSends: [Int: Communicator.PendingSend] = [:]
         init(world: Communicator, rollouts: [Int], capacity: Int) {
             self.world = world; self.rollouts = rollouts; self.capacity = capacity
@@ -209,7 +216,9 @@ public enum DistributedTraining {
         /// Receives waiting groups while the buffer has room, and advances weight sends.
         func poll() throws {
             while buffer.count < capacity, let m = try world.probe(source: nil, tag: Tag.group) {
-                buffer.append(try TrajectoryCodec.decode(try world.receive(from: m.source, tag: Tag.group)))
+                let g = try TrajectoryCodec.decode(try world.receive(from: m.source, tag: Tag.group))
+                receivedTokens += g.reduce(0) { $0 + $1.tokens.count }
+                buffer.append(g)
             }
             for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
         }

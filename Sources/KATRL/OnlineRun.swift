@@ -8,8 +8,11 @@ public struct CollectedBatch {
     public var groups: [[Int]]
     public var waitSeconds: Double
     public var droppedStale: Int
-    public init(trajectories: [Trajectory], groups: [[Int]], waitSeconds: Double, droppedStale: Int) {
+    /// Tokens generated (received from rollout ranks, dropped ones included) since the last step.
+    public var generatedTokens: Int?
+    public init(trajectories: [Trajectory], groups: [[Int]], waitSeconds: Double, droppedStale: Int, generatedTokens: Int? = nil) {
         self.trajectories = trajectories; self.groups = groups; self.waitSeconds = waitSeconds; self.droppedStale = droppedStale
+        self.generatedTokens = generatedTokens
     }
 }
 
@@ -163,7 +166,6 @@ public final class OnlineRun {
             }
             lines.append(.object(m))
             run?.appendMetrics(.object(m))
-            try hooks.published?(version)
             progress(String(format: "warm start %d/%d  answer log-prob %.3f", w + 1, steps, stats.logprobMean))
         }
     }
@@ -217,6 +219,7 @@ public final class OnlineRun {
                                   elapsed: monotonicSeconds() - t0, waitData: tWait)
             m.append(("phase", "rl"))
             if let i = m.firstIndex(where: { $0.0 == "dropped_stale" }) { m[i].1 = JSON(batch.droppedStale) }
+            if let g = batch.generatedTokens { m.append(("generated_tokens", JSON(g))) }
             if let drift { m.append(("trie_flat_drift", JSON(drift))) }
             let isLast = s + 1 == steps
             var evalText = ""

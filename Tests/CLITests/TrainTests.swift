@@ -104,7 +104,7 @@ final class TrainTests: XCTestCase {
             (["train", "--set", "steps=-3"], "key steps: must be in"),
             (["train", "--set", "steps"], "expected key=value"),
             (["train", "--config", dir + "/none.json"], "no such file"),
-            (["train"], "no data source"),
+            (["train", "--set", "data.task=chess"], "data.task \"chess\" is not a built-in task"),
             (["train", "--set", "data.trajectories=\(dir)/none.jsonl"], "no such file"),
         ]
         for (args, fragment) in cases {

@@ -114,3 +114,24 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(files[0], files[1])
     }
 }
+
+final class DefaultRunUnderMPITests: XCTestCase {
+    /// The README's run command: the default under mpirun with one trainer and one rollout
+    /// rank still learns as the single-process run does (at least 0.6 at the end, RL adding
+    /// at least 0.2 over the warm start).
+    func testTheDefaultRunLearnsWithARolloutRank() throws {
+        let run = NSTemporaryDirectory() + "default-mpi-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let out = try mpirun(2, [katDist(), "train", "--run-dir", run], timeout: 900)
+        XCTAssertEqual(out.code, 0, out.output)
+        let m = try metricsLines(run)
+        guard let warm = m.first(where: { $0["phase"] == .string("warmstart") && $0["eval_success"] != nil })?["eval_success"]?.doubleValue,
+              let end = m.last?["eval_success"]?.doubleValue else { return XCTFail("missing evaluations") }
+        print("default run, 1 trainer + 1 rollout rank: held-out success \(warm) after the warm start -> \(end)")
+        XCTAssertGreaterThanOrEqual(end, 0.6)
+        XCTAssertGreaterThanOrEqual(end - warm, 0.2)
+        let rl = m.filter { $0["phase"] == .string("rl") }
+        XCTAssertEqual(rl.count, 200)
+        XCTAssertTrue(rl.allSatisfy { ($0["staleness_max"]?.intValue ?? 99) <= 4 }, "max_staleness is 4 by default")
+    }
+}
