@@ -19,7 +19,7 @@ public enum DistributedTraining {
 
     /// Runs this rank's part. Returns the process exit code; a failure on any rank ends the
     /// whole job through MPI_Abort with a message naming the rank.
-    public static func run(config: TrainConfig, runDirectory: String, log: @escaping (String) -> Void,
+    public static func run(config: TrainConfig, runDirectory: String, resume: String? = nil, log: @escaping (String) -> Void,
                            progress: @escaping (String) -> Void) -> Int32 {
         let world: Communicator
         do { world = try Communicator.initWorld() } catch {
@@ -47,7 +47,7 @@ public enum DistributedTraining {
         do {
             let trainers = try world.split(color: world.rank < t ? 0 : 1, key: world.rank)
             if world.rank < t {
-                try trainer(world: world, trainers: trainers, t: t, r: r, config: config, runDirectory: runDirectory,
+                try trainer(world: world, trainers: trainers, t: t, r: r, config: config, runDirectory: runDirectory, resume: resume,
                             log: world.rank == 0 ? log : { _ in }, progress: world.rank == 0 ? progress : { _ in })
             } else {
                 try rollout(world: world, t: t, config: config, runDirectory: runDirectory)
@@ -77,10 +77,17 @@ public enum DistributedTraining {
     }
 
     static func trainer(world: Communicator, trainers: Communicator, t: Int, r: Int, config: TrainConfig, runDirectory: String,
-                        log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
+                        resume: String?, log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
         let leader = world.rank == 0
         if case .trajectories = config.dataSource {
-            let offline = try OfflineRun(config: config, runDirectory: runDirectory, role: role(trainers), isLeader: leader, log: log)
+            var offlineRole = role(trainers)
+            offlineRole.poll = {}
+            let offline = try OfflineRun(config: config, runDirectory: runDirectory, role: offlineRole, isLeader: leader, resume: resume,
+                                         stopRequested: {
+                                             var flag = [preemptionRequested ? 1.0 : 0.0]
+                                             try trainers.allreduceSum(&flag)
+                                             return flag[0] > 0
+                                         }, log: log)
             try offline.train()
             return
         }
@@ -89,6 +96,18 @@ public enum DistributedTraining {
         hooks.isLeader = leader
         hooks.role = role(trainers, poll: { try inbox?.poll() })
         hooks.reduceEval = { v in try trainers.allreduceSum(&v) }
+        hooks.stopRequested = {
+            var flag = [preemptionRequested ? 1.0 : 0.0]
+            try trainers.allreduceSum(&flag)
+            return flag[0] > 0
+        }
+        if let inbox {
+            hooks.checkpointExtras = { ["buffer.bin": Data(TrajectoryCodec.encode(inbox.buffer.flatMap { $0 }) + sizeBytes(inbox.buffer.map(\.count)))] }
+            hooks.restoreExtras = { dir in
+                guard let data = FileManager.default.contents(atPath: dir + "/buffer.bin") else { return }
+                inbox.buffer = try splitGroups(Array(data))
+            }
+        }
         hooks.stepDone = { step in
             let c = try trainers.allreduceMaxMin(checksum(hooksModel!))
             if c.max != c.min {
@@ -153,7 +172,7 @@ public enum DistributedTraining {
                 hooks.published = { version in try inbox.publish(run!.model, version: version) }
             }
         }
-        let online = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, log: log, progress: progress)
+        let online = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, resume: resume, log: log, progress: progress)
         run = online
         hooksModel = online.model
         try online.train()
@@ -264,6 +283,7 @@ public enum DistributedTraining {
         var version = -1
         var pending: Communicator.PendingSend?
         var counter = 0
+        var firstVersion = -1
         func takeWeights() throws {
             while let m = try world.probe(source: 0, tag: Tag.weights) {
                 let bytes = try world.receive(from: 0, tag: Tag.weights)
@@ -303,7 +323,10 @@ public enum DistributedTraining {
                 continue
             }
             pending = nil
-            let group = try gen.generateGroup(step: counter, index: 1_000_000 + world.rank, version: version)
+            if firstVersion < 0 { firstVersion = version }
+            // Ids and samples are unique per run segment: a resumed run starts at a later version.
+            let group = try gen.generateGroup(step: counter &+ firstVersion &* 1_000_003, index: 1_000_000 + world.rank, version: version,
+                                              name: "v\(firstVersion)-r\(world.rank)-c\(counter)")
             counter += 1
             pending = try world.isend(TrajectoryCodec.encode(group), to: 0, tag: Tag.group, synchronous: true)
         }

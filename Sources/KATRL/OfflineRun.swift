@@ -13,8 +13,12 @@ public final class OfflineRun {
 
     /// Reads and validates everything before the first step: config, model, the whole
     /// trajectory file, advantages. Nothing is trained on a half-read file.
-    public init(config: TrainConfig, runDirectory: String, role: TrainerRole = .single, isLeader: Bool = true,
-                log: @escaping (String) -> Void) throws {
+    let stopRequested: () throws -> Bool
+    var resumedState: JSON?
+
+    public init(config: TrainConfig, runDirectory: String, role: TrainerRole = .single, isLeader: Bool = true, resume: String? = nil,
+                stopRequested: @escaping () throws -> Bool = { preemptionRequested }, log: @escaping (String) -> Void) throws {
+        self.stopRequested = stopRequested
         self.config = config
         self.log = log
         guard let path = config.string("data.trajectories") else {
@@ -37,7 +41,13 @@ public final class OfflineRun {
         step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
                          maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
                          minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"), role: role)
-        if isLeader {
+        if let spec = resume {
+            let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: isLeader ? log : { _ in })
+            let state = try Checkpoint.restore(dir, model: m, optimizer: opt)
+            resumedState = state
+            if let e = state["data"]?["epoch"]?.intValue, let p = state["data"]?["position"]?.intValue { data.seek(epoch: e, position: p) }
+            run = isLeader ? try RunDirectory(resumeAt: runDirectory, step: state["step"]?.intValue ?? 0) : nil
+        } else if isLeader {
             let r = try RunDirectory(newRunAt: runDirectory)
             try r.writeConfig(config.json)
             run = r
@@ -52,10 +62,13 @@ public final class OfflineRun {
     public func train() throws -> [JSON] {
         let total = config.int("steps")
         let start = monotonicSeconds()
-        var version = 0
+        var version = resumedState?["policy_version"]?.intValue ?? 0
+        let firstStep = resumedState?["step"]?.intValue ?? 0
+        if resumedState != nil { log("resumed at step \(firstStep) (policy version \(version))") }
+        let killAt = faultKillStep()
         var lines: [JSON] = []
         let every = config.int("checkpoint.every"), keep = config.int("checkpoint.keep"), flatEvery = config.int("check.flat_every")
-        for s in 0..<total {
+        for s in firstStep..<total {
             let t0 = monotonicSeconds()
             let groups = data.nextBatch()
             let idx = groups.flatMap { $0 }
@@ -69,7 +82,9 @@ public final class OfflineRun {
                 let g = local[0]
                 drift = try step.drift(trajectories: g.map { trajs[$0] }, advantages: g.map { adv[$0] })
             }
+            step.killMidStep = killAt == s + 1
             let stats = try step.run(trajectories: trajs, groups: local, advantages: adv, step: s, totalSteps: total)
+            if config.bool("log.trained_ids") { run?.appendTrainedIDs(step: s + 1, ids: trajs.map(\.id)) }
             version += stats.updates
             let elapsed = monotonicSeconds() - t0
             var m = commonMetrics(step: s + 1, version: version, stats: stats, trajectories: trajs, advantages: adv,
@@ -88,12 +103,17 @@ public final class OfflineRun {
                 throw RunError(path: run?.path ?? "trainer", reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping (lower optimizer.lr?)")
             }
             let isLast = s + 1 == total
-            if let run, isLast || (every > 0 && (s + 1) % every == 0) {
+            let stopNow = try stopRequested()
+            if let run, isLast || stopNow || (every > 0 && (s + 1) % every == 0) {
                 let state: JSON = ["step": JSON(s + 1), "policy_version": JSON(version),
                                    "data": ["epoch": JSON(data.epoch), "position": JSON(data.position)],
                                    "buffered": [], "seed": JSON(config.int("seed"))]
                 try run.writeCheckpoint(step: s + 1, model: model, optimizer: step.optimizer, state: state, keep: keep)
                 log("checkpoint \(run.checkpointsPath)/\(RunDirectory.checkpointName(step: s + 1))")
+            }
+            if stopNow && !isLast {
+                log("stopping after step \(s + 1) on request (SIGUSR1); resume with --resume auto")
+                break
             }
         }
         return lines

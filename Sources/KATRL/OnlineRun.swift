@@ -2,6 +2,25 @@ import Foundation
 import KATModel
 import KATTrie
 
+/// Set by SIGUSR1 (see `installPreemptionHandler`): finish the step, checkpoint, exit 0.
+nonisolated(unsafe) public var preemptionRequested = false
+
+/// Installs the SIGUSR1 handler that asks a run to checkpoint and stop after its step.
+public func installPreemptionHandler() {
+    signal(SIGUSR1) { _ in preemptionRequested = true }
+}
+
+/// For tests of failure handling: `KAT_FAULT_KILL_AT=STEP[:RANK]` makes that world rank
+/// kill itself with SIGKILL in the middle of that training step (after its first
+/// micro-batch's backward pass).
+func faultKillStep() -> Int? {
+    guard let spec = ProcessInfo.processInfo.environment["KAT_FAULT_KILL_AT"] else { return nil }
+    let parts = spec.split(separator: ":")
+    let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "0"
+    if parts.count > 1, String(parts[1]) != rank { return nil }
+    return Int(parts[0])
+}
+
 /// A step's batch as groups of trajectories.
 public struct CollectedBatch {
     public var trajectories: [Trajectory]
@@ -29,6 +48,11 @@ public struct RunHooks {
     public var reduceEval: (inout [Double]) throws -> Void = { _ in }
     /// Called at the end of every step, for example to check that trainers agree.
     public var stepDone: ((_ step: Int) throws -> Void)?
+    /// Whether any rank was asked to stop (SIGUSR1): agreed over trainers.
+    public var stopRequested: () throws -> Bool = { preemptionRequested }
+    /// Extra files for a checkpoint (trainer 0's buffered rollouts) and their restore.
+    public var checkpointExtras: () -> [String: Data] = { [:] }
+    public var restoreExtras: (_ checkpoint: String) throws -> Void = { _ in }
     public init() {}
 }
 
@@ -51,8 +75,11 @@ public final class OnlineRun {
     public private(set) var lines: [JSON] = []
     var warmEval: (success: Double, reward: Double)?
 
-    public init(config: TrainConfig, runDirectory: String, hooks: RunHooks = RunHooks(), log: @escaping (String) -> Void,
-                progress: @escaping (String) -> Void) throws {
+    /// The checkpoint this run continues from, when resuming.
+    let resumeFrom: String?
+
+    public init(config: TrainConfig, runDirectory: String, hooks: RunHooks = RunHooks(), resume: String? = nil,
+                log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
         self.config = config
         self.hooks = hooks
         self.log = log
@@ -94,22 +121,35 @@ public final class OnlineRun {
         step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
                          maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
                          minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"), role: hooks.role)
-        if hooks.isLeader {
-            let r = try RunDirectory(newRunAt: runDirectory)
-            try r.writeConfig(config.json)
-            run = r
+        if let spec = resume {
+            let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: hooks.isLeader ? log : { _ in })
+            resumeFrom = dir
+            resumedState = try Checkpoint.restore(dir, model: m, optimizer: opt)
+            try hooks.restoreExtras(dir)
+            let stepDone = resumedState?["step"]?.intValue ?? 0
+            run = hooks.isLeader ? try RunDirectory(resumeAt: runDirectory, step: stepDone) : nil
+            lines = run?.existingMetrics() ?? []
         } else {
-            run = nil
+            resumeFrom = nil
+            if hooks.isLeader {
+                let r = try RunDirectory(newRunAt: runDirectory)
+                try r.writeConfig(config.json)
+                run = r
+            } else {
+                run = nil
+            }
         }
     }
+    var resumedState: JSON?
 
     /// Group `index` of step `step`: its prompt and sampling depend on the seed, the step
     /// and the index only, so any rank generating it gives the same trajectories.
-    public func generateGroup(step s: Int, index g: Int, version: Int) throws -> [Trajectory] {
+    public func generateGroup(step s: Int, index g: Int, version: Int, name: String? = nil) throws -> [Trajectory] {
         var mix = SplitMix64(seed: UInt64(config.int("seed")) &* 0x100000001B3 &+ UInt64(s) &* 0x9E3779B97F4A7C15 &+ UInt64(g))
         let prompt = mix.next() % trainCount
         worker.sampler.rng = SplitMix64(seed: mix.next())
-        return try worker.rolloutGroup(seed: prompt, split: "train", groupID: "s\(s)-g\(g)", policyVersion: version, idPrefix: "s\(s)-g\(g)")
+        let id = name ?? "s\(s)-g\(g)"
+        return try worker.rolloutGroup(seed: prompt, split: "train", groupID: id, policyVersion: version, idPrefix: id)
     }
 
     var trainCount: UInt64 { UInt64(task?.promptCount(split: "train") ?? Int(Int32.max)) }
@@ -174,15 +214,21 @@ public final class OnlineRun {
         let start = monotonicSeconds()
         let steps = config.int("steps"), every = config.int("eval.every"), prompts = config.int("batch.prompts")
         let ckEvery = config.int("checkpoint.every"), keep = config.int("checkpoint.keep"), flatEvery = config.int("check.flat_every")
-        var version = 0, stepIndex = 0
+        var version = 0, stepIndex = 0, firstStep = 0
         var notes: [String] = []
-        if every > 0 {
+        if let state = resumedState {
+            version = state["policy_version"]?.intValue ?? 0
+            stepIndex = state["step"]?.intValue ?? 0
+            firstStep = state["rl_step"]?.intValue ?? 0
+            if let r = state["rng"]?.stringValue.flatMap(UInt64.init) { rng.state = r }
+            log("resumed at step \(stepIndex) (policy version \(version), RL step \(firstStep) of \(steps))")
+        } else if every > 0 {
             let e = try evaluate()
             notes.append(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
             log(notes.last!)
         }
         let warm = config.int("warmstart.steps")
-        if warm > 0, task != nil {
+        if warm > 0, task != nil, resumedState == nil {
             try warmStart(steps: warm, batch: config.int("warmstart.batch"), version: &version, stepIndex: &stepIndex)
             if let e = warmEval {
                 notes.append(String(format: "held-out success after the %d-step supervised warm start: %.3f (mean reward %.3f)", warm, e.success, e.reward))
@@ -191,7 +237,8 @@ public final class OnlineRun {
         }
         try hooks.published?(version)
         let rlStart = monotonicSeconds()
-        for s in 0..<steps {
+        let killAt = faultKillStep()
+        for s in firstStep..<steps {
             let t0 = monotonicSeconds()
             let batch: CollectedBatch
             if let collect = hooks.collect {
@@ -212,9 +259,11 @@ public final class OnlineRun {
             if flatEvery > 0, s % flatEvery == 0 {
                 drift = try step.drift(trajectories: groups[0].map { trajs[$0] }, advantages: groups[0].map { adv[$0] })
             }
+            step.killMidStep = killAt == stepIndex + 1
             let stats = try step.run(trajectories: trajs, groups: groups, advantages: adv, step: s, totalSteps: steps)
             version += stats.updates
             stepIndex += 1
+            if config.bool("log.trained_ids") { run?.appendTrainedIDs(step: stepIndex, ids: trajs.map(\.id)) }
             var m = commonMetrics(step: stepIndex, version: version, stats: stats, trajectories: trajs, advantages: adv,
                                   elapsed: monotonicSeconds() - t0, waitData: tWait)
             m.append(("phase", "rl"))
@@ -244,10 +293,19 @@ public final class OnlineRun {
                 throw RunError(path: run?.path ?? "trainer", reason: "\(step.skippedInARow) updates in a row had a non-finite loss or gradient; stopping")
             }
             writeReport(notes)
-            if let run, isLast || (ckEvery > 0 && (s + 1) % ckEvery == 0) {
-                let state: JSON = ["step": JSON(stepIndex), "policy_version": JSON(version), "rng": JSON(String(rng.state)),
-                                   "buffered": [], "seed": JSON(config.int("seed"))]
-                try run.writeCheckpoint(step: stepIndex, model: model, optimizer: step.optimizer, state: state, keep: keep)
+            let stopNow = try hooks.stopRequested()
+            if isLast || stopNow || (ckEvery > 0 && (s + 1) % ckEvery == 0) {
+                let extras = hooks.checkpointExtras()
+                if let run {
+                    let state: JSON = ["step": JSON(stepIndex), "rl_step": JSON(s + 1), "policy_version": JSON(version),
+                                       "rng": JSON(String(rng.state)), "seed": JSON(config.int("seed")),
+                                       "buffered_files": .array(extras.keys.sorted().map { .string($0) })]
+                    try run.writeCheckpoint(step: stepIndex, model: model, optimizer: step.optimizer, state: state, keep: keep, extras: extras)
+                }
+            }
+            if stopNow && !isLast {
+                log("stopping after step \(stepIndex) on request (SIGUSR1); resume with --resume auto")
+                break
             }
         }
         writeReport(notes)

@@ -41,6 +41,37 @@ public final class RunDirectory {
         metrics = FileHandle(forWritingAtPath: path + "/metrics.jsonl")
     }
 
+    /// Opens an existing run directory to continue it: metrics after `step` are dropped
+    /// (they belong to a timeline that did not reach a checkpoint) and new lines append.
+    public init(resumeAt path: String, step: Int) throws(RunError) {
+        self.path = path
+        let fm = FileManager.default
+        do {
+            try Checkpoint.truncateLines(path + "/metrics.jsonl", upToStep: step)
+            if fm.fileExists(atPath: path + "/trained_ids.jsonl") { try Checkpoint.truncateLines(path + "/trained_ids.jsonl", upToStep: step) }
+        } catch { throw RunError(path: path, reason: "cannot rewrite metrics.jsonl: \(error)") }
+        if !fm.fileExists(atPath: path + "/metrics.jsonl") { fm.createFile(atPath: path + "/metrics.jsonl", contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path + "/metrics.jsonl") else { throw RunError(path: path + "/metrics.jsonl", reason: "cannot open") }
+        h.seekToEndOfFile()
+        metrics = h
+    }
+
+    /// Appends one line to RUN/trained_ids.jsonl (the ids trained at a step).
+    public func appendTrainedIDs(step: Int, ids: [String]) {
+        let path = self.path + "/trained_ids.jsonl"
+        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path) else { return }
+        h.seekToEndOfFile()
+        h.write(Data((JSON.object([("step", JSON(step)), ("ids", .array(ids.map { .string($0) }))]).serialized + "\n").utf8))
+        try? h.close()
+    }
+
+    /// Existing metrics lines (after a resume), for the report.
+    public func existingMetrics() -> [JSON] {
+        guard let data = FileManager.default.contents(atPath: path + "/metrics.jsonl") else { return [] }
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
+    }
+
     /// The default run directory: runs/ plus a timestamp (UTC), never an existing one.
     public static func defaultPath() -> String {
         let f = DateFormatter()
@@ -74,7 +105,8 @@ public final class RunDirectory {
     /// Writes a checkpoint (SPEC section 7) under a temporary name, syncs every file,
     /// writes MANIFEST last, renames the directory into place, then moves `latest`, and
     /// keeps the newest `keep`.
-    public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int) throws(RunError) {
+    public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int,
+                                extras: [String: Data] = [:]) throws(RunError) {
         let name = RunDirectory.checkpointName(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
@@ -89,8 +121,9 @@ public final class RunDirectory {
             try FileWriting.writeAtomically(SafetensorsFile.serialize(tensors, metadata: ["t": String(optimizer.t), "optimizer": optimizer.config.kind.rawValue]),
                                             to: tmp + "/optimizer.safetensors")
             try FileWriting.writeAtomically(Data((state.pretty + "\n").utf8), to: tmp + "/state.json")
+            for (name, data) in extras { try FileWriting.writeAtomically(data, to: tmp + "/" + name) }
             var manifest = ""
-            for file in ["config.json", "model.safetensors", "optimizer.safetensors", "state.json"] {
+            for file in ["config.json", "model.safetensors", "optimizer.safetensors", "state.json"] + extras.keys.sorted() {
                 guard let data = fm.contents(atPath: tmp + "/" + file) else { throw RunError(path: tmp + "/" + file, reason: "cannot read back") }
                 manifest += data.withUnsafeBytes { SHA256.hex(of: $0) } + "  " + file + "\n"
             }

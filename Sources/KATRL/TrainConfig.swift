@@ -98,6 +98,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
         ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),
         ConfigKey(name: "check.flat_every", kind: .int(0...100_000_000), defaultValue: 0, help: "trie-vs-flat drift check every N steps"),
+        ConfigKey(name: "log.trained_ids", kind: .bool, defaultValue: false, help: "write RUN/trained_ids.jsonl: the trajectory ids trained at each step"),
         ConfigKey(name: "warmstart.steps", kind: .int(0...100_000_000), defaultValue: 400, help: "supervised steps on the task's reference answers before RL"),
         ConfigKey(name: "warmstart.batch", kind: .int(1...1_000_000), defaultValue: 64, help: "examples per supervised warm-start step"),
         ConfigKey(name: "warmstart.lr", kind: .optionalDouble(0...10), defaultValue: 1e-3, help: "warm-start learning rate (null: optimizer.lr)"),

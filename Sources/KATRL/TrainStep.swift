@@ -71,6 +71,8 @@ public final class TrainStep {
     public private(set) var skippedInARow = 0
     /// The initial model, held only when loss.kl_coef > 0.
     let reference: GPT2?
+    /// Fault injection for tests: SIGKILL this process after the next step's first backward.
+    public var killMidStep = false
 
     public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, packing: String, maxTokens: Int,
                 temperature: Float, minibatches: Int, ppoEpochs: Int, role: TrainerRole = .single) {
@@ -144,6 +146,7 @@ public final class TrainStep {
                     let r = policyLoss(trie: t, trajectories: sub, advantages: adv, logprobs: out.logprobs, config: loss,
                                        normaliser: norm, shard: mb, referenceLogprobs: ref)
                     model.backward(dlogprobs: r.dlogprobs)
+                    if killMidStep { kill(getpid(), SIGKILL) }
                     local[0] += r.loss; local[1] += Double(r.lossTokens); local[2] += Double(r.clippedTokens)
                     local[3] += r.klBehaviourSum; local[5] += Double(mb.count); local[6] += r.klReferenceSum
                     for (i, row) in mb.rowMap.enumerated() where mb.carriesLoss[i] {

@@ -22,7 +22,8 @@ enum TrainCommand {
       --config FILE      JSON config of nested objects (see kat-dist train --keys)
       --set key=value    override one dotted key; repeatable (value read as JSON, else text)
       --run-dir DIR      run directory (default runs/<UTC timestamp>); never overwritten
-      --resume auto|PATH continue from a checkpoint (not available yet)
+      --resume auto|PATH continue the run in --run-dir from its newest checkpoint that verifies,
+                         or from the checkpoint at PATH
       --keys             list every config key with its default and exit
     """
 
@@ -49,9 +50,14 @@ enum TrainCommand {
         } catch let e as ConfigError {
             throw UsageError(description: "kat-dist train: \(e)")
         }
-        if a.value("resume") != nil {
-            throw UsageError(description: "kat-dist train: --resume is not available in this version yet")
+        let resume = a.value("resume")
+        if let r = resume, r != "auto", !FileManager.default.fileExists(atPath: r) {
+            throw UsageError(description: "kat-dist train: --resume \(r): no such checkpoint (give auto or a checkpoint directory)")
         }
+        if resume != nil, a.value("run-dir") == nil {
+            throw UsageError(description: "kat-dist train: --resume needs --run-dir (the run to continue)")
+        }
+        installPreemptionHandler()
         if case let .task(name) = config.dataSource, builtinTask(name) == nil {
             throw UsageError(description: "kat-dist train: data.task \"\(name)\" is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
         }
@@ -76,7 +82,7 @@ enum TrainCommand {
         fflush(nil)
         let display = ProgressDisplay()
         if Communicator.launchedByMPI {
-            let code = DistributedTraining.run(config: config, runDirectory: runDir, log: { display.line($0) },
+            let code = DistributedTraining.run(config: config, runDirectory: runDir, resume: resume, log: { display.line($0) },
                                                progress: { display.status($0) })
             display.finish()
             if code != 0 { exit(code) }
@@ -84,10 +90,11 @@ enum TrainCommand {
         }
         do {
             if config.string("data.trajectories") != nil {
-                let trainer = try OfflineRun(config: config, runDirectory: runDir) { display.line($0) }
+                let trainer = try OfflineRun(config: config, runDirectory: runDir, resume: resume) { display.line($0) }
                 try trainer.train()
             } else {
-                let trainer = try OnlineRun(config: config, runDirectory: runDir, log: { display.line($0) }, progress: { display.status($0) })
+                let trainer = try OnlineRun(config: config, runDirectory: runDir, resume: resume, log: { display.line($0) },
+                                            progress: { display.status($0) })
                 try trainer.train()
             }
             display.finish()
