@@ -324,6 +324,7 @@ public enum DistributedTraining {
             }
             pending = nil
             if firstVersion < 0 { firstVersion = version }
+            if let k = faultKillStep(), k == counter + 1 { kill(getpid(), SIGKILL) } // tests: a rollout rank dies
             // Ids and samples are unique per run segment: a resumed run starts at a later version.
             let group = try gen.generateGroup(step: counter &+ firstVersion &* 1_000_003, index: 1_000_000 + world.rank, version: version,
                                               name: "v\(firstVersion)-r\(world.rank)-c\(counter)")

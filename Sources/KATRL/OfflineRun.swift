@@ -83,6 +83,7 @@ public final class OfflineRun {
                 drift = try step.drift(trajectories: g.map { trajs[$0] }, advantages: g.map { adv[$0] })
             }
             step.killMidStep = killAt == s + 1
+            step.poisonGradient = faultNaNStep() == s + 1
             let stats = try step.run(trajectories: trajs, groups: local, advantages: adv, step: s, totalSteps: total)
             if config.bool("log.trained_ids") { run?.appendTrainedIDs(step: s + 1, ids: trajs.map(\.id)) }
             version += stats.updates

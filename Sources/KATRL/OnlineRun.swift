@@ -13,13 +13,16 @@ public func installPreemptionHandler() {
 /// For tests of failure handling: `KAT_FAULT_KILL_AT=STEP[:RANK]` makes that world rank
 /// kill itself with SIGKILL in the middle of that training step (after its first
 /// micro-batch's backward pass).
-func faultKillStep() -> Int? {
+public func faultKillStep() -> Int? {
     guard let spec = ProcessInfo.processInfo.environment["KAT_FAULT_KILL_AT"] else { return nil }
     let parts = spec.split(separator: ":")
     let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "0"
     if parts.count > 1, String(parts[1]) != rank { return nil }
     return Int(parts[0])
 }
+
+/// For tests: `KAT_FAULT_NAN_AT=STEP` makes that training step's gradient NaN.
+func faultNaNStep() -> Int? { ProcessInfo.processInfo.environment["KAT_FAULT_NAN_AT"].flatMap(Int.init) }
 
 /// A step's batch as groups of trajectories.
 public struct CollectedBatch {
@@ -260,6 +263,7 @@ public final class OnlineRun {
                 drift = try step.drift(trajectories: groups[0].map { trajs[$0] }, advantages: groups[0].map { adv[$0] })
             }
             step.killMidStep = killAt == stepIndex + 1
+            step.poisonGradient = faultNaNStep() == stepIndex + 1
             let stats = try step.run(trajectories: trajs, groups: groups, advantages: adv, step: s, totalSteps: steps)
             version += stats.updates
             stepIndex += 1

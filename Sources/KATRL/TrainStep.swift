@@ -73,6 +73,8 @@ public final class TrainStep {
     let reference: GPT2?
     /// Fault injection for tests: SIGKILL this process after the next step's first backward.
     public var killMidStep = false
+    /// Fault injection for tests: make the next step's gradient NaN.
+    public var poisonGradient = false
 
     public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, packing: String, maxTokens: Int,
                 temperature: Float, minibatches: Int, ppoEpochs: Int, role: TrainerRole = .single) {
@@ -157,6 +159,7 @@ public final class TrainStep {
                 }
                 stats.tForwardBackward += monotonicSeconds() - t0
                 let t1 = monotonicSeconds()
+                if poisonGradient { model.grads[0] = .nan }
                 try role.reduceGradients(model.grads)
                 try role.reduceStats(&local)
                 stats.tAllreduce += monotonicSeconds() - t1

@@ -14,11 +14,12 @@ func benchBinary() -> String {
 
 /// Runs `mpirun` with the given ranks, oversubscribed, as root if need be, with a time
 /// limit: a hang fails the test instead of blocking CI.
-func mpirun(_ np: Int, _ args: [String], timeout: TimeInterval = 120) throws -> (code: Int32, output: String, seconds: Double) {
+func mpirun(_ np: Int, _ args: [String], timeout: TimeInterval = 120, env extra: [String: String] = [:],
+            whileRunning: ((Process) -> Void)? = nil) throws -> (code: Int32, output: String, seconds: Double) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["mpirun", "-np", "\(np)", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1",
-                   "-x", "OPENBLAS_NUM_THREADS=1"] + args
+                   "-x", "OPENBLAS_NUM_THREADS=1"] + extra.keys.sorted().flatMap { ["-x", "\($0)=\(extra[$0]!)"] } + args
     var env = ProcessInfo.processInfo.environment
     env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
     env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
@@ -32,6 +33,7 @@ func mpirun(_ np: Int, _ args: [String], timeout: TimeInterval = 120) throws -> 
     let t0 = Date()
     try p.run()
     while p.isRunning {
+        whileRunning?(p)
         if Date().timeIntervalSince(t0) > timeout {
             p.terminate()
             usleep(2_000_000)
