@@ -74,8 +74,9 @@ public enum TrajectoryCodec {
             }
             let reward = try r.f64(), advantage = try r.f64(), entropy = try r.f64()
             let v = try r.u64()
+            guard v == noVersion || Int(exactly: v) != nil else { throw DecodeError() }
             out.append(Trajectory(id: id, group: group, tokens: tokens, lossMask: mask, logprobs: logprobs, reward: reward,
-                                  advantage: advantage, entropy: entropy, policyVersion: v == noVersion ? nil : Int(v), source: source))
+                                  advantage: advantage, entropy: entropy, policyVersion: v == noVersion ? nil : Int(exactly: v), source: source))
         }
         guard r.i == bytes.count else { throw DecodeError() }
         return out

@@ -1,0 +1,1 @@
+read l; echo '{"prompt": "x"}'; while read l; do echo '{"observation": "", "reward": 1}'; done

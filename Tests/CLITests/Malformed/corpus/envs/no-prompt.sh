@@ -1,0 +1,1 @@
+while read l; do echo '{"p": 1}'; done
