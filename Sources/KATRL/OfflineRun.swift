@@ -24,13 +24,7 @@ public final class OfflineRun {
         guard let path = config.string("data.trajectories") else {
             throw RunError(path: "config", reason: "offline training needs data.trajectories")
         }
-        let m: GPT2
-        if let dir = config.string("model.init") {
-            m = try ModelDirectory.load(dir)
-        } else {
-            m = try GPT2(config: config.modelConfig)
-            m.initialize(seed: UInt64(config.int("seed")))
-        }
+        let m = try config.initialModel()
         model = m
         let trajs = try TrajectoryReader.read(path: path, vocabSize: m.config.vocabSize, maxPositions: m.config.nPositions)
         // Check the estimator's fields on the whole file up front.

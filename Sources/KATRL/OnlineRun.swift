@@ -87,13 +87,7 @@ public final class OnlineRun {
         self.hooks = hooks
         self.log = log
         self.progress = progress
-        let m: GPT2
-        if let dir = config.string("model.init") {
-            m = try ModelDirectory.load(dir)
-        } else {
-            m = try GPT2(config: config.modelConfig)
-            m.initialize(seed: UInt64(config.int("seed")))
-        }
+        let m = try config.initialModel()
         guard m.config.vocabSize >= GPT2Config.byteVocabSize else {
             throw RunError(path: "config", reason: "built-in and external environments use the byte tokenizer: model.vocab_size must be at least 260")
         }

@@ -260,6 +260,15 @@ public struct TrainConfig: Sendable {
         return r
     }
 
+    /// The model a run starts from: the directory `model.init`, or GPT-2 initialisation of
+    /// the configured shape with the run's seed.
+    public func initialModel() throws -> GPT2 {
+        if let dir = string("model.init") { return try ModelDirectory.load(dir) }
+        let m = try GPT2(config: modelConfig)
+        m.initialize(seed: UInt64(int("seed")))
+        return m
+    }
+
     public var modelConfig: GPT2Config {
         GPT2Config(vocabSize: int("model.vocab_size"), nPositions: int("model.n_positions"), nEmbd: int("model.n_embd"),
                    nLayer: int("model.n_layer"), nHead: int("model.n_head"))

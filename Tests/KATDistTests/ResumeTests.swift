@@ -161,3 +161,27 @@ final class ResumeTests: XCTestCase {
 enum RunDirectoryName {
     static func of(_ step: Int) -> String { "step-" + String(repeating: "0", count: max(0, 6 - String(step).count)) + String(step) }
 }
+
+final class TerminationTests: XCTestCase {
+    /// SIGTERM to mpirun ends the job at once; no checkpoint is damaged, and a resume
+    /// continues from the last complete one to the end.
+    func testSIGTERMLeavesResumableCheckpoints() throws {
+        let run = NSTemporaryDirectory() + "sigterm-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let args = [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1"] + tinyRun
+            + ["--set", "steps=400", "--set", "eval.every=0", "--set", "checkpoint.every=1", "--set", "checkpoint.keep=3"]
+        var sent = false
+        let r = try mpirun(2, args, timeout: 180, whileRunning: { p in
+            guard !sent, let text = try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8),
+                  text.components(separatedBy: "\"phase\":\"rl\"").count > 20 else { return }
+            kill(p.processIdentifier, SIGTERM)
+            sent = true
+        })
+        XCTAssertTrue(sent)
+        XCTAssertNotEqual(r.code, 0, "terminated")
+        let resumed = try mpirun(2, args + ["--resume", "auto"], timeout: 300)
+        XCTAssertEqual(resumed.code, 0, resumed.output)
+        XCTAssertTrue(resumed.output.contains("resume: continuing from step-"), resumed.output)
+        XCTAssertEqual(try metricsLines(run).map { $0["step"]!.intValue! }, Array(1...403))
+    }
+}
