@@ -122,8 +122,7 @@ public enum DistributedTraining {
                     let t0 = monotonicSeconds()
                     var mine: [Trajectory] = []
                     var sizes: [Int] = []
-                    for g in stride(from: trainers.rank, to: prompts, by: t) {
-                        let group = try run!.generateGroup(step: step, index: g, version: version)
+                    for group in try run!.generateGroups(step: step, indices: Array(stride(from: trainers.rank, to: prompts, by: t)), version: version) {
                         sizes.append(group.count)
                         mine += group
                     }
@@ -315,6 +314,10 @@ public enum DistributedTraining {
             try takeWeights()
             if version < 0 { usleep(1000) }
         }
+        // Groups are decoded several at a time (one cache call per token for all their
+        // samples) and sent one by one; a new batch starts when the last one is on its way.
+        let perBatch = max(1, min(4, config.int("buffer.max_groups")))
+        var ready: [[Trajectory]] = []
         while true {
             if try stopRequested() { break }
             try takeWeights()
@@ -323,13 +326,16 @@ public enum DistributedTraining {
                 continue
             }
             pending = nil
-            if firstVersion < 0 { firstVersion = version }
-            if let k = faultKillStep(), k == counter + 1 { kill(getpid(), SIGKILL) } // tests: a rollout rank dies
-            // Ids and samples are unique per run segment: a resumed run starts at a later version.
-            let group = try gen.generateGroup(step: counter &+ firstVersion &* 1_000_003, index: 1_000_000 + world.rank, version: version,
-                                              name: "v\(firstVersion)-r\(world.rank)-c\(counter)")
-            counter += 1
-            pending = try world.isend(TrajectoryCodec.encode(group), to: 0, tag: Tag.group, synchronous: true)
+            if ready.isEmpty {
+                if firstVersion < 0 { firstVersion = version }
+                if let k = faultKillStep(), k == counter + 1 { kill(getpid(), SIGKILL) } // tests: a rollout rank dies
+                // Ids and samples are unique per run segment: a resumed run starts at a later version.
+                let indices = (0..<perBatch).map { 1_000_000 + world.rank * 64 + $0 }
+                let names = (0..<perBatch).map { "v\(firstVersion)-r\(world.rank)-c\(counter)-\($0)" }
+                ready = try gen.generateGroups(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
+                counter += 1
+            }
+            pending = try world.isend(TrajectoryCodec.encode(ready.removeFirst()), to: 0, tag: Tag.group, synchronous: true)
         }
         // Finish the group in flight (trainer 0 drains it), say done, and keep taking weight
         // messages until trainer 0 says goodbye, so that every send of both sides completes.

@@ -139,14 +139,22 @@ public final class OnlineRun {
     }
     var resumedState: JSON?
 
-    /// Group `index` of step `step`: its prompt and sampling depend on the seed, the step
-    /// and the index only, so any rank generating it gives the same trajectories.
+    /// Group `index` of step `step`: its prompt and samples depend on the seed, the step
+    /// and the index only (each sample draws from its own generator), so any rank
+    /// generating it gets the same group up to float round-off of a different batch shape.
     public func generateGroup(step s: Int, index g: Int, version: Int, name: String? = nil) throws -> [Trajectory] {
-        var mix = SplitMix64(seed: UInt64(config.int("seed")) &* 0x100000001B3 &+ UInt64(s) &* 0x9E3779B97F4A7C15 &+ UInt64(g))
-        let prompt = mix.next() % trainCount
-        worker.sampler.rng = SplitMix64(seed: mix.next())
-        let id = name ?? "s\(s)-g\(g)"
-        return try worker.rolloutGroup(seed: prompt, split: "train", groupID: id, policyVersion: version, idPrefix: id)
+        try generateGroups(step: s, indices: [g], version: version, names: name.map { [$0] })[0]
+    }
+
+    /// Several groups of a step, decoded together.
+    public func generateGroups(step s: Int, indices: [Int], version: Int, names: [String]? = nil) throws -> [[Trajectory]] {
+        let requests = indices.enumerated().map { (k, g) -> RolloutWorker.GroupRequest in
+            var mix = SplitMix64(seed: UInt64(config.int("seed")) &* 0x100000001B3 &+ UInt64(s) &* 0x9E3779B97F4A7C15 &+ UInt64(g))
+            let prompt = mix.next() % trainCount
+            let id = names?[k] ?? "s\(s)-g\(g)"
+            return RolloutWorker.GroupRequest(seed: prompt, split: "train", groupID: id, idPrefix: id, policyVersion: version, sampleSeed: mix.next())
+        }
+        return try worker.rolloutGroups(requests)
     }
 
     var trainCount: UInt64 { UInt64(task?.promptCount(split: "train") ?? Int(Int32.max)) }
@@ -242,8 +250,7 @@ public final class OnlineRun {
                 batch = try collect(s, version)
             } else {
                 var trajs: [Trajectory] = [], groups: [[Int]] = []
-                for g in 0..<prompts {
-                    let group = try generateGroup(step: s, index: g, version: version)
+                for group in try generateGroups(step: s, indices: Array(0..<prompts), version: version) {
                     groups.append(Array(trajs.count..<(trajs.count + group.count)))
                     trajs += group
                 }

@@ -58,49 +58,81 @@ public final class RolloutWorker {
     /// Room left under n_positions for an observation and the next answer.
     func fits(_ length: Int) -> Bool { length + config.maxNewTokens < sampler.cache.model.config.nPositions }
 
+    /// One group to roll out: the prompt's seed and split, names, the policy version, and
+    /// the seed of the samples' random draws.
+    public struct GroupRequest {
+        public var seed: UInt64
+        public var split: String
+        public var groupID: String
+        public var idPrefix: String
+        public var policyVersion: Int
+        public var sampleSeed: UInt64
+        public init(seed: UInt64, split: String, groupID: String, idPrefix: String, policyVersion: Int, sampleSeed: UInt64) {
+            self.seed = seed; self.split = split; self.groupID = groupID; self.idPrefix = idPrefix
+            self.policyVersion = policyVersion; self.sampleSeed = sampleSeed
+        }
+    }
+
     /// One group for the prompt of `seed`: up to `groupSize` trajectories.
     public func rolloutGroup(seed: UInt64, split: String, groupID: String, policyVersion: Int, idPrefix: String) throws -> [Trajectory] {
+        try rolloutGroups([GroupRequest(seed: seed, split: split, groupID: groupID, idPrefix: idPrefix, policyVersion: policyVersion,
+                                        sampleSeed: sampler.rng.next())])[0]
+    }
+
+    /// Several groups at once: every prompt is prefilled once, and the first turns of all
+    /// samples of all groups are decoded together, one cache call per token. Later turns
+    /// continue each sample from its own cache rows.
+    public func rolloutGroups(_ requests: [GroupRequest]) throws -> [[Trajectory]] {
         sampler.cache.reset()
-        let first = makeEnvironment()
-        let prompt = try first.reset(seed: seed, split: split)
-        let ptoks = promptTokens(prompt)
-        guard fits(ptoks.count) else {
-            throw EnvironmentError(source: "prompt of seed \(seed)", reason: "\(ptoks.count) tokens plus rollout.max_new_tokens exceed model.n_positions")
-        }
-        let (row, logits) = try sampler.prefill(ptoks)
-        var cfg = samplingConfig
-        cfg.branchPoints = config.branchPoints
-        cfg.branchFactor = config.branchFactor
+        var firstEnvs: [Environment] = [], prompts: [[Int32]] = [], starts: [Sampler.GenerationStart] = []
         let forks = config.branchPoints.filter { $0 < config.maxNewTokens }.count
         let fanOut = Int(pow(Double(max(1, config.branchFactor)), Double(forks)))
         let streams = max(1, config.groupSize / max(1, fanOut))
-        let leaves = try sampler.generate(from: row, logits: logits, streams: streams, config: cfg)
-        var out: [Trajectory] = []
-        for (k, leaf) in leaves.prefix(config.groupSize).enumerated() {
-            let env = k == 0 ? first : makeEnvironment()
-            if k > 0 { _ = try env.reset(seed: seed, split: split) }
-            var tokens = ptoks, mask = [UInt8](repeating: 0, count: ptoks.count)
-            var lps = [Float](repeating: .nan, count: ptoks.count)
-            var ents: [Float] = []
-            var reward = 0.0
-            var cont = leaf
-            var turn = 0
-            while true {
-                turn += 1
-                for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
-                let action = ByteTokenizer.decode(cont.tokens.map(\.token))
-                let reply = try env.step(action: action)
-                reward += reply.reward
-                if reply.done || turn >= config.turns { break }
-                let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
-                guard fits(tokens.count + obs.count) else { break }
-                let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
-                tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
-                cont = try sampler.generate(from: r2, logits: l2, streams: 1, config: samplingConfig)[0]
+        for req in requests {
+            let env = makeEnvironment()
+            let ptoks = promptTokens(try env.reset(seed: req.seed, split: req.split))
+            guard fits(ptoks.count) else {
+                throw EnvironmentError(source: "prompt of seed \(req.seed)", reason: "\(ptoks.count) tokens plus rollout.max_new_tokens exceed model.n_positions")
             }
-            let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
-            out.append(Trajectory(id: "\(idPrefix)-\(k)", group: groupID, tokens: tokens, lossMask: mask, logprobs: lps,
-                                  reward: reward, entropy: h, policyVersion: policyVersion, source: "rollout \(idPrefix)-\(k)"))
+            let (row, logits) = try sampler.prefill(ptoks)
+            firstEnvs.append(env); prompts.append(ptoks)
+            starts.append(Sampler.GenerationStart(row: row, logits: logits, streams: streams, seed: req.sampleSeed))
+        }
+        var cfg = samplingConfig
+        cfg.branchPoints = config.branchPoints
+        cfg.branchFactor = config.branchFactor
+        let leavesPerGroup = try sampler.generate(starts: starts, config: cfg)
+        var out: [[Trajectory]] = []
+        for (g, req) in requests.enumerated() {
+            var group: [Trajectory] = []
+            var turnSeed = SplitMix64(seed: req.sampleSeed ^ 0x5EED)
+            for (k, leaf) in leavesPerGroup[g].prefix(config.groupSize).enumerated() {
+                let env = k == 0 ? firstEnvs[g] : makeEnvironment()
+                if k > 0 { _ = try env.reset(seed: req.seed, split: req.split) }
+                var tokens = prompts[g], mask = [UInt8](repeating: 0, count: prompts[g].count)
+                var lps = [Float](repeating: .nan, count: prompts[g].count)
+                var ents: [Float] = []
+                var reward = 0.0
+                var cont = leaf
+                var turn = 0
+                while true {
+                    turn += 1
+                    for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
+                    let reply = try env.step(action: ByteTokenizer.decode(cont.tokens.map(\.token)))
+                    reward += reply.reward
+                    if reply.done || turn >= config.turns { break }
+                    let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+                    guard fits(tokens.count + obs.count) else { break }
+                    let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
+                    tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
+                    cont = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
+                                                config: samplingConfig)[0][0]
+                }
+                let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
+                group.append(Trajectory(id: "\(req.idPrefix)-\(k)", group: req.groupID, tokens: tokens, lossMask: mask, logprobs: lps,
+                                        reward: reward, entropy: h, policyVersion: req.policyVersion, source: "rollout \(req.idPrefix)-\(k)"))
+            }
+            out.append(group)
         }
         return out
     }

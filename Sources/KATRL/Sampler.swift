@@ -62,7 +62,9 @@ public final class Sampler {
     }
 
     /// Picks a token from log-probs: argmax, or a draw from the top-p nucleus.
-    func pick(_ logp: [Float], config: SamplingConfig) -> Int32 {
+    func pick(_ logp: [Float], config: SamplingConfig) -> Int32 { Sampler.pick(logp, config: config, rng: &rng) }
+
+    static func pick(_ logp: [Float], config: SamplingConfig, rng: inout SplitMix64) -> Int32 {
         if config.greedy {
             var best = 0
             for i in 1..<logp.count where logp[i] > logp[best] { best = i }
@@ -104,35 +106,67 @@ public final class Sampler {
     /// Generates `streams` continuations from one row whose logits are given, forking at
     /// the branch points; every step extends all live continuations in one cache call.
     public func generate(from row: Int32, logits: [Float], streams: Int, config: SamplingConfig) throws(ModelError) -> [Continuation] {
-        struct Stream { var tokens: [SampledToken]; var last: Int32; var logits: ArraySlice<Float> }
+        try generate(starts: [GenerationStart(row: row, logits: logits, streams: streams, seed: rng.next())], config: config)[0]
+    }
+
+    /// Where a batch of continuations starts: a cache row, its logits, how many samples,
+    /// and the seed of their random draws.
+    public struct GenerationStart {
+        public var row: Int32
+        public var logits: [Float]
+        public var streams: Int
+        public var seed: UInt64
+        public init(row: Int32, logits: [Float], streams: Int, seed: UInt64) {
+            self.row = row; self.logits = logits; self.streams = streams; self.seed = seed
+        }
+    }
+
+    /// Generates from several starts at once (the groups of a step), all live samples
+    /// extended in one cache call per token. Each sample draws from its own generator,
+    /// seeded from its start's seed, so the result of a start does not depend on what else
+    /// is generated beside it. Returns the continuations of each start.
+    public func generate(starts: [GenerationStart], config: SamplingConfig) throws(ModelError) -> [[Continuation]] {
+        struct Stream { var origin: Int; var tokens: [SampledToken]; var last: Int32; var logits: ArraySlice<Float>; var rng: SplitMix64 }
         let v = cache.model.config.vocabSize
-        var live = (0..<max(1, streams)).map { _ in Stream(tokens: [], last: row, logits: logits[...]) }
-        var done: [Continuation] = []
+        var live: [Stream] = []
+        for (k, st) in starts.enumerated() {
+            var base = SplitMix64(seed: st.seed)
+            for _ in 0..<max(1, st.streams) {
+                live.append(Stream(origin: k, tokens: [], last: st.row, logits: st.logits[...], rng: SplitMix64(seed: base.next())))
+            }
+        }
+        var done = [[Continuation]](repeating: [], count: starts.count)
         let branchAt = Set(config.branchPoints)
         while !live.isEmpty {
-            var next: [Stream] = []
             var newTokens: [Int32] = [], newParents: [Int32] = []
-            for var s in live {
-                let (logp, h) = s.logits.withUnsafeBufferPointer { distribution($0, temperature: config.temperature) }
-                let tok = pick(logp, config: config)
-                s.tokens.append(SampledToken(token: tok, logprob: logp[Int(tok)], entropy: h))
+            for k in live.indices {
+                let (logp, h) = live[k].logits.withUnsafeBufferPointer { distribution($0, temperature: config.temperature) }
+                let tok = Sampler.pick(logp, config: config, rng: &live[k].rng)
+                live[k].tokens.append(SampledToken(token: tok, logprob: logp[Int(tok)], entropy: h))
                 newTokens.append(tok)
-                newParents.append(s.last)
-                next.append(s)
+                newParents.append(live[k].last)
             }
             let logitsAll = try cache.extend(tokens: newTokens, parents: newParents, outputs: Array(0..<newTokens.count))
             let base = Int32(cache.count - newTokens.count)
+            let current = live
             live = []
-            for (k, var s) in next.enumerated() {
+            for (k, var s) in current.enumerated() {
                 s.last = base + Int32(k)
                 let tok = s.tokens.last!.token
                 if config.stopTokens.contains(tok) || s.tokens.count >= config.maxNewTokens {
-                    done.append(Continuation(tokens: s.tokens, lastRow: s.last, stopped: config.stopTokens.contains(tok)))
+                    done[s.origin].append(Continuation(tokens: s.tokens, lastRow: s.last, stopped: config.stopTokens.contains(tok)))
                     continue
                 }
                 s.logits = logitsAll[(k * v)..<((k + 1) * v)]
-                let copies = branchAt.contains(s.tokens.count) ? max(1, config.branchFactor) : 1
-                for _ in 0..<copies { live.append(s) }
+                if branchAt.contains(s.tokens.count), config.branchFactor > 1 {
+                    for _ in 0..<config.branchFactor {
+                        var child = s
+                        child.rng = SplitMix64(seed: s.rng.next())
+                        live.append(child)
+                    }
+                } else {
+                    live.append(s)
+                }
             }
         }
         return done
