@@ -176,6 +176,16 @@ final class TrieEquivalenceTests: XCTestCase {
     }
 }
 
+/// The loss and gradient of the whole trie in one pass: what shards and micro-batches must add up to.
+func wholeTrie(_ m: GPT2, _ trie: Trie, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig,
+               _ norm: LossNormaliser) throws -> (PolicyLossResult, [Float]) {
+    m.zeroGrad()
+    let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
+                           logprobs: m.forward(try trie.packedBatch(config: m.config)).logprobs, config: cfg, normaliser: norm)
+    m.backward(dlogprobs: whole.dlogprobs)
+    return (whole, m.grads.array)
+}
+
 final class ShardTests: XCTestCase {
     /// The sum of K shards' losses and gradients is the whole trie's, for K = 1..4,
     /// including a batch whose single prompt subtree must be cut below branch points.
@@ -190,11 +200,7 @@ final class ShardTests: XCTestCase {
                 let cfg = PolicyLossConfig(mode: .seqMeanTokenMean)
                 let norm = LossNormaliser(trajs)
                 let trie = Trie(trajs)
-                m.zeroGrad()
-                let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
-                                       logprobs: m.forward(try trie.packedBatch(config: m.config)).logprobs, config: cfg, normaliser: norm)
-                m.backward(dlogprobs: whole.dlogprobs)
-                let wholeGrad = m.grads.array
+                let (whole, wholeGrad) = try wholeTrie(m, trie, trajs, adv, cfg, norm)
                 for k in 1...4 {
                     let shards = trie.shards(k)
                     XCTAssertEqual(shards.count, k)
@@ -233,11 +239,7 @@ final class MicroBatchTests: XCTestCase {
         let cfg = PolicyLossConfig(mode: .tokenMean)
         let norm = LossNormaliser(trajs)
         let trie = Trie(trajs)
-        m.zeroGrad()
-        let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
-                               logprobs: m.forward(try trie.packedBatch(config: m.config)).logprobs, config: cfg, normaliser: norm)
-        m.backward(dlogprobs: whole.dlogprobs)
-        let wholeGrad = m.grads.array
+        let (whole, wholeGrad) = try wholeTrie(m, trie, trajs, adv, cfg, norm)
         let longestPath = trajs.map(\.tokens.count).max()!
         for k in [1, 2, 3] {
             for maxTokens in [longestPath, 24, 40, 1000] {
