@@ -21,7 +21,9 @@ final class Activations {
     let residual2: [FloatBuffer]      // (N, C)
     let ln2, ln2Mean, ln2Rstd: [FloatBuffer]
     let fch: [FloatBuffer]            // (N, 4C) pre-GELU
-    let fchGelu: [FloatBuffer]        // (N, 4C)
+    /// GELU outputs of the layer being computed: forward fills it per layer, backward
+    /// recomputes it from `fch` (one elementwise pass) instead of keeping L copies.
+    let fchGelu: FloatBuffer          // (N, 4C)
     let residual3: [FloatBuffer]      // (N, C)
     let lnf, lnfMean, lnfRstd: FloatBuffer
     let rowLse: FloatBuffer           // (N) log-sum-exp of logits / tau at head rows
@@ -39,7 +41,7 @@ final class Activations {
         qkv = many(n * 3 * c); atty = many(n * c); attLse = many(n * nh)
         residual2 = many(n * c)
         ln2 = many(n * c); ln2Mean = many(n); ln2Rstd = many(n)
-        fch = many(n * 4 * c); fchGelu = many(n * 4 * c)
+        fch = many(n * 4 * c); fchGelu = FloatBuffer(count: n * 4 * c)
         residual3 = many(n * c)
         lnf = FloatBuffer(count: n * c); lnfMean = FloatBuffer(count: n); lnfRstd = FloatBuffer(count: n)
         rowLse = FloatBuffer(count: n)
@@ -51,8 +53,8 @@ final class Activations {
 
     /// Bytes held (activations and gradient scratch).
     var bytes: Int {
-        let singles = [encoded, lnf, lnfMean, lnfRstd, rowLse, dresidual, dln, datty, dtmp, dqkv, dfch, dfchGelu]
-        let lists = [ln1, ln1Mean, ln1Rstd, qkv, atty, attLse, residual2, ln2, ln2Mean, ln2Rstd, fch, fchGelu, residual3]
+        let singles = [encoded, lnf, lnfMean, lnfRstd, rowLse, dresidual, dln, datty, dtmp, dqkv, dfch, dfchGelu, fchGelu]
+        let lists = [ln1, ln1Mean, ln1Rstd, qkv, atty, attLse, residual2, ln2, ln2Mean, ln2Rstd, fch, residual3]
         return 4 * (singles.reduce(0) { $0 + $1.count } + lists.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } })
     }
 }
@@ -144,8 +146,8 @@ public final class GPT2: @unchecked Sendable {
             accumulate(a.residual2[l].pointer, residual, n * c)
             layernormForward(a.ln2[l].pointer, a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, a.residual2[l].pointer, p + o.ln2w, p + o.ln2b, n, c)
             matmulForward(a.fch[l].pointer, a.ln2[l].pointer, p + o.fcw, p + o.fcb, n, c, 4 * c)
-            geluForward(a.fchGelu[l].pointer, a.fch[l].pointer, n * 4 * c)
-            matmulForward(a.residual3[l].pointer, a.fchGelu[l].pointer, p + o.fcprojw, p + o.fcprojb, n, 4 * c, c)
+            geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c)
+            matmulForward(a.residual3[l].pointer, a.fchGelu.pointer, p + o.fcprojw, p + o.fcprojb, n, 4 * c, c)
             accumulate(a.residual3[l].pointer, a.residual2[l].pointer, n * c)
             residual = a.residual3[l].pointer
         }
@@ -282,7 +284,8 @@ public final class GPT2: @unchecked Sendable {
             let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
             // residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2))))
             a.dfchGelu.zero()
-            matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu[l].pointer, p + o.fcprojw, n, 4 * c, c)
+            geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c) // recomputed, not stored per layer
+            matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu.pointer, p + o.fcprojw, n, 4 * c, c)
             a.dfch.zero()
             geluBackward(a.dfch.pointer, a.fch[l].pointer, a.dfchGelu.pointer, n * 4 * c)
             a.dln.zero()
