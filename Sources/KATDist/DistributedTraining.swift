@@ -108,13 +108,15 @@ public enum DistributedTraining {
                 inbox.buffer = try splitGroups(Array(data))
             }
         }
+        // The hooks are made before the run they serve exists; they reach it through this box.
+        let current = RunBox()
         hooks.stepDone = { step in
-            let c = try trainers.allreduceMaxMin(checksum(hooksModel!))
+            guard let model = current.run?.model else { return }
+            let c = try trainers.allreduceMaxMin(checksum(model))
             if c.max != c.min {
                 throw RunError(path: "trainers", reason: "weights diverged across trainer ranks after step \(step + 1) (checksums \(c.min) and \(c.max))")
             }
         }
-        var run: OnlineRun?
         let prompts = config.int("batch.prompts")
         if r == 0 {
             if t > 1 {
@@ -122,7 +124,8 @@ public enum DistributedTraining {
                     let t0 = monotonicSeconds()
                     var mine: [Trajectory] = []
                     var sizes: [Int] = []
-                    for group in try run!.generateGroups(step: step, indices: Array(stride(from: trainers.rank, to: prompts, by: t)), version: version) {
+                    guard let run = current.run else { throw RunError(path: "trainer", reason: "batch requested before the run started") }
+                    for group in try run.generateGroups(step: step, indices: Array(stride(from: trainers.rank, to: prompts, by: t)), version: version) {
                         sizes.append(group.count)
                         mine += group
                     }
@@ -168,17 +171,20 @@ public enum DistributedTraining {
                                       generatedTokens: trailer[1])
             }
             if let inbox {
-                hooks.published = { version in try inbox.publish(run!.model, version: version) }
+                hooks.published = { version in
+                    guard let model = current.run?.model else { return }
+                    try inbox.publish(model, version: version)
+                }
             }
         }
         let online = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, resume: resume, log: log, progress: progress)
-        run = online
-        hooksModel = online.model
+        current.run = online
         try online.train()
         try inbox?.shutdown()
     }
 
-    nonisolated(unsafe) static var hooksModel: GPT2?
+    /// Holds the run for the hooks that were created before it.
+    final class RunBox { var run: OnlineRun? }
 
     static func sizeBytes(_ sizes: [Int]) -> [UInt8] {
         var out: [UInt8] = []
@@ -277,6 +283,7 @@ public enum DistributedTraining {
     static func rollout(world: Communicator, t: Int, config: TrainConfig, runDirectory: String) throws {
         var hooks = RunHooks()
         hooks.isLeader = false
+        hooks.generatesOnly = true
         let gen = try OnlineRun(config: config, runDirectory: runDirectory, hooks: hooks, log: { _ in }, progress: { _ in })
         let model = gen.model
         var version = -1

@@ -42,6 +42,8 @@ public struct CollectedBatch {
 public struct RunHooks {
     /// Writes the run directory, metrics, report and checkpoints, and logs.
     public var isLeader = true
+    /// A rollout rank: it only generates, so it keeps no optimizer moments or reference model.
+    public var generatesOnly = false
     public var role: TrainerRole = .single
     /// Supplies a step's batch; nil generates every group in this process.
     public var collect: ((_ step: Int, _ version: Int) throws -> CollectedBatch)?
@@ -114,8 +116,11 @@ public final class OnlineRun {
         worker = RolloutWorker(model: m, seed: seed &+ 1, config: config.rolloutConfig, makeEnvironment: makeEnv)
         evalWorker = RolloutWorker(model: m, seed: seed &+ 2, config: config.rolloutConfig, makeEnvironment: makeEnv)
         rng = SplitMix64(seed: seed &+ 3)
-        let opt = Optimizer(config: config.optimizerConfig, layout: m.layout)
-        step = TrainStep(model: m, optimizer: opt, loss: config.lossConfig, packing: config.string("data.packing") ?? "trie",
+        var optConfig = config.optimizerConfig
+        var lossConfig = config.lossConfig
+        if hooks.generatesOnly { optConfig.kind = .sgd; lossConfig.klCoef = 0 } // no moments, no reference copy
+        let opt = Optimizer(config: optConfig, layout: m.layout)
+        step = TrainStep(model: m, optimizer: opt, loss: lossConfig, packing: config.string("data.packing") ?? "trie",
                          maxTokens: config.int("batch.max_tokens"), temperature: Float(config.double("rollout.temperature")),
                          minibatches: config.int("batch.minibatches"), ppoEpochs: config.int("loss.ppo_epochs"), role: hooks.role)
         if let spec = resume {
