@@ -46,6 +46,27 @@ public func builtinTask(_ name: String) -> Task? {
 
 public let builtinTaskNames = ["code", "arithmetic"]
 
+/// Prompts indexed by pairs, split into training and held-out lists by a fixed rule, so
+/// that no held-out prompt is ever trained on. A seed picks a pair of a split.
+struct PairSplit: Sendable {
+    let train: [(Int, Int)]
+    let test: [(Int, Int)]
+
+    init(_ a: ClosedRange<Int>, _ b: ClosedRange<Int>, heldOut: (Int, Int) -> Bool) {
+        var tr: [(Int, Int)] = [], te: [(Int, Int)] = []
+        for x in a { for y in b { if heldOut(x, y) { te.append((x, y)) } else { tr.append((x, y)) } } }
+        train = tr
+        test = te
+    }
+
+    func count(split: String) -> Int { split == "test" ? test.count : train.count }
+
+    func pair(seed: UInt64, split: String) -> (Int, Int) {
+        let list = split == "test" ? test : train
+        return list[Int(seed % UInt64(list.count))]
+    }
+}
+
 // MARK: - The code task
 
 /// Write a program in the stack language that computes a function described in words,
@@ -73,27 +94,13 @@ public struct CodeTask: Task {
         return o
     }()
     static let inputs: [Int64] = [0, 1, 2, 3, 5, 7, 10]
-    let train: [(Int, Int)]
-    let test: [(Int, Int)]
+    let pairs = PairSplit(0...(CodeTask.ops.count - 1), 0...(CodeTask.ops.count - 1)) { a, b in (a * 7 + b * 13) % 3 == 0 }
 
-    public init() {
-        var tr: [(Int, Int)] = [], te: [(Int, Int)] = []
-        let n = CodeTask.ops.count
-        for a in 0..<n {
-            for b in 0..<n {
-                if (a * 7 + b * 13) % 3 == 0 { te.append((a, b)) } else { tr.append((a, b)) }
-            }
-        }
-        train = tr
-        test = te
-    }
+    public init() {}
 
-    public func promptCount(split: String) -> Int { split == "test" ? test.count : train.count }
+    public func promptCount(split: String) -> Int { pairs.count(split: split) }
 
-    func instance(seed: UInt64, split: String) -> (Int, Int) {
-        let list = split == "test" ? test : train
-        return list[Int(seed % UInt64(list.count))]
-    }
+    func instance(seed: UInt64, split: String) -> (Int, Int) { pairs.pair(seed: seed, split: split) }
 
     public func reference(seed: UInt64, split: String) -> (prompt: String, answer: String) {
         let (a, b) = instance(seed: seed, split: split)
@@ -146,18 +153,10 @@ public struct CodeTask: Task {
 /// The held-out split is the pairs with (31 a + b) mod 10 = 0, never trained on.
 public struct ArithmeticTask: Task {
     public let name = "arithmetic"
-    let train: [(Int, Int)]
-    let test: [(Int, Int)]
-    public init() {
-        var tr: [(Int, Int)] = [], te: [(Int, Int)] = []
-        for a in 10...99 { for b in 10...99 { if (31 * a + b) % 10 == 0 { te.append((a, b)) } else { tr.append((a, b)) } } }
-        train = tr; test = te
-    }
-    public func promptCount(split: String) -> Int { split == "test" ? test.count : train.count }
-    func instance(seed: UInt64, split: String) -> (Int, Int) {
-        let list = split == "test" ? test : train
-        return list[Int(seed % UInt64(list.count))]
-    }
+    let pairs = PairSplit(10...99, 10...99) { a, b in (31 * a + b) % 10 == 0 }
+    public init() {}
+    public func promptCount(split: String) -> Int { pairs.count(split: split) }
+    func instance(seed: UInt64, split: String) -> (Int, Int) { pairs.pair(seed: seed, split: split) }
     public func reference(seed: UInt64, split: String) -> (prompt: String, answer: String) {
         let (a, b) = instance(seed: seed, split: split)
         return ("\(a)+\(b)=", "\(a + b)")

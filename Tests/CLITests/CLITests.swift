@@ -41,16 +41,20 @@ func runKatDist(_ args: [String], timeout: TimeInterval = 60) throws -> RunResul
     return RunResult(code: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
 }
 
+/// Each command must fail with exit code 2 and one line on stderr containing its fragment.
+func assertUsageErrors(_ cases: [([String], String)], file: StaticString = #filePath, line: UInt = #line) throws {
+    for (args, fragment) in cases {
+        let r = try runKatDist(args)
+        XCTAssertEqual(r.code, 2, "\(args): \(r.stderr)", file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(fragment), "\(args): \(r.stderr)", file: file, line: line)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)", file: file, line: line)
+    }
+}
+
 let fixtureModel = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../KATModelTests/Fixtures/hf-gpt2").standardized.path
 
-final class CLITests: XCTestCase {
-    var dir = ""
-    override func setUp() {
-        dir = NSTemporaryDirectory() + "cli-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+final class CLITests: TemporaryDirectoryTestCase {
 
     func testHelpAndVersion() throws {
         let h = try runKatDist(["--help"])
@@ -78,12 +82,7 @@ final class CLITests: XCTestCase {
             (["logprobs", "--model", fixtureModel, "--input", "/etc/hostname", "--temperature", "0"], "--temperature must be a number"),
             (["logprobs", "stray"], "unexpected argument 'stray'"),
         ]
-        for (args, fragment) in cases {
-            let r = try runKatDist(args)
-            XCTAssertEqual(r.code, 2, "\(args): \(r.stderr)")
-            XCTAssertTrue(r.stderr.contains(fragment), "\(args): \(r.stderr)")
-            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)")
-        }
+        try assertUsageErrors(cases)
     }
 
     /// logprobs writes, per line, exactly what the model computes, and leaves an existing

@@ -4,13 +4,7 @@ import KATModel
 
 let reverseEnv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path
 
-final class RLTests: XCTestCase {
-    var dir = ""
-    override func setUp() {
-        dir = NSTemporaryDirectory() + "rl-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+final class RLTests: TemporaryDirectoryTestCase {
 
     /// The built-in default run, exactly as `kat-dist train` runs it: held-out success rises
     /// by at least 0.3 and ends at 0.6 or more, and the RL phase alone adds at least 0.2

@@ -18,13 +18,7 @@ func metrics(_ runDir: String) throws -> [JSON] {
     try String(contentsOfFile: runDir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
 }
 
-final class TrainTests: XCTestCase {
-    var dir = ""
-    override func setUp() {
-        dir = NSTemporaryDirectory() + "train-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+final class TrainTests: TemporaryDirectoryTestCase {
 
     func baseArgs(_ data: String, steps: Int = 40) -> [String] {
         ["train", "--set", "data.trajectories=\(data)", "--set", "advantage.estimator=given",
@@ -107,12 +101,7 @@ final class TrainTests: XCTestCase {
             (["train", "--set", "data.task=chess"], "data.task \"chess\" is not a built-in task"),
             (["train", "--set", "data.trajectories=\(dir)/none.jsonl"], "no such file"),
         ]
-        for (args, fragment) in cases {
-            let r = try runKatDist(args)
-            XCTAssertEqual(r.code, 2, "\(args): \(r.stderr)")
-            XCTAssertTrue(r.stderr.contains(fragment), "\(args): \(r.stderr)")
-            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)")
-        }
+        try assertUsageErrors(cases)
     }
 
     /// A run directory with checkpoints is never overwritten; a bad trajectory file stops

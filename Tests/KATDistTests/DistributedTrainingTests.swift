@@ -13,13 +13,7 @@ let tinyRun = ["--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", 
                "--set", "warmstart.steps=3", "--set", "eval.every=2", "--set", "eval.prompts=8", "--set", "batch.prompts=4",
                "--set", "rollout.group_size=4"]
 
-final class DistributedTrainingTests: XCTestCase {
-    var dir = ""
-    override func setUp() {
-        dir = NSTemporaryDirectory() + "dist-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+final class DistributedTrainingTests: TemporaryDirectoryTestCase {
 
     /// Every shape of job trains, ends cleanly on every rank, and writes its metrics.
     func testEveryRankLayoutTrainsAndEndsCleanly() throws {

@@ -8,13 +8,7 @@ let resumable = tinyRun + ["--set", "steps=6", "--set", "checkpoint.every=2", "-
 
 func params(_ ckpt: String) throws -> [Float] { try ModelDirectory.load(ckpt).params.array }
 
-final class ResumeTests: XCTestCase {
-    var dir = ""
-    override func setUp() {
-        dir = NSTemporaryDirectory() + "resume-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+final class ResumeTests: TemporaryDirectoryTestCase {
 
     /// Deterministic synchronous runs: N steps straight and a run killed with SIGKILL on a
     /// chosen rank in the middle of a step, then resumed with --resume auto, end with
