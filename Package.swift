@@ -34,8 +34,10 @@ let package = Package(
         .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
         .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel"]),
-        .testTarget(name: "CLITests", dependencies: ["KATModel", "kat-dist"], exclude: ["Malformed"]),
-        .testTarget(name: "KATDistTests", dependencies: ["kat-bench", "kat-dist", "KATModel", "KATTrie"]),
+        // Helpers shared by the test targets that run the executables.
+        .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
+        .testTarget(name: "CLITests", dependencies: ["KATModel", "KATTestSupport", "kat-dist"], exclude: ["Malformed"]),
+        .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "kat-bench", "kat-dist", "KATModel", "KATTrie"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist"], path: "Benchmarks/kat-bench"),
     ]
 )

@@ -1,17 +1,10 @@
 import Foundation
 import XCTest
 import KATModel
+import KATTestSupport
 
-/// The built `kat-dist` executable, next to this test bundle.
-func katDistBinary() -> String {
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("kat-dist").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/release/kat-dist").standardized.path
-}
+/// The built `kat-dist` executable.
+func katDistBinary() -> String { builtExecutable("kat-dist") }
 
 struct RunResult { var code: Int32; var stdout: String; var stderr: String }
 

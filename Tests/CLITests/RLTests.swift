@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATTestSupport
 import KATModel
 
 let reverseEnv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path

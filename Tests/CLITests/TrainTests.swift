@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATTestSupport
 import KATModel
 
 /// Supervised-style data (advantage 1, no log-probs): reverse five letters after SEP.

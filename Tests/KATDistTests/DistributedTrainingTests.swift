@@ -1,8 +1,9 @@
 import Foundation
 import XCTest
+import KATTestSupport
 import KATModel
 
-func katDist() -> String { URL(fileURLWithPath: benchBinary()).deletingLastPathComponent().appendingPathComponent("kat-dist").path }
+func katDist() -> String { builtExecutable("kat-dist") }
 
 func metricsLines(_ run: String) throws -> [JSON] {
     try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }

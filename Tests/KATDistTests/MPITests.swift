@@ -1,16 +1,9 @@
 import Foundation
 import XCTest
+import KATTestSupport
 
-/// The built `kat-bench` executable, next to this test bundle.
-func benchBinary() -> String {
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for _ in 0..<4 {
-        let c = dir.appendingPathComponent("kat-bench").path
-        if FileManager.default.isExecutableFile(atPath: c) { return c }
-        dir = dir.deletingLastPathComponent()
-    }
-    return "kat-bench"
-}
+/// The built `kat-bench` executable.
+func benchBinary() -> String { builtExecutable("kat-bench") }
 
 /// Runs `mpirun` with the given ranks, oversubscribed, as root if need be, with a time
 /// limit: a hang fails the test instead of blocking CI.

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATTestSupport
 import KATModel
 import KATTrie
 
