@@ -1,9 +1,18 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// kat-dist: a distributed RL trainer for GPT-2 language models on trie-packed
-// trajectories. No package dependencies: only the Swift toolchain, Open MPI and
-// OpenBLAS from the system (see Launch/setup.sh).
+// kat-dist: a distributed RL trainer for language models on trie-packed trajectories.
+// No package dependencies: only the Swift toolchain, Open MPI and OpenBLAS from the
+// system (see Launch/setup.sh).
+//
+// Layers only look down:
+//   KATSupport  JSON, SHA-256, atomic file writing, seeded RNG, clock      (nothing)
+//   KATModel    model maths, optimizer, safetensors, model directories   (CBLAS, KATSupport)
+//   KATTrie     trajectories, trie, shards, loss normaliser, offline batching (KATSupport)
+//   KATEnv      tokenizers, tasks, the sandboxed interpreter, external environments (KATSupport)
+//   KATRL       advantages, policy loss, sampler, rollouts, one training step
+//   KATDist     the runtime: collectives, ranks, config, loops, run directory, checkpoints
+//   kat-dist    the command line
 let package = Package(
     name: "kat-dist",
     products: [
@@ -18,26 +27,28 @@ let package = Package(
         .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
 
-        // GPT-2 maths, safetensors, model directories, optimizers.
-        .target(name: "KATJSON"),
-        .target(name: "KATModel", dependencies: ["CBLAS", "KATJSON"],
+        .target(name: "KATSupport"),
+        .target(name: "KATModel", dependencies: ["CBLAS", "KATSupport"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
-        // Trajectories, the trie, its layout and terms. Needs nothing but JSON.
-        .target(name: "KATTrie", dependencies: ["KATJSON"]),
-        // Advantages, the policy loss on a packed trie, the training step in one process.
-        .target(name: "KATRL", dependencies: ["KATModel", "KATTrie"]),
-        // The only module that calls MPI.
-        .target(name: "KATDist", dependencies: ["KATRL", "CMPI"]),
-        // The command line.
-        .executableTarget(name: "kat-dist", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist"]),
+        .target(name: "KATTrie", dependencies: ["KATSupport"]),
+        .target(name: "KATEnv", dependencies: ["KATSupport"]),
+        .target(name: "KATRL", dependencies: ["KATModel", "KATTrie", "KATEnv", "KATSupport"]),
+        // The runtime, and the only module that calls MPI.
+        .target(name: "KATDist", dependencies: ["KATRL", "KATModel", "KATTrie", "KATEnv", "KATSupport", "CMPI"]),
+        .executableTarget(name: "kat-dist", dependencies: ["KATDist", "KATRL", "KATModel", "KATTrie", "KATEnv", "KATSupport"]),
 
-        .testTarget(name: "KATModelTests", dependencies: ["KATModel"], exclude: ["Fixtures"]),
-        .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel"]),
-        .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel"]),
+        .testTarget(name: "KATSupportTests", dependencies: ["KATSupport"]),
+        .testTarget(name: "KATModelTests", dependencies: ["KATModel", "KATSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel", "KATSupport"]),
+        .testTarget(name: "KATEnvTests", dependencies: ["KATEnv", "KATSupport"]),
+        .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // Helpers shared by the test targets that run the executables.
         .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
-        .testTarget(name: "CLITests", dependencies: ["KATModel", "KATTestSupport", "kat-dist"], exclude: ["Malformed"]),
-        .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "kat-bench", "kat-dist", "KATModel", "KATTrie"]),
-        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist"], path: "Benchmarks/kat-bench"),
+        .testTarget(name: "KATDistTests", dependencies: ["KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
+        // End to end: the executables, under mpirun where it matters.
+        .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
+                    exclude: ["Malformed"]),
+        .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist", "KATEnv", "KATSupport"],
+                          path: "Benchmarks/kat-bench"),
     ]
 )

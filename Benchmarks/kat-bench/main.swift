@@ -1,6 +1,8 @@
 import Foundation
 import KATModel
 import KATDist
+import KATEnv
+import KATSupport
 import KATTrie
 import KATRL
 
@@ -91,10 +93,10 @@ func modelBenchmark() throws {
 }
 
 func allreduceBenchmark() throws {
-    let comm = try Communicator.initWorld()
+    let comm = try MPICollective.initWorld()
     defer { comm.finalize() }
     let count = option("mib", 64) * 262_144
-    Communicator.maxChunk = option("chunk", Communicator.maxChunk)
+    MPICollective.maxChunk = option("chunk", MPICollective.maxChunk)
     if option("fail-rank", -1) == comm.rank { comm.abort("failing on purpose (--fail-rank)") }
     let buf = FloatBuffer(count: count)
     // Small integers are exact in float, so the sum can be checked exactly.
@@ -110,9 +112,9 @@ func allreduceBenchmark() throws {
     var best = Double.infinity
     for _ in 0..<3 {
         try comm.barrier()
-        let t0 = Communicator.wallTime()
+        let t0 = MPICollective.wallTime()
         try comm.allreduceSum(buf.pointer, count: count)
-        best = min(best, Communicator.wallTime() - t0)
+        best = min(best, MPICollective.wallTime() - t0)
     }
     let n = Double(comm.size), bytes = Double(count * 4)
     let busBW = bytes * 2 * (n - 1) / n / best / 1e9
@@ -123,10 +125,10 @@ func allreduceBenchmark() throws {
         var bestP = Double.infinity
         for _ in 0..<3 {
             try comm.barrier()
-            let t0 = Communicator.wallTime()
+            let t0 = MPICollective.wallTime()
             if comm.rank == 0 { try comm.send(msg, to: 1, tag: 5); _ = try comm.receive(from: 1, tag: 6) }
             if comm.rank == 1 { _ = try comm.receive(from: 0, tag: 5); try comm.send([1], to: 0, tag: 6) }
-            bestP = min(bestP, Communicator.wallTime() - t0)
+            bestP = min(bestP, MPICollective.wallTime() - t0)
         }
         p2p = bytes / bestP / 1e9
     }
@@ -281,11 +283,14 @@ do {
     case "curve":
         // kat-bench curve RUN OUT.svg: the held-out success and training reward of a run as one SVG.
         let a = CommandLine.arguments
-        guard a.count >= 4 else { throw RunError(path: "curve", reason: "usage: kat-bench curve RUN OUT.svg") }
+        guard a.count >= 4 else {
+            FileHandle.standardError.write(Data("usage: kat-bench curve RUN OUT.svg\n".utf8))
+            exit(2)
+        }
         let text = try String(contentsOfFile: a[2] + "/metrics.jsonl", encoding: .utf8)
         let lines = try text.split(separator: "\n").map { try JSON.parse(String($0)) }
         func series(_ key: String) -> [(Double, Double)] {
-            lines.compactMap { l in l[key]?.doubleValue.map { (l["step"]!.doubleValue!, $0) } }
+            lines.compactMap { l in l[key]?.doubleValue.flatMap { v in l["step"]?.doubleValue.map { ($0, v) } } }
         }
         let svg = Report.chart(title: "default run: held-out success (greedy) and training reward; steps 1-400 supervised warm start, then RL",
                                series: [("held-out success", "#c0392b", series("eval_success")), ("training reward", "#2471a3", series("reward_mean"))],

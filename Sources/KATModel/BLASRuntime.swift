@@ -1,3 +1,4 @@
+import KATSupport
 import CBLAS
 import Foundation
 

@@ -1,4 +1,5 @@
-@_exported import KATJSON
+import KATSupport
+
 
 /// A fixed-size, zero-initialised, 64-byte-aligned float buffer.
 ///

@@ -1,3 +1,4 @@
+import KATSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -230,11 +231,25 @@ public final class GPT2: @unchecked Sendable {
     /// Accumulates into `grads` the gradient of a loss whose derivative with respect to
     /// each row's log-prob is `dlogprobs[u]` (0 at roots and rows without loss).
     public func backward(dlogprobs: [Float]) {
-        guard let batch = lastBatch, let a = acts else {
+        beginBackward(dlogprobs: dlogprobs).finish()
+    }
+
+    /// Starts the backward pass of the last forward: the caller runs it a stage at a time
+    /// (`BackwardPass.step`) and may do other work between stages, for example answer
+    /// messages or start summing the gradients of the layers that are finished.
+    /// - Parameter dlogprobs: dL/dl per row of the last batch. (N)
+    public func beginBackward(dlogprobs: [Float]) -> BackwardPass {
+        guard let batch = lastBatch, acts != nil else {
             preconditionFailure("GPT2.backward called without a forward pass")
         }
         precondition(dlogprobs.count == batch.count, "GPT2.backward: dlogprobs has \(dlogprobs.count) rows, batch \(batch.count)")
-        let n = batch.count, c = config.nEmbd, nh = config.nHead, v = config.vocabSize
+        return BackwardPass(model: self, dlogprobs: dlogprobs)
+    }
+
+    /// Output head and ln_f: leaves d(last residual) in `dresidual`.
+    func backwardHead(_ dlogprobs: [Float]) {
+        guard let batch = lastBatch, let a = acts else { return }
+        let n = batch.count, c = config.nEmbd, v = config.vocabSize
         let tau = lastTemperature
         let p = params.pointer, g = grads.pointer
         let dres = a.dresidual.pointer
@@ -277,54 +292,78 @@ public final class GPT2: @unchecked Sendable {
         dres.update(repeating: 0, count: n * c)
         layernormBackward(dres, g + layout.lnfw, g + layout.lnfb, dlnf, lastResidual, p + layout.lnfw,
                           a.lnfMean.pointer, a.lnfRstd.pointer, n, c)
+    }
 
-        // Blocks, last to first. dres holds d(residual3) on entry and d(block input) on exit.
-        for l in stride(from: layout.layers.count - 1, through: 0, by: -1) {
-            let o = layout.layers[l]
-            let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
-            // residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2))))
-            a.dfchGelu.zero()
-            geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c) // recomputed, not stored per layer
-            matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu.pointer, p + o.fcprojw, n, 4 * c, c)
-            a.dfch.zero()
-            geluBackward(a.dfch.pointer, a.fch[l].pointer, a.dfchGelu.pointer, n * 4 * c)
-            a.dln.zero()
-            matmulBackward(a.dln.pointer, g + o.fcw, g + o.fcb, a.dfch.pointer, a.ln2[l].pointer, p + o.fcw, n, c, 4 * c)
-            layernormBackward(dres, g + o.ln2w, g + o.ln2b, a.dln.pointer, a.residual2[l].pointer, p + o.ln2w,
-                              a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, n, c)
-            // residual2 = residual + c_proj(attn(c_attn(ln_1(residual))))
-            a.datty.zero()
-            matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c)
-            a.dqkv.zero()
-            attentionBackward(a.dqkv.pointer, a.datty.pointer, a.atty[l].pointer, a.qkv[l].pointer, a.attLse[l].pointer,
-                              batch, c, nh, scratch)
-            a.dln.zero()
-            matmulBackward(a.dln.pointer, g + o.attnw, g + o.attnb, a.dqkv.pointer, a.ln1[l].pointer, p + o.attnw, n, c, 3 * c)
-            layernormBackward(dres, g + o.ln1w, g + o.ln1b, a.dln.pointer, residual, p + o.ln1w,
-                              a.ln1Mean[l].pointer, a.ln1Rstd[l].pointer, n, c)
-        }
-        encoderBackward(g + layout.wte, g + layout.wpe, dres, batch.tokens, batch.depths, n, c)
+    /// Block `l`: `dresidual` holds d(residual3) on entry and d(block input) on exit.
+    func backwardLayer(_ l: Int) {
+        guard let batch = lastBatch, let a = acts else { return }
+        let n = batch.count, c = config.nEmbd, nh = config.nHead
+        let p = params.pointer, g = grads.pointer
+        let dres = a.dresidual.pointer
+        let o = layout.layers[l]
+        let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
+        // residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2))))
+        a.dfchGelu.zero()
+        geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c) // recomputed, not stored per layer
+        matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu.pointer, p + o.fcprojw, n, 4 * c, c)
+        a.dfch.zero()
+        geluBackward(a.dfch.pointer, a.fch[l].pointer, a.dfchGelu.pointer, n * 4 * c)
+        a.dln.zero()
+        matmulBackward(a.dln.pointer, g + o.fcw, g + o.fcb, a.dfch.pointer, a.ln2[l].pointer, p + o.fcw, n, c, 4 * c)
+        layernormBackward(dres, g + o.ln2w, g + o.ln2b, a.dln.pointer, a.residual2[l].pointer, p + o.ln2w,
+                          a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, n, c)
+        // residual2 = residual + c_proj(attn(c_attn(ln_1(residual))))
+        a.datty.zero()
+        matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c)
+        a.dqkv.zero()
+        attentionBackward(a.dqkv.pointer, a.datty.pointer, a.atty[l].pointer, a.qkv[l].pointer, a.attLse[l].pointer,
+                          batch, c, nh, scratch)
+        a.dln.zero()
+        matmulBackward(a.dln.pointer, g + o.attnw, g + o.attnb, a.dqkv.pointer, a.ln1[l].pointer, p + o.attnw, n, c, 3 * c)
+        layernormBackward(dres, g + o.ln1w, g + o.ln1b, a.dln.pointer, residual, p + o.ln1w,
+                          a.ln1Mean[l].pointer, a.ln1Rstd[l].pointer, n, c)
+    }
+
+    /// Token and position embeddings.
+    func backwardEmbeddings() {
+        guard let batch = lastBatch, let a = acts else { return }
+        encoderBackward(grads.pointer + layout.wte, grads.pointer + layout.wpe, a.dresidual.pointer, batch.tokens, batch.depths,
+                        batch.count, config.nEmbd)
     }
 }
 
-// MARK: - Random numbers
+/// A backward pass run one stage at a time: the output head (with ln_f), then each block
+/// from the last to the first, then the embeddings. After `.layer(l)` the gradients of
+/// block l's tensors are complete for this micro-batch; the token embedding's gradient is
+/// complete only after `.embeddings` (the tied head writes it first).
+public final class BackwardPass {
+    public enum Stage: Equatable, Sendable { case head, layer(Int), embeddings }
+    let model: GPT2
+    let dlogprobs: [Float]
+    /// The stage `step()` runs next; nil when the pass is done.
+    public private(set) var next: Stage? = .head
 
-/// SplitMix64: a small, seedable, platform-independent generator.
-public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+    init(model: GPT2, dlogprobs: [Float]) { self.model = model; self.dlogprobs = dlogprobs }
+
+    /// Runs the next stage and returns it; nil when the pass was already done.
+    @discardableResult
+    public func step() -> Stage? {
+        guard let stage = next else { return nil }
+        let layers = model.config.nLayer
+        switch stage {
+        case .head:
+            model.backwardHead(dlogprobs)
+            next = layers > 0 ? .layer(layers - 1) : .embeddings
+        case let .layer(l):
+            model.backwardLayer(l)
+            next = l > 0 ? .layer(l - 1) : .embeddings
+        case .embeddings:
+            model.backwardEmbeddings()
+            next = nil
+        }
+        return stage
     }
-    /// Uniform in [0, 1) with 53 random bits.
-    public mutating func nextDouble() -> Double { Double(next() >> 11) * 0x1p-53 }
-    /// Standard normal by Box-Muller.
-    public mutating func nextGaussian() -> Float {
-        let u1 = max(nextDouble(), 1e-300), u2 = nextDouble()
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
-    }
+
+    /// Runs every stage left.
+    public func finish() { while step() != nil {} }
 }

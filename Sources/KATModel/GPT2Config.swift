@@ -1,4 +1,4 @@
-import KATJSON
+import KATSupport
 
 /// GPT-2 hyper-parameters and the special token ids of kat-dist's byte tokenizer.
 ///

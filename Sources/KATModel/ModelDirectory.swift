@@ -1,4 +1,5 @@
 import Foundation
+import KATSupport
 
 /// A Hugging Face model directory: `config.json` + `model.safetensors` (SPEC section 1).
 public enum ModelDirectory {
@@ -13,8 +14,10 @@ public enum ModelDirectory {
             (name: t.name, shape: t.shape, values: UnsafeBufferPointer(rebasing: p[t.offset..<(t.offset + t.count)]))
         }
         let data = SafetensorsFile.serialize(tensors, metadata: metadata)
-        try FileWriting.writeAtomically(data, to: dir + "/model.safetensors")
-        try FileWriting.writeAtomically(Data((model.config.huggingFaceJSON().pretty + "\n").utf8), to: dir + "/config.json")
+        do {
+            try FileWriting.writeAtomically(data, to: dir + "/model.safetensors")
+            try FileWriting.writeAtomically(Data((model.config.huggingFaceJSON().pretty + "\n").utf8), to: dir + "/config.json")
+        } catch { throw .file(error) }
     }
 
     /// Reads `dir/config.json`.
@@ -66,7 +69,7 @@ public enum ModelDirectory {
             throw .badSafetensors(path: path, reason: "unexpected tensor \(extra) (not part of GPT-2)")
         }
         if let lm = lmHead {
-            let wte = model.layout.tensor(named: "transformer.wte.weight")!
+            guard let wte = model.layout.tensor(named: "transformer.wte.weight") else { throw .missingTensor(path: path, name: "transformer.wte.weight") }
             guard lm.shape == wte.shape else { throw .shapeMismatch(path: path, name: "lm_head.weight", expected: wte.shape, found: lm.shape) }
             let values = try file.floats(lm.name)
             let w = model.params.pointer + wte.offset
@@ -75,8 +78,8 @@ public enum ModelDirectory {
             }
         }
         for i in 0..<model.params.count where !model.params[i].isFinite {
-            let t = model.layout.tensors.last { $0.offset <= i }!
-            throw .badSafetensors(path: path, reason: "tensor \(t.name) holds a non-finite value")
+            let name = model.layout.tensors.last { $0.offset <= i }?.name ?? "?"
+            throw .badSafetensors(path: path, reason: "tensor \(name) holds a non-finite value")
         }
         return model
     }

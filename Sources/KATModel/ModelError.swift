@@ -1,3 +1,5 @@
+import KATSupport
+
 /// Errors of the model layer; each description names the file, key or tensor at fault.
 public enum ModelError: Error, CustomStringConvertible, Equatable {
     case io(path: String, reason: String)
@@ -6,6 +8,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case missingTensor(path: String, name: String)
     case shapeMismatch(path: String, name: String, expected: [Int], found: [Int])
     case badInput(reason: String)
+    /// A file could not be written (disk full, read-only, permission).
+    case file(FileFault)
 
     public var description: String {
         switch self {
@@ -17,6 +21,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case let .shapeMismatch(path, name, expected, found):
             return "\(path): tensor \(name) has shape \(found), the config needs \(expected)"
         case let .badInput(reason): return reason
+        case let .file(fault): return fault.description
         }
     }
 }

@@ -1,3 +1,4 @@
+import KATSupport
 import Foundation
 
 /// Element types a safetensors file may declare.
@@ -179,31 +180,5 @@ public struct SafetensorsFile: Sendable {
             #endif
         }
         return out
-    }
-}
-
-// MARK: - Files written safely
-
-public enum FileWriting {
-    /// Writes `data` to `path` through a temporary file in the same directory, synced
-    /// before the rename, so a reader never sees a partial file.
-    public static func writeAtomically(_ data: Data, to path: String) throws(ModelError) {
-        let tmp = path + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: nil) else {
-            throw .io(path: path, reason: "cannot create a file here")
-        }
-        do {
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
-            try h.write(contentsOf: data)
-            try h.synchronize()
-            try h.close()
-        } catch {
-            try? FileManager.default.removeItem(atPath: tmp)
-            throw .io(path: path, reason: "write failed: \(error.localizedDescription)")
-        }
-        if rename(tmp, path) != 0 {
-            try? FileManager.default.removeItem(atPath: tmp)
-            throw .io(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
-        }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KATSupport
 import KATTrie
 
 /// Advantage estimation and entropy-aware scaling (SPEC section 5).
@@ -19,17 +20,20 @@ public struct AdvantageConfig: Sendable, Equatable {
     }
 }
 
-/// A trajectory that lacks what the estimator needs; names where it came from.
-public struct AdvantageError: Error, CustomStringConvertible {
-    public var source: String
-    public var field: String
-    public var reason: String
-    public var description: String { "\(source): field \(field): \(reason)" }
-}
+/// A trajectory that lacks what the estimator needs; names where it came from (file and
+/// line, or rollout) and the field.
+public enum AdvantageError: Error, CustomStringConvertible, Equatable {
+    /// `field` is missing although `setting` needs it.
+    case missingField(source: String, field: String, setting: String)
+    /// RLOO needs at least two trajectories in a group.
+    case loneTrajectory(source: String)
 
-/// Group keys: the `group` field, or a group of its own when it is missing.
-public func groupKeys(_ trajectories: [Trajectory]) -> [String] {
-    trajectories.map { $0.group.map { "g:" + $0 } ?? "solo:" + $0.id }
+    public var description: String {
+        switch self {
+        case let .missingField(source, field, setting): return "\(source): field \(field): missing (\(setting))"
+        case let .loneTrajectory(source): return "\(source): field group: RLOO needs at least two trajectories per group; this one is alone"
+        }
+    }
 }
 
 /// Entropy-aware scale of each trajectory: clip((H_s / mean H)^alpha, min, max), the mean
@@ -43,7 +47,7 @@ public func entropyScales(entropies: [Double], groups: [String], config: Advanta
     }
     return zip(entropies, groups).map { h, g in
         let key = config.scope == .batch ? "" : g
-        let mean = sum[key]! / Double(count[key]!)
+        let mean = (sum[key] ?? 0) / Double(max(1, count[key] ?? 1))
         if mean <= 0 { return 1 }
         let raw = Foundation.pow(h / mean, config.alpha)
         return min(max(raw, config.scaleMin), config.scaleMax)
@@ -58,7 +62,7 @@ public func computeAdvantages(_ trajectories: [Trajectory], config: AdvantageCon
     switch config.estimator {
     case .given:
         for (s, t) in trajectories.enumerated() {
-            guard let a = t.advantage else { throw AdvantageError(source: t.source, field: "advantage", reason: "missing (advantage.estimator is given)") }
+            guard let a = t.advantage else { throw .missingField(source: t.source, field: "advantage", setting: "advantage.estimator is given") }
             adv[s] = a
         }
         return adv
@@ -66,18 +70,18 @@ public func computeAdvantages(_ trajectories: [Trajectory], config: AdvantageCon
         var members: [String: [Int]] = [:]
         for (s, t) in trajectories.enumerated() {
             guard t.reward != nil else {
-                throw AdvantageError(source: t.source, field: "reward", reason: "missing (advantage.estimator is \(config.estimator.rawValue))")
+                throw .missingField(source: t.source, field: "reward", setting: "advantage.estimator is \(config.estimator.rawValue)")
             }
             members[groups[s], default: []].append(s)
         }
         for (_, idx) in members {
-            let rewards = idx.map { trajectories[$0].reward! }
+            let rewards = idx.map { trajectories[$0].reward ?? 0 }
             let n = Double(rewards.count)
             let mean = rewards.reduce(0, +) / n
             if config.estimator == .rloo {
                 guard idx.count > 1 else {
                     let t = trajectories[idx[0]]
-                    throw AdvantageError(source: t.source, field: "group", reason: "RLOO needs at least two trajectories per group; this one is alone")
+                    throw .loneTrajectory(source: t.source)
                 }
                 let total = rewards.reduce(0, +)
                 for (k, s) in idx.enumerated() { adv[s] = rewards[k] - (total - rewards[k]) / (n - 1) }
@@ -93,7 +97,7 @@ public func computeAdvantages(_ trajectories: [Trajectory], config: AdvantageCon
         var h: [Double] = []
         for t in trajectories {
             guard let e = t.entropy else {
-                throw AdvantageError(source: t.source, field: "entropy", reason: "missing (advantage.entropy_scaling is on)")
+                throw .missingField(source: t.source, field: "entropy", setting: "advantage.entropy_scaling is on")
             }
             h.append(e)
         }

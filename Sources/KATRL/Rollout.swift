@@ -1,16 +1,8 @@
 import Foundation
 import KATModel
+import KATEnv
+import KATSupport
 import KATTrie
-
-/// The byte tokenizer of SPEC section 3: bytes 0-255, then BOS, EOS, SEP, PAD.
-public enum ByteTokenizer {
-    public static let bos: Int32 = 256, eos: Int32 = 257, sep: Int32 = 258, pad: Int32 = 259
-    public static func encode(_ text: String) -> [Int32] { text.utf8.map { Int32($0) } }
-    /// Bytes only (special tokens dropped), decoded as UTF-8 with replacement.
-    public static func decode(_ tokens: [Int32]) -> String {
-        String(decoding: tokens.filter { $0 >= 0 && $0 < 256 }.map { UInt8($0) }, as: UTF8.self)
-    }
-}
 
 /// Rollout settings (SPEC section 9, rollout.*).
 public struct RolloutConfig: Sendable {
@@ -92,7 +84,7 @@ public final class RolloutWorker {
             let env = makeEnvironment()
             let ptoks = promptTokens(try env.reset(seed: req.seed, split: req.split))
             guard fits(ptoks.count) else {
-                throw EnvironmentError(source: "prompt of seed \(req.seed)", reason: "\(ptoks.count) tokens plus rollout.max_new_tokens exceed model.n_positions")
+                throw EnvironmentError.promptTooLong(source: "prompt of seed \(req.seed)", tokens: ptoks.count, limit: sampler.cache.model.config.nPositions)
             }
             let (row, logits) = try sampler.prefill(ptoks)
             firstEnvs.append(env); prompts.append(ptoks)
@@ -135,6 +127,18 @@ public final class RolloutWorker {
             out.append(group)
         }
         return out
+    }
+
+    /// Greedy episodes on the held-out prompts `seeds` of `split`.
+    /// - Returns: how many reached full reward (1), and the sum of their rewards.
+    public func evaluate(seeds: some Sequence<Int>, split: String = "test") throws -> (solved: Int, rewardSum: Double) {
+        var solved = 0, total = 0.0
+        for i in seeds {
+            let r = try greedyEpisode(seed: UInt64(i), split: split)
+            total += r.reward
+            if r.reward >= 1 - 1e-9 { solved += 1 }
+        }
+        return (solved, total)
     }
 
     /// One greedy episode (evaluation).

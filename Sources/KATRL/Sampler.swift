@@ -1,5 +1,6 @@
 import Foundation
 import KATModel
+import KATSupport
 
 /// One generated token with what the behaviour policy said of it.
 public struct SampledToken: Sendable, Equatable {

@@ -1,40 +1,94 @@
 import Foundation
 import KATModel
+import KATSupport
 import KATTrie
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// Seconds on a monotonic clock.
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+/// Settings of one training step (data.packing, batch.max_tokens, batch.minibatches,
+/// loss.ppo_epochs, rollout.temperature).
+public struct StepConfig: Sendable, Equatable {
+    public enum Packing: String, Sendable, CaseIterable { case trie, flat }
+    public var packing: Packing = .trie
+    /// Trie rows per micro-batch (repeated prefixes included).
+    public var maxTokens = 16384
+    /// tau of pi_tau = softmax(logits / tau): the sampling temperature, so that the
+    /// on-policy ratio is exactly 1.
+    public var temperature: Float = 1
+    public var minibatches = 1
+    public var ppoEpochs = 1
+    public init() {}
 }
 
-/// How this process takes part in a step: which of `count` trainer shards it computes,
-/// and how gradients and statistics are summed over trainers (identity in one process).
-public struct TrainerRole {
-    public var index: Int
-    public var count: Int
-    /// Sums a gradient buffer over trainers, in place.
-    public var reduceGradients: (FloatBuffer) throws -> Void
-    /// Sums a few doubles over trainers, in place.
-    public var reduceStats: (inout [Double]) throws -> Void
-    /// Called between micro-batches, so that a rank that also serves messages (trainer 0
-    /// receiving rollouts) keeps them moving during a long step.
-    public var poll: () throws -> Void = {}
-
-    public static var single: TrainerRole { TrainerRole(index: 0, count: 1, reduceGradients: { _ in }, reduceStats: { _ in }) }
-
-    public init(index: Int, count: Int, reduceGradients: @escaping (FloatBuffer) throws -> Void,
-                reduceStats: @escaping (inout [Double]) throws -> Void) {
-        self.index = index; self.count = count; self.reduceGradients = reduceGradients; self.reduceStats = reduceStats
+/// A step's batch: trajectories, their whole groups (indices into `trajectories`), and the
+/// advantage A_s of each trajectory (after any scaling).
+public struct TrainingBatch: Sendable {
+    public var trajectories: [Trajectory]
+    public var groups: [[Int]]
+    public var advantages: [Double]
+    public init(trajectories: [Trajectory], groups: [[Int]], advantages: [Double]) {
+        self.trajectories = trajectories; self.groups = groups; self.advantages = advantages
     }
 }
 
-/// Everything a training step reports (SPEC section 8, the step's own part).
+/// One optimizer update of a step: a minibatch of whole groups in one PPO epoch, packed
+/// into a trie (or flat), with this trainer's micro-batches of it.
+public struct UpdatePlan: Sendable {
+    public let epoch: Int
+    public let minibatch: Int
+    public let trie: Trie
+    public let trajectories: [Trajectory]
+    public let advantages: [Double]
+    /// Counted over the whole minibatch, on every trainer alike.
+    public let normaliser: LossNormaliser
+    /// This trainer's shard, in micro-batches of at most `maxTokens` rows.
+    public let microBatches: [TrieShard]
+}
+
+/// What the micro-batches of one update add up to: on one trainer, then (after
+/// `values` are summed over trainers) on all of them.
+public struct UpdateTally: Sendable, Equatable {
+    /// This part's share of L.
+    public var loss = 0.0
+    public var lossTokens = 0.0
+    public var clippedTokens = 0.0
+    /// Sum over loss tokens of the k3 estimate of KL(behaviour || current).
+    public var klBehaviourSum = 0.0
+    /// Sum of the current log-probs of the loss tokens.
+    public var logprobSum = 0.0
+    /// Rows computed, repeated prefixes included.
+    public var computedRows = 0.0
+    /// Sum over loss tokens of the k3 estimate of KL(current || reference).
+    public var klReferenceSum = 0.0
+
+    public init() {}
+
+    /// The fields as one vector, for a sum over trainers.
+    public var values: [Double] {
+        get { [loss, lossTokens, clippedTokens, klBehaviourSum, logprobSum, computedRows, klReferenceSum] }
+        set {
+            precondition(newValue.count == 7, "UpdateTally.values: 7 numbers")
+            loss = newValue[0]; lossTokens = newValue[1]; clippedTokens = newValue[2]; klBehaviourSum = newValue[3]
+            logprobSum = newValue[4]; computedRows = newValue[5]; klReferenceSum = newValue[6]
+        }
+    }
+
+    public static func += (a: inout UpdateTally, b: UpdateTally) {
+        a.values = zip(a.values, b.values).map { $0 + $1 }
+    }
+}
+
+/// The forward half of one micro-batch: its tally, and the backward pass to run.
+public struct MicroBatchPass {
+    public let tally: UpdateTally
+    public let backward: BackwardPass
+}
+
+/// Whether an update was applied, and the gradient norm it saw (before clipping).
+public struct UpdateOutcome: Sendable {
+    public var gradNorm: Double
+    public var applied: Bool
+}
+
+/// Everything a training step reports of its own maths: averages over its updates.
 public struct StepStats: Sendable {
     public var loss = 0.0
     public var gradNorm = 0.0
@@ -46,41 +100,64 @@ public struct StepStats: Sendable {
     public var tokensFlat = 0
     public var tokensTrie = 0
     public var tokensComputed = 0
+    /// Optimizer updates applied (the policy version advances by this many).
     public var updates = 0
+    /// Whether any update was skipped for a non-finite loss or gradient.
     public var skipped = false
-    public var tForwardBackward = 0.0
-    public var tAllreduce = 0.0
-    public var tOptimizer = 0.0
+    public init() {}
+
+    // Running sums; `finish` turns them into the averages above.
+    var lossSum = 0.0, normSum = 0.0, tokens = 0.0, clipped = 0.0, kl = 0.0, klRef = 0.0, lpSum = 0.0, lpCount = 0.0, parts = 0
+
+    /// Adds one update's summed tally and outcome.
+    public mutating func add(_ update: UpdatePlan, _ tally: UpdateTally, _ outcome: UpdateOutcome) {
+        parts += 1
+        lossSum += tally.loss; normSum += outcome.gradNorm
+        tokens += tally.lossTokens; clipped += tally.clippedTokens; kl += tally.klBehaviourSum; klRef += tally.klReferenceSum
+        if outcome.applied { updates += 1 } else { skipped = true }
+        if update.epoch == 0 {
+            lpSum += tally.logprobSum; lpCount += tally.lossTokens
+            tokensComputed += Int(tally.computedRows)
+            tokensTrie += update.trie.count
+            tokensFlat += update.trie.flatTokens
+        }
+    }
+
+    /// The averages over the updates added.
+    public mutating func finish() {
+        let n = Double(max(1, parts))
+        loss = lossSum / n
+        gradNorm = normSum / n
+        clipFrac = tokens > 0 ? clipped / tokens : 0
+        klBehaviour = tokens > 0 ? kl / tokens : 0
+        klReference = tokens > 0 ? klRef / tokens : 0
+        logprobMean = lpCount > 0 ? lpSum / lpCount : 0
+    }
 }
 
-/// One training step on a batch of trajectories: minibatches of whole groups, each
-/// packed into a trie (or flat), split into this trainer's shard and micro-batches,
-/// forward, corrected loss, backward, gradient sum over trainers, optimizer update;
-/// repeated for `ppo_epochs`.
+/// The maths of one training step, in pieces that a caller runs in order:
+///
+///     let updates = try step.plan(batch, shard: i, of: T)
+///     for u in updates {
+///         model.zeroGrad()
+///         for mb in u.microBatches { tally += try step.accumulate(mb, of: u) }   // or forward + backward.step()
+///         (sum model.grads and tally.values over the T trainers)
+///         outcome = step.apply(tally, lr: lr)
+///     }
+///
+/// Nothing here communicates: the caller decides what happens between the pieces.
 public final class TrainStep {
     public let model: GPT2
     public let optimizer: Optimizer
     public let loss: PolicyLossConfig
-    public let packing: String
-    public let maxTokens: Int
-    public let temperature: Float
-    public let minibatchCount: Int
-    public let ppoEpochs: Int
-    public let role: TrainerRole
+    public let config: StepConfig
     /// Consecutive skipped updates (non-finite loss or gradient).
     public private(set) var skippedInARow = 0
     /// The initial model, held only when loss.kl_coef > 0.
     let reference: GPT2?
-    /// Fault injection for tests: SIGKILL this process after the next step's first backward.
-    public var killMidStep = false
-    /// Fault injection for tests: make the next step's gradient NaN.
-    public var poisonGradient = false
 
-    public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, packing: String, maxTokens: Int,
-                temperature: Float, minibatches: Int, ppoEpochs: Int, role: TrainerRole = .single) {
-        self.model = model; self.optimizer = optimizer; self.loss = loss; self.packing = packing
-        self.maxTokens = maxTokens; self.temperature = temperature; self.minibatchCount = minibatches
-        self.ppoEpochs = ppoEpochs; self.role = role
+    public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, config: StepConfig) {
+        self.model = model; self.optimizer = optimizer; self.loss = loss; self.config = config
         if loss.klCoef > 0, let copy = try? GPT2(config: model.config) {
             copy.params.copy(from: model.params)
             reference = copy
@@ -90,7 +167,7 @@ public final class TrainStep {
     }
 
     func trie(_ trajs: [Trajectory]) -> Trie {
-        packing == "flat" ? Trie.flat(sequences: trajs.map(\.tokens)) : Trie(trajs)
+        config.packing == .flat ? Trie.flat(sequences: trajs.map(\.tokens)) : Trie(trajs)
     }
 
     /// Current log-probs for every loss token of `trajs` that has no behaviour log-prob,
@@ -100,98 +177,95 @@ public final class TrainStep {
         guard !missing.isEmpty else { return }
         let sub = missing.map { trajs[$0] }
         let t = trie(sub)
-        for shard in t.shards(1, maxTokens: maxTokens)[0] where shard.count > 0 {
-            let lp = model.forward(try shard.packedBatch(of: t, config: model.config), temperature: temperature).logprobs
+        for shard in t.shards(1, maxTokens: config.maxTokens)[0] where shard.count > 0 {
+            let lp = model.forward(try shard.packedBatch(of: t, config: model.config), temperature: config.temperature).logprobs
             for (i, row) in shard.rowMap.enumerated() {
                 for term in t.terms(of: Int(row)) {
-                    let s = missing[Int(term.trajectory)]
+                    let s = missing[Int(term.trajectory)], t = Int(term.position)
                     if trajs[s].logprobs == nil { trajs[s].logprobs = [Float](repeating: .nan, count: trajs[s].tokens.count) }
-                    if trajs[s].lossMask[Int(term.position)] == 1 { trajs[s].logprobs![Int(term.position)] = lp[i] }
+                    if trajs[s].lossMask[t] == 1 { trajs[s].logprobs?[t] = lp[i] }
                 }
             }
         }
     }
 
-    /// Runs the step. `groups` are trajectory indices of whole groups; `advantages` per
-    /// trajectory; `step`/`totalSteps` place the learning rate on its schedule.
-    public func run(trajectories input: [Trajectory], groups: [[Int]], advantages: [Double],
-                    step: Int, totalSteps: Int, lrOverride: Float? = nil) throws -> StepStats {
-        var stats = StepStats()
-        var trajs = input
-        let parts = minibatches(groups, minibatchCount)
-        if ppoEpochs > 1 || parts.count > 1 {
-            let t0 = monotonicSeconds()
-            try fillOnPolicyLogprobs(&trajs)
-            stats.tForwardBackward += monotonicSeconds() - t0
+    /// Plans a step: minibatches of whole groups, each packed once and split into `shards`
+    /// shards of whole subtrees; this trainer (`shard`) gets its micro-batches. With several
+    /// updates per step (minibatches or PPO epochs) the log-probs that are missing are
+    /// filled first from the current weights, so every update clips against the same policy.
+    /// - Returns: the updates in order: epoch by epoch, minibatch by minibatch.
+    public func plan(_ batch: TrainingBatch, shard: Int, of shards: Int) throws -> [UpdatePlan] {
+        var trajs = batch.trajectories
+        let parts = KATTrie.minibatches(batch.groups, config.minibatches)
+        if config.ppoEpochs > 1 || parts.count > 1 { try fillOnPolicyLogprobs(&trajs) }
+        let packed = parts.map { idx -> (Trie, [Trajectory], [Double]) in
+            let sub = idx.map { trajs[$0] }
+            return (trie(sub), sub, idx.map { batch.advantages[$0] })
         }
-        let lr = lrOverride ?? optimizer.config.learningRate(step: step, totalSteps: totalSteps)
-        stats.lr = Double(lr)
-        var lossSum = 0.0, normSum = 0.0, tokens = 0.0, clipped = 0.0, kl = 0.0, lpSum = 0.0, lpCount = 0.0
-        var anySkipped = false
-        var klRef = 0.0
-        let tries = parts.map { idx in trie(idx.map { trajs[$0] }) }
-        for epoch in 0..<ppoEpochs {
-            for (m, idx) in parts.enumerated() {
-                let sub = idx.map { trajs[$0] }
-                let adv = idx.map { advantages[$0] }
-                let t = tries[m]
-                let norm = LossNormaliser(sub)
-                let shards = t.shards(role.count, maxTokens: maxTokens)
-                let t0 = monotonicSeconds()
-                model.zeroGrad()
-                var local = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] // loss, tokens, clipped, kl, logprob sum, computed rows, kl to reference
-                for mb in shards[role.index] where mb.count > 0 {
-                    try role.poll()
-                    let packed = try mb.packedBatch(of: t, config: model.config)
-                    let ref = reference.map { $0.forward(packed, temperature: temperature).logprobs }
-                    let out = model.forward(packed, temperature: temperature)
-                    let r = policyLoss(trie: t, trajectories: sub, advantages: adv, logprobs: out.logprobs, config: loss,
-                                       normaliser: norm, shard: mb, referenceLogprobs: ref)
-                    model.backward(dlogprobs: r.dlogprobs)
-                    if killMidStep { kill(getpid(), SIGKILL) }
-                    local[0] += r.loss; local[1] += Double(r.lossTokens); local[2] += Double(r.clippedTokens)
-                    local[3] += r.klBehaviourSum; local[5] += Double(mb.count); local[6] += r.klReferenceSum
-                    for (i, row) in mb.rowMap.enumerated() where mb.carriesLoss[i] {
-                        for term in t.terms(of: Int(row)) where sub[Int(term.trajectory)].lossMask[Int(term.position)] == 1 {
-                            local[4] += Double(out.logprobs[i])
-                        }
-                    }
-                }
-                stats.tForwardBackward += monotonicSeconds() - t0
-                let t1 = monotonicSeconds()
-                if poisonGradient { model.grads[0] = .nan }
-                try role.reduceGradients(model.grads)
-                try role.reduceStats(&local)
-                stats.tAllreduce += monotonicSeconds() - t1
-                let t2 = monotonicSeconds()
-                let gnorm = Optimizer.globalNorm(model.grads)
-                if !local[0].isFinite || !gnorm.isFinite {
-                    anySkipped = true
-                    skippedInARow += 1
-                } else {
-                    optimizer.step(params: model.params, grads: model.grads, lr: lr)
-                    skippedInARow = 0
-                    stats.updates += 1
-                }
-                stats.tOptimizer += monotonicSeconds() - t2
-                lossSum += local[0]; normSum += Double(gnorm)
-                tokens += local[1]; clipped += local[2]; kl += local[3]; klRef += local[6]
-                if epoch == 0 {
-                    lpSum += local[4]; lpCount += local[1]
-                    stats.tokensComputed += Int(local[5])
-                    stats.tokensTrie += t.count
-                    stats.tokensFlat += t.flatTokens
-                }
+        var out: [UpdatePlan] = []
+        for epoch in 0..<config.ppoEpochs {
+            for (m, (t, sub, adv)) in packed.enumerated() {
+                out.append(UpdatePlan(epoch: epoch, minibatch: m, trie: t, trajectories: sub, advantages: adv,
+                                      normaliser: LossNormaliser(sub),
+                                      microBatches: t.shards(shards, maxTokens: config.maxTokens)[shard].filter { $0.count > 0 }))
             }
         }
-        let n = Double(parts.count * ppoEpochs)
-        stats.loss = lossSum / n
-        stats.gradNorm = normSum / n
-        stats.clipFrac = tokens > 0 ? clipped / tokens : 0
-        stats.klBehaviour = tokens > 0 ? kl / tokens : 0
-        stats.klReference = tokens > 0 ? klRef / tokens : 0
-        stats.logprobMean = lpCount > 0 ? lpSum / lpCount : 0
-        stats.skipped = anySkipped
+        return out
+    }
+
+    /// Forward and loss of one micro-batch; the caller runs the returned backward pass
+    /// (which accumulates into `model.grads`) before the next forward.
+    public func forward(_ micro: TrieShard, of update: UpdatePlan) throws -> MicroBatchPass {
+        let t = update.trie, sub = update.trajectories
+        let packed = try micro.packedBatch(of: t, config: model.config)
+        let ref = reference.map { $0.forward(packed, temperature: config.temperature).logprobs }
+        let out = model.forward(packed, temperature: config.temperature)
+        let r = policyLoss(trie: t, trajectories: sub, advantages: update.advantages, logprobs: out.logprobs, config: loss,
+                           normaliser: update.normaliser, shard: micro, referenceLogprobs: ref)
+        var tally = UpdateTally()
+        tally.loss = r.loss; tally.lossTokens = Double(r.lossTokens); tally.clippedTokens = Double(r.clippedTokens)
+        tally.klBehaviourSum = r.klBehaviourSum; tally.computedRows = Double(micro.count); tally.klReferenceSum = r.klReferenceSum
+        for (i, row) in micro.rowMap.enumerated() where micro.carriesLoss[i] {
+            for term in t.terms(of: Int(row)) where sub[Int(term.trajectory)].lossMask[Int(term.position)] == 1 {
+                tally.logprobSum += Double(out.logprobs[i])
+            }
+        }
+        return MicroBatchPass(tally: tally, backward: model.beginBackward(dlogprobs: r.dlogprobs))
+    }
+
+    /// Forward, loss and the whole backward pass of one micro-batch.
+    public func accumulate(_ micro: TrieShard, of update: UpdatePlan) throws -> UpdateTally {
+        let pass = try forward(micro, of: update)
+        pass.backward.finish()
+        return pass.tally
+    }
+
+    /// Applies one update from gradients already summed over trainers: measures the global
+    /// gradient norm (before clipping) and, when it and the loss are finite, takes the
+    /// optimizer step; otherwise the update is skipped and counted in `skippedInARow`.
+    public func apply(_ tally: UpdateTally, lr: Float) -> UpdateOutcome {
+        let gnorm = Optimizer.globalNorm(model.grads)
+        guard tally.loss.isFinite, gnorm.isFinite else {
+            skippedInARow += 1
+            return UpdateOutcome(gradNorm: Double(gnorm), applied: false)
+        }
+        optimizer.step(params: model.params, grads: model.grads, lr: lr)
+        skippedInARow = 0
+        return UpdateOutcome(gradNorm: Double(gnorm), applied: true)
+    }
+
+    /// A whole step in one process with no other trainer: plan, accumulate, apply.
+    /// The runtime's loop runs the same pieces with its communication between them.
+    public func run(_ batch: TrainingBatch, lr: Float) throws -> StepStats {
+        var stats = StepStats()
+        stats.lr = Double(lr)
+        for update in try plan(batch, shard: 0, of: 1) {
+            model.zeroGrad()
+            var tally = UpdateTally()
+            for mb in update.microBatches { tally += try accumulate(mb, of: update) }
+            stats.add(update, tally, apply(tally, lr: lr))
+        }
+        stats.finish()
         return stats
     }
 
@@ -204,8 +278,8 @@ public final class TrainStep {
         func evaluate(_ t: Trie) throws -> (Double, [[Float]]) {
             var total = 0.0
             var lps = trajs.map { [Float](repeating: 0, count: $0.tokens.count) }
-            for mb in t.shards(1, maxTokens: maxTokens)[0] where mb.count > 0 {
-                let lp = model.forward(try mb.packedBatch(of: t, config: model.config), temperature: temperature).logprobs
+            for mb in t.shards(1, maxTokens: config.maxTokens)[0] where mb.count > 0 {
+                let lp = model.forward(try mb.packedBatch(of: t, config: model.config), temperature: config.temperature).logprobs
                 total += policyLoss(trie: t, trajectories: trajs, advantages: advantages, logprobs: lp, config: loss,
                                     normaliser: norm, shard: mb).loss
                 for (i, row) in mb.rowMap.enumerated() where mb.carriesLoss[i] {

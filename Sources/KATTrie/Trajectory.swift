@@ -1,5 +1,5 @@
 import Foundation
-import KATJSON
+import KATSupport
 
 /// One trajectory of SPEC section 4, validated.
 public struct Trajectory: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import KATModel
+import KATEnv
 import KATRL
 
 func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
@@ -46,12 +47,7 @@ enum EvalCommand {
         var rc = RolloutConfig()
         rc.turns = turns; rc.maxNewTokens = maxNew
         let worker = RolloutWorker(model: model, seed: 1, config: rc) { task.makeEnvironment(maxTurns: turns) }
-        var ok = 0, total = 0.0
-        for i in 0..<prompts {
-            let r = try worker.greedyEpisode(seed: UInt64(i), split: "test")
-            total += r.reward
-            if r.reward >= 1 - 1e-9 { ok += 1 }
-        }
+        let (ok, total) = try worker.evaluate(seeds: 0..<prompts)
         print(String(format: "task %@: held-out success %.3f (%d of %d), mean reward %.3f", name as NSString,
                      Double(ok) / Double(prompts), ok, prompts, total / Double(prompts)))
     }

@@ -1,5 +1,6 @@
 import Foundation
 import KATModel
+import KATSupport
 
 /// A failure at run time (bad input file, model directory, I/O): exit code 1.
 struct CommandFailure: Error, CustomStringConvertible {

@@ -1,22 +1,21 @@
 import Foundation
-import KATModel
-import KATRL
-import KATTrie
 import KATDist
+import KATModel
 
-/// `kat-dist train`: offline training on a trajectories file (in one process for now).
+/// `kat-dist train`: parse and validate, then hand the run to the runtime.
 enum TrainCommand {
     static let usage = """
     Usage: kat-dist train [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]
 
-    Trains a GPT-2 policy. With no config, runs the built-in default: reinforcement learning
-    on the code task (write a stack-language program for a function described in words),
-    after a short supervised warm start, evaluated on held-out prompts.
+    Trains a policy. With no config, runs the built-in default: reinforcement learning on
+    the code task (write a stack-language program for a function described in words), after
+    a short supervised warm start, evaluated on held-out prompts.
     data.task=NAME picks a built-in task (code, arithmetic); data.env_command=CMD an external
-    environment (JSON lines, SPEC section 11); data.trajectories=FILE trains offline on that
-    JSONL file (SPEC section 4). Batches are packed into a trie (data.packing=trie) or flat.
-    Writes RUN/config.json, RUN/metrics.jsonl (one line per step) and checkpoints under
-    RUN/checkpoints (every checkpoint.every steps and at the end).
+    environment (JSON lines, see Docs/formats.md); data.trajectories=FILE trains offline on
+    that JSONL file. Batches are packed into a trie (data.packing=trie) or flat.
+    Under mpirun, ranks.trainers ranks train and the others generate rollouts.
+    Writes RUN/config.json, RUN/metrics.jsonl (one line per step), RUN/report.html and
+    checkpoints under RUN/checkpoints (every checkpoint.every steps and at the end).
 
     Options:
       --config FILE      JSON config of nested objects (see kat-dist train --keys)
@@ -57,56 +56,28 @@ enum TrainCommand {
         if resume != nil, a.value("run-dir") == nil {
             throw UsageError(description: "kat-dist train: --resume needs --run-dir (the run to continue)")
         }
-        installPreemptionHandler()
-        if case let .task(name) = config.dataSource, builtinTask(name) == nil {
-            throw UsageError(description: "kat-dist train: data.task \"\(name)\" is not a built-in task (\(builtinTaskNames.joined(separator: ", ")))")
-        }
-        if let path = config.string("data.trajectories"), !FileManager.default.fileExists(atPath: path) {
-            throw UsageError(description: "kat-dist train: data.trajectories \(path): no such file")
-        }
-        if let dir = config.string("model.init"), !FileManager.default.fileExists(atPath: dir) {
-            throw UsageError(description: "kat-dist train: model.init \(dir): no such directory")
-        }
-        if let ws = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init) {
-            let t = config.int("ranks.trainers"), r = config.optionalInt("ranks.rollouts") ?? (ws - t)
-            if t + r != ws || r < 0 {
-                throw UsageError(description: "kat-dist train: ranks.trainers (\(t)) + ranks.rollouts (\(r)) must equal the number of MPI ranks (\(ws))")
-            }
+        let settings = RunSettings(config)
+        do { try Training.check(settings, worldSize: LaunchEnvironment.worldSize) } catch {
+            throw UsageError(description: "kat-dist train: \(error)")
         }
         let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
-        let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "0"
-        if rank == "0" {
+        if LaunchEnvironment.worldRank == 0 {
             print("kat-dist train: run directory \(runDir)")
             print(BLASRuntime.summary)
         }
         fflush(nil)
         let display = ProgressDisplay()
-        if Communicator.launchedByMPI {
-            let code = DistributedTraining.run(config: config, runDirectory: runDir, resume: resume, log: { display.line($0) },
-                                               progress: { display.status($0) })
-            display.finish()
-            if code != 0 { exit(code) }
-            return
-        }
-        do {
-            if config.string("data.trajectories") != nil {
-                let trainer = try OfflineRun(config: config, runDirectory: runDir, resume: resume) { display.line($0) }
-                try trainer.train()
-            } else {
-                let trainer = try OnlineRun(config: config, runDirectory: runDir, resume: resume, log: { display.line($0) },
-                                            progress: { display.status($0) })
-                try trainer.train()
-            }
-            display.finish()
-        } catch {
-            display.finish()
+        defer { display.finish() }
+        let code: Int32
+        do { code = try Training.run(settings, runDirectory: runDir, resume: resume, console: display) } catch {
             throw CommandFailure(description: "\(error)")
         }
+        if code != 0 { display.finish(); exit(code) }
     }
 }
 
 /// Progress on a terminal: one status line rewritten in place; elsewhere, plain lines.
-final class ProgressDisplay {
+final class ProgressDisplay: Console {
     let tty = isatty(1) != 0
     var statusShown = false
 

@@ -1,9 +1,13 @@
 import Foundation
+import KATDist
 import KATModel
 
 // kat-dist's command line: parse, validate, dispatch. A usage error is one line on
 // stderr and exit code 2; a run-time failure is a message and exit code 1.
 
+// First thing: from the first line kat-dist prints, SIGUSR1 asks for a checkpoint and a
+// clean stop, and never kills the process.
+Preemption.install()
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
 

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import KATModel
+import KATSupport
 
 /// safetensors and model directories: round trips, and every fault of SPEC section 2
 /// rejected with a message that names the file and the fault.

@@ -1,5 +1,6 @@
 import XCTest
 @testable import KATModel
+import KATSupport
 
 /// A small trie in depth-first pre-order plus a separate flat sequence:
 ///   0-1-2-3 ─┬─ 4-5 ─┬─ 6

@@ -1,5 +1,6 @@
 import XCTest
 @testable import KATModel
+import KATSupport
 
 final class OptimizerTests: XCTestCase {
     let cfg = GPT2Config(vocabSize: 7, nPositions: 4, nEmbd: 4, nLayer: 1, nHead: 2)

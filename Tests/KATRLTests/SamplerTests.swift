@@ -1,5 +1,6 @@
 import XCTest
 import KATModel
+import KATSupport
 @testable import KATRL
 
 func samplerModel() throws -> GPT2 {

@@ -1,5 +1,6 @@
 import XCTest
 import KATModel
+import KATSupport
 import KATRL
 @testable import KATTrie
 

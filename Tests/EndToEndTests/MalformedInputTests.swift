@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATSupport
 
 /// The malformed-input corpus (Malformed/cases.tsv, made by Malformed/make_corpus.py): config
 /// files, --set values, trajectory files, model directories, checkpoints, external

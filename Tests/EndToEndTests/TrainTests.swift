@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATSupport
 import KATTestSupport
 import KATModel
 
@@ -99,7 +100,7 @@ final class TrainTests: TemporaryDirectoryTestCase {
             (["train", "--set", "steps=-3"], "key steps: must be in"),
             (["train", "--set", "steps"], "expected key=value"),
             (["train", "--config", dir + "/none.json"], "no such file"),
-            (["train", "--set", "data.task=chess"], "data.task \"chess\" is not a built-in task"),
+            (["train", "--set", "data.task=chess"], "data.task: \"chess\" is not a built-in task"),
             (["train", "--set", "data.trajectories=\(dir)/none.jsonl"], "no such file"),
         ]
         try assertUsageErrors(cases)

@@ -1,5 +1,5 @@
 import Foundation
-import KATModel
+import KATSupport
 
 /// What an environment says after an action.
 public struct EnvReply: Sendable, Equatable {
@@ -9,11 +9,28 @@ public struct EnvReply: Sendable, Equatable {
     public init(observation: String, reward: Double, done: Bool) { self.observation = observation; self.reward = reward; self.done = done }
 }
 
-/// A fault of an environment; names the command or task and the message.
-public struct EnvironmentError: Error, CustomStringConvertible {
-    public var source: String
-    public var reason: String
-    public var description: String { "environment \(source): \(reason)" }
+/// A fault of an environment; each case names the command (or task) and the message.
+public enum EnvironmentError: Error, CustomStringConvertible, Equatable {
+    /// The process could not be started.
+    case start(command: String, cause: String)
+    /// The process closed a pipe (it exited) while sent or awaiting `message`.
+    case closed(command: String, message: String)
+    /// No reply within the time-out.
+    case timeout(command: String, seconds: Double, message: String)
+    /// A reply that is not JSON, or lacks a field of the right type.
+    case badReply(command: String, reason: String, reply: String)
+    /// A prompt (plus the answer room) longer than the model's context.
+    case promptTooLong(source: String, tokens: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case let .start(c, cause): return "environment \(c): cannot start: \(cause)"
+        case let .closed(c, m): return "environment \(c): the process closed its pipe (exited?) at \(m)"
+        case let .timeout(c, s, m): return "environment \(c): no reply within \(s) s to \(m)"
+        case let .badReply(c, reason, reply): return "environment \(c): \(reason): \(reply.prefix(200))"
+        case let .promptTooLong(src, n, limit): return "environment \(src): \(n) tokens of prompt plus rollout.max_new_tokens exceed model.n_positions (\(limit))"
+        }
+    }
 }
 
 /// One episode at a time: reset gives a prompt, step takes the model's text.

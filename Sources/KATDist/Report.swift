@@ -1,5 +1,6 @@
 import Foundation
 import KATModel
+import KATSupport
 
 /// A self-contained HTML report of a run: learning curves and the time breakdown as
 /// inline SVG, no scripts and no network. Rewritten as the run goes.

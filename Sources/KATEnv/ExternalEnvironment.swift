@@ -1,5 +1,5 @@
 import Foundation
-import KATModel
+import KATSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -37,7 +37,7 @@ public final class ExternalEnvironment: Environment {
         p.standardInput = inPipe
         p.standardOutput = outPipe
         p.standardError = FileHandle.standardError
-        do { try p.run() } catch { throw EnvironmentError(source: command, reason: "cannot start: \(error.localizedDescription)") }
+        do { try p.run() } catch { throw EnvironmentError.start(command: command, cause: error.localizedDescription) }
         process = p
         toChild = inPipe.fileHandleForWriting
         // Keep the read end's FileHandle alive: it owns the descriptor polled below.
@@ -63,10 +63,10 @@ public final class ExternalEnvironment: Environment {
     /// Sends one message and reads one reply line, within the time-out.
     func exchange(_ message: JSON) throws -> JSON {
         if process == nil { try start() }
-        guard let out = toChild else { throw EnvironmentError(source: command, reason: "not running") }
+        guard let out = toChild else { throw EnvironmentError.closed(command: command, message: message.serialized) }
         let line = Data((message.serialized + "\n").utf8)
         do { try out.write(contentsOf: line) } catch {
-            throw EnvironmentError(source: command, reason: "the process closed its input (exited?) when sent \(message.serialized)")
+            throw EnvironmentError.closed(command: command, message: message.serialized)
         }
         let deadline = monotonicSeconds() + timeout
         while true {
@@ -74,20 +74,20 @@ public final class ExternalEnvironment: Environment {
                 let text = String(decoding: pending[..<nl], as: UTF8.self)
                 pending.removeSubrange(...nl)
                 do { return try JSON.parse(text) } catch {
-                    throw EnvironmentError(source: command, reason: "reply is not JSON: \(text.prefix(200))")
+                    throw EnvironmentError.badReply(command: command, reason: "reply is not JSON", reply: text)
                 }
             }
             let left = deadline - monotonicSeconds()
-            if left <= 0 { throw EnvironmentError(source: command, reason: "no reply within \(timeout) s to \(message.serialized)") }
+            if left <= 0 { throw EnvironmentError.timeout(command: command, seconds: timeout, message: message.serialized) }
             var pfd = pollfd(fd: fromChild, events: Int16(POLLIN), revents: 0)
             let r = poll(&pfd, 1, Int32(max(1, min(left * 1000, 1e9))))
             if r < 0 && errno == EINTR { continue }
             if r <= 0 { continue }
             var buf = [UInt8](repeating: 0, count: 65536)
             let n = read(fromChild, &buf, buf.count)
-            if n <= 0 { throw EnvironmentError(source: command, reason: "the process closed its output (exited?) before replying to \(message.serialized)") }
+            if n <= 0 { throw EnvironmentError.closed(command: command, message: message.serialized) }
             pending.append(contentsOf: buf[0..<n])
-            if pending.count > 16_000_000 { throw EnvironmentError(source: command, reason: "reply longer than 16 MB without a newline") }
+            if pending.count > 16_000_000 { throw EnvironmentError.badReply(command: command, reason: "reply longer than 16 MB without a newline", reply: "") }
         }
     }
 
@@ -114,7 +114,7 @@ public final class ExternalEnvironment: Environment {
         return try withRestart {
             let reply = try exchange(msg)
             guard let prompt = reply["prompt"]?.stringValue else {
-                throw EnvironmentError(source: command, reason: "reply to reset lacks a string \"prompt\": \(reply.serialized.prefix(200))")
+                throw EnvironmentError.badReply(command: command, reason: "reply to reset lacks a string \"prompt\"", reply: reply.serialized)
             }
             episode = [msg]
             return prompt
@@ -126,13 +126,13 @@ public final class ExternalEnvironment: Environment {
         return try withRestart {
             let reply = try exchange(msg)
             guard let obs = reply["observation"]?.stringValue else {
-                throw EnvironmentError(source: command, reason: "reply to step lacks a string \"observation\": \(reply.serialized.prefix(200))")
+                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a string \"observation\"", reply: reply.serialized)
             }
             guard let reward = reply["reward"]?.doubleValue, reward.isFinite else {
-                throw EnvironmentError(source: command, reason: "reply to step lacks a finite number \"reward\": \(reply.serialized.prefix(200))")
+                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a finite number \"reward\"", reply: reply.serialized)
             }
             guard let done = reply["done"]?.boolValue else {
-                throw EnvironmentError(source: command, reason: "reply to step lacks a boolean \"done\": \(reply.serialized.prefix(200))")
+                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a boolean \"done\"", reply: reply.serialized)
             }
             episode.append(msg)
             return EnvReply(observation: obs, reward: reward, done: done)

@@ -2,7 +2,10 @@ import Foundation
 import XCTest
 import KATModel
 import KATTrie
-@testable import KATRL
+@testable import KATDist
+import KATEnv
+import KATRL
+import KATSupport
 
 /// A bounded fuzz run: random mutations of valid inputs go through every parser kat-dist
 /// has; each must return or throw its error, never crash (a crash ends this process and

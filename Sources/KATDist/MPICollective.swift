@@ -1,23 +1,29 @@
 import CMPI
 import KATModel
+import KATSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// An MPI failure; the description names the call and the rank.
-public struct MPIError: Error, CustomStringConvertible {
-    public var call: String
-    public var code: Int32
-    public var rank: Int
-    public var description: String { "rank \(rank): \(call) failed with MPI error \(code)" }
+/// An MPI failure; names the call, the rank and MPI's error code.
+public enum MPIError: Error, CustomStringConvertible {
+    case call(String, code: Int32, rank: Int)
+
+    public var description: String {
+        switch self {
+        case let .call(name, code, rank): return "rank \(rank): \(name) failed with MPI error \(code)"
+        }
+    }
 }
 
-/// The MPI communicator: the only type in kat-dist that calls MPI.
+/// An MPI communicator: the only type in kat-dist that calls MPI. As a `Collective` it
+/// serves the trainer ranks; on the world communicator it also carries the point-to-point
+/// messages between trainers and rollout ranks.
 ///
 /// MPI runs with `MPI_THREAD_FUNNELED`: every call is made from the thread that
 /// initialised MPI. Open MPI's handles import as non-Sendable pointers; this class wraps
 /// them. `@unchecked Sendable` on that invariant: it is used from the MPI thread only.
-public final class Communicator: @unchecked Sendable {
+public final class MPICollective: Collective, @unchecked Sendable {
     let comm: MPI_Comm
     public let rank: Int
     public let size: Int
@@ -28,13 +34,13 @@ public final class Communicator: @unchecked Sendable {
     nonisolated(unsafe) public static var maxChunk = 1 << 30
 
     /// Initialises MPI (funneled) and returns the world communicator.
-    public static func initWorld() throws -> Communicator {
+    public static func initWorld() throws -> MPICollective {
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, kat_mpi_thread_funneled(), &provided)
-        guard rc == kat_mpi_success() else { throw MPIError(call: "MPI_Init_thread", code: rc, rank: -1) }
+        guard rc == kat_mpi_success() else { throw MPIError.call("MPI_Init_thread", code: rc, rank: -1) }
         // Errors come back as codes, so a failing rank can report and abort the job.
         MPI_Comm_set_errhandler(kat_mpi_comm_world(), kat_mpi_errors_return())
-        return Communicator(comm: kat_mpi_comm_world(), owns: true)
+        return MPICollective(comm: kat_mpi_comm_world(), owns: true)
     }
 
     init(comm: MPI_Comm, owns: Bool) {
@@ -47,20 +53,19 @@ public final class Communicator: @unchecked Sendable {
         ownsWorld = owns
     }
 
-    /// Whether this process was started by an MPI launcher (mpirun, srun).
-    public static var launchedByMPI: Bool {
-        getenv("OMPI_COMM_WORLD_SIZE") != nil || getenv("PMIX_RANK") != nil || getenv("PMI_RANK") != nil
-    }
 
     private func check(_ rc: Int32, _ call: String) throws {
-        if rc != kat_mpi_success() { throw MPIError(call: call, code: rc, rank: rank) }
+        if rc != kat_mpi_success() { throw MPIError.call(call, code: rc, rank: rank) }
     }
+
+    /// Sums a float buffer across ranks, in place.
+    public func allreduceSum(_ buffer: FloatBuffer) throws { try allreduceSum(buffer.pointer, count: buffer.count) }
 
     /// Sums `count` floats across ranks, in place, in chunks that fit MPI's int counts.
     public func allreduceSum(_ buf: UnsafeMutablePointer<Float>, count: Int) throws {
         var off = 0
         while off < count {
-            let n = min(Communicator.maxChunk, count - off)
+            let n = min(MPICollective.maxChunk, count - off)
             try check(MPI_Allreduce(kat_mpi_in_place(), buf + off, Int32(n), kat_mpi_float(), kat_mpi_sum(), comm), "MPI_Allreduce")
             off += n
         }
@@ -78,7 +83,7 @@ public final class Communicator: @unchecked Sendable {
     public func broadcast(_ buf: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
         var off = 0
         while off < count {
-            let n = min(Communicator.maxChunk, count - off)
+            let n = min(MPICollective.maxChunk, count - off)
             try check(MPI_Bcast(buf + off, Int32(n), kat_mpi_float(), Int32(root), comm), "MPI_Bcast")
             off += n
         }
@@ -107,11 +112,11 @@ public final class Communicator: @unchecked Sendable {
     public func barrier() throws { try check(MPI_Barrier(comm), "MPI_Barrier") }
 
     /// Splits into sub-communicators by `color`, ranks ordered by `key`.
-    public func split(color: Int, key: Int) throws -> Communicator {
+    public func split(color: Int, key: Int) throws -> MPICollective {
         var out: MPI_Comm? = kat_mpi_comm_null()
         try check(MPI_Comm_split(comm, Int32(color), Int32(key), &out), "MPI_Comm_split")
-        guard let c = out else { throw MPIError(call: "MPI_Comm_split", code: -1, rank: rank) }
-        return Communicator(comm: c, owns: false)
+        guard let c = out else { throw MPIError.call("MPI_Comm_split", code: -1, rank: rank) }
+        return MPICollective(comm: c, owns: false)
     }
 
     /// Max and min of one double over ranks.
@@ -132,9 +137,9 @@ public final class Communicator: @unchecked Sendable {
         var out = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n[0]))
         var off = 0
         while off < out.count {
-            let len = min(Communicator.maxChunk, out.count - off)
+            let len = min(MPICollective.maxChunk, out.count - off)
             try out.withUnsafeMutableBufferPointer { b in
-                try check(MPI_Bcast(b.baseAddress! + off, Int32(len), kat_mpi_byte(), Int32(root), comm), "MPI_Bcast")
+                try check(MPI_Bcast(b.baseAddress.map { $0 + off }, Int32(len), kat_mpi_byte(), Int32(root), comm), "MPI_Bcast")
             }
             off += len
         }

@@ -1,12 +1,30 @@
 import Foundation
 import KATModel
+import KATRL
+import KATSupport
+import KATTrie
 
-/// A fault in the configuration: names the source (file or --set) and the key.
-public struct ConfigError: Error, CustomStringConvertible, Equatable {
-    public var source: String
-    public var key: String
-    public var reason: String
-    public var description: String { key.isEmpty ? "\(source): \(reason)" : "\(source): key \(key): \(reason)" }
+/// A fault in the configuration; every case names its source (the file, or --set) and,
+/// where there is one, the key.
+public enum ConfigError: Error, CustomStringConvertible, Equatable {
+    /// The file cannot be read, is not JSON, or is not an object.
+    case file(source: String, reason: String)
+    /// A key that does not exist (with a suggestion when one is close).
+    case unknownKey(source: String, key: String, suggestion: String?)
+    /// A value of the wrong type or out of range, or in conflict with another key.
+    case badValue(source: String, key: String, reason: String)
+    /// A `--set` argument without `=`.
+    case malformedOverride(String)
+
+    public var description: String {
+        switch self {
+        case let .file(source, reason): return "\(source): \(reason)"
+        case let .unknownKey(source, key, suggestion):
+            return "\(source): key \(key): unknown key" + (suggestion.map { " (did you mean \($0)?)" } ?? "")
+        case let .badValue(source, key, reason): return "\(source): key \(key): \(reason)"
+        case let .malformedOverride(text): return "--set \(text): expected key=value"
+        }
+    }
 }
 
 /// The type and range of one configuration key.
@@ -115,15 +133,15 @@ public struct TrainConfig: Sendable {
     /// Reads a config file (nested objects, dotted keys allowed too) over the defaults.
     public static func load(path: String) throws(ConfigError) -> TrainConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(source: path, key: "", reason: FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file")
+            throw .file(source: path, reason: FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file")
         }
         return try parse(text: String(decoding: data, as: UTF8.self), source: path)
     }
 
     public static func parse(text: String, source: String) throws(ConfigError) -> TrainConfig {
         let json: JSON
-        do { json = try JSON.parse(text) } catch { throw ConfigError(source: source, key: "", reason: "not valid JSON (\(error))") }
-        guard json.objectMembers != nil else { throw ConfigError(source: source, key: "", reason: "the config must be a JSON object") }
+        do { json = try JSON.parse(text) } catch { throw .file(source: source, reason: "not valid JSON (\(error))") }
+        guard json.objectMembers != nil else { throw .file(source: source, reason: "the config must be a JSON object") }
         var cfg = TrainConfig()
         func walk(_ v: JSON, prefix: String) throws(ConfigError) {
             guard let members = v.objectMembers else { return }
@@ -134,7 +152,7 @@ public struct TrainConfig: Sendable {
                 } else if child.objectMembers != nil, keys.contains(where: { $0.name.hasPrefix(name + ".") }) {
                     try walk(child, prefix: name)
                 } else {
-                    throw ConfigError(source: source, key: name, reason: "unknown key" + suggestion(name))
+                    throw .unknownKey(source: source, key: name, suggestion: suggestion(name))
                 }
             }
         }
@@ -142,20 +160,19 @@ public struct TrainConfig: Sendable {
         return cfg
     }
 
-    static func suggestion(_ name: String) -> String {
+    static func suggestion(_ name: String) -> String? {
         let last = name.split(separator: ".").last.map(String.init) ?? name
-        if let k = keys.first(where: { $0.name.hasSuffix("." + last) || $0.name == last }) { return " (did you mean \(k.name)?)" }
-        return ""
+        return keys.first(where: { $0.name.hasSuffix("." + last) || $0.name == last })?.name
     }
 
     /// Applies `key=value`; the value is read as JSON when it parses, else as a string.
     public mutating func apply(override: String) throws(ConfigError) {
         guard let eq = override.firstIndex(of: "=") else {
-            throw ConfigError(source: "--set \(override)", key: "", reason: "expected key=value")
+            throw .malformedOverride(override)
         }
         let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
         guard TrainConfig.byName[key] != nil else {
-            throw ConfigError(source: "--set", key: key, reason: "unknown key" + TrainConfig.suggestion(key))
+            throw .unknownKey(source: "--set", key: key, suggestion: TrainConfig.suggestion(key))
         }
         let value = (try? JSON.parse(text)) ?? .string(text)
         try set(key, value, source: "--set")
@@ -163,9 +180,9 @@ public struct TrainConfig: Sendable {
 
     /// Sets one key after checking its type and range.
     public mutating func set(_ key: String, _ value: JSON, source: String) throws(ConfigError) {
-        guard let spec = TrainConfig.byName[key] else { throw ConfigError(source: source, key: key, reason: "unknown key") }
+        guard let spec = TrainConfig.byName[key] else { throw .unknownKey(source: source, key: key, suggestion: nil) }
         explicit.insert(key)
-        func bad(_ why: String) -> ConfigError { ConfigError(source: source, key: key, reason: why) }
+        func bad(_ why: String) -> ConfigError { .badValue(source: source, key: key, reason: why) }
         switch spec.kind {
         case let .int(r):
             guard let i = value.intValue else { throw bad("must be an integer, got \(value.serialized)") }
@@ -223,89 +240,28 @@ public struct TrainConfig: Sendable {
     public func bool(_ key: String) -> Bool { values[key]?.boolValue ?? false }
     public func string(_ key: String) -> String? { values[key]?.stringValue }
     public func intList(_ key: String) -> [Int] { values[key]?.arrayValue?.compactMap(\.intValue) ?? [] }
+    public func doubleList(_ key: String) -> [Double] { values[key]?.arrayValue?.compactMap(\.doubleValue) ?? [] }
 
     /// Checks relations between keys; the message names them.
     public func validate(source: String) throws(ConfigError) {
         if int("model.n_embd") % int("model.n_head") != 0 {
-            throw ConfigError(source: source, key: "model.n_head", reason: "must divide model.n_embd (\(int("model.n_embd")))")
+            throw .badValue(source: source, key: "model.n_head", reason: "must divide model.n_embd (\(int("model.n_embd")))")
         }
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {
-            throw ConfigError(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
+            throw .badValue(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
         }
         if double("advantage.entropy_min") > double("advantage.entropy_max") {
-            throw ConfigError(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")
+            throw .badValue(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")
         }
-    }
-
-    // MARK: - Derived settings
-
-    /// Where the data comes from: a trajectories file, an external command, or a task.
-    public enum DataSource: Equatable { case trajectories(String), external(String), task(String) }
-    public var dataSource: DataSource {
-        if let t = string("data.trajectories") { return .trajectories(t) }
-        if let c = string("data.env_command") { return .external(c) }
-        return .task(string("data.task") ?? "code")
-    }
-
-    public var rolloutConfig: RolloutConfig {
-        var r = RolloutConfig()
-        r.groupSize = int("rollout.group_size")
-        r.temperature = Float(double("rollout.temperature"))
-        r.topP = Float(double("rollout.top_p"))
-        r.maxNewTokens = int("rollout.max_new_tokens")
-        r.turns = int("rollout.turns")
-        r.branchFactor = int("rollout.branch_factor")
-        r.branchPoints = intList("rollout.branch_points")
-        return r
-    }
-
-    /// The model a run starts from: the directory `model.init`, or GPT-2 initialisation of
-    /// the configured shape with the run's seed.
-    public func initialModel() throws -> GPT2 {
-        if let dir = string("model.init") { return try ModelDirectory.load(dir) }
-        let m = try GPT2(config: modelConfig)
-        m.initialize(seed: UInt64(int("seed")))
-        return m
-    }
-
-    public var modelConfig: GPT2Config {
-        GPT2Config(vocabSize: int("model.vocab_size"), nPositions: int("model.n_positions"), nEmbd: int("model.n_embd"),
-                   nLayer: int("model.n_layer"), nHead: int("model.n_head"))
-    }
-
-    public var optimizerConfig: OptimizerConfig {
-        var o = OptimizerConfig()
-        o.kind = OptimizerConfig.Kind(rawValue: string("optimizer.name") ?? "adamw") ?? .adamw
-        o.lr = Float(double("optimizer.lr"))
-        let betas = values["optimizer.betas"]?.arrayValue?.compactMap(\.doubleValue) ?? [0.9, 0.999]
-        o.beta1 = Float(betas[0]); o.beta2 = Float(betas[1])
-        o.eps = Float(double("optimizer.eps"))
-        o.weightDecay = Float(double("optimizer.weight_decay"))
-        o.gradClip = Float(double("optimizer.grad_clip"))
-        o.schedule = OptimizerConfig.Schedule(rawValue: string("optimizer.schedule") ?? "cosine") ?? .cosine
-        o.warmupSteps = int("optimizer.warmup_steps")
-        return o
-    }
-
-    public var lossConfig: PolicyLossConfig {
-        PolicyLossConfig(mode: LossMode(rawValue: string("loss.mode") ?? "token-mean") ?? .tokenMean,
-                         epsLow: double("loss.eps_low"), epsHigh: double("loss.eps_high"), klCoef: double("loss.kl_coef"))
-    }
-
-    public var advantageConfig: AdvantageConfig {
-        AdvantageConfig(estimator: AdvantageConfig.Estimator(rawValue: string("advantage.estimator") ?? "grpo") ?? .grpo,
-                        normalizeStd: bool("advantage.normalize_std"), entropyScaling: bool("advantage.entropy_scaling"),
-                        alpha: double("advantage.entropy_alpha"), scaleMin: double("advantage.entropy_min"),
-                        scaleMax: double("advantage.entropy_max"),
-                        scope: string("advantage.entropy_scope") == "batch" ? .batch : .group)
     }
 
     /// The resolved config as nested JSON, keys in table order.
     public var json: JSON {
         var root: [(String, JSON)] = []
         func insert(_ path: ArraySlice<Substring>, _ v: JSON, into members: inout [(String, JSON)]) {
-            let head = String(path.first!)
+            guard let first = path.first else { return }
+            let head = String(first)
             if path.count == 1 { members.append((head, v)); return }
             if let i = members.firstIndex(where: { $0.0 == head }), case var .object(sub) = members[i].1 {
                 insert(path.dropFirst(), v, into: &sub)

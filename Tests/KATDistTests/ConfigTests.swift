@@ -1,5 +1,7 @@
 import XCTest
-@testable import KATRL
+@testable import KATDist
+import KATRL
+import KATSupport
 
 final class ConfigTests: XCTestCase {
     func testNestedFileAndOverrides() throws {
@@ -8,8 +10,12 @@ final class ConfigTests: XCTestCase {
         try c.apply(override: "data.trajectories=/tmp/x.jsonl")
         try c.apply(override: "advantage.entropy_scaling=false")
         XCTAssertEqual(c.double("optimizer.lr"), 0.01)
-        XCTAssertEqual(c.optimizerConfig.beta1, 0.8)
-        XCTAssertEqual(c.lossConfig.mode, .seqMeanTokenSum)
+        let settings = RunSettings(c)
+        XCTAssertEqual(settings.optimizer.beta1, 0.8)
+        XCTAssertEqual(settings.loss.mode, .seqMeanTokenSum)
+        XCTAssertEqual(settings.step.maxTokens, 4096)
+        XCTAssertEqual(settings.data, .trajectories("/tmp/x.jsonl"))
+        XCTAssertFalse(settings.advantage.entropyScaling)
         XCTAssertEqual(c.int("steps"), 7)
         XCTAssertEqual(c.int("batch.max_tokens"), 4096)
         XCTAssertEqual(c.string("data.trajectories"), "/tmp/x.jsonl")

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATSupport
 import KATTestSupport
 
 /// The built `kat-bench` executable.

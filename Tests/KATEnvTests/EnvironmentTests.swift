@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
-@testable import KATRL
+@testable import KATEnv
+import KATSupport
 
 final class StackLanguageTests: XCTestCase {
     func value(_ p: String, _ x: Int64) -> Int64? { if case let .success(r) = StackLanguage.run(p, input: x) { return r.value }; return nil }

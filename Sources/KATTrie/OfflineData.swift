@@ -1,5 +1,9 @@
-import KATModel
-import KATTrie
+import KATSupport
+
+/// Group keys: the `group` field, or a group of its own when it is missing.
+public func groupKeys(_ trajectories: [Trajectory]) -> [String] {
+    trajectories.map { $0.group.map { "g:" + $0 } ?? "solo:" + $0.id }
+}
 
 /// Offline batches per SPEC section 4: whole groups in file order until
 /// `batch.trajectories` is reached (a group is never split; a group larger than the batch

@@ -1,6 +1,6 @@
 import XCTest
-@testable import KATRL
-import KATTrie
+@testable import KATTrie
+import KATSupport
 
 final class OfflineDataTests: XCTestCase {
     func trajs(_ groups: [(String?, Int)]) -> [Trajectory] {

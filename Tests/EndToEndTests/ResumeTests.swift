@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import KATSupport
 import KATTestSupport
 import KATModel
 import KATTrie
@@ -143,7 +144,7 @@ final class ResumeTests: TemporaryDirectoryTestCase {
         let r = try mpirun(3, args + ["--resume", "auto"], timeout: 180)
         XCTAssertEqual(r.code, 0, r.output)
         let lines = try String(contentsOfFile: run + "/trained_ids.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
-        XCTAssertEqual(lines.map { $0["step"]!.intValue! }, Array(4...15), "one line per RL step on the committed timeline")
+        XCTAssertEqual(lines.map { $0["step"]!.intValue! }, Array(1...15), "one line per step (warm start and RL) on the committed timeline")
         var seen = Set<String>()
         for line in lines { for id in line["ids"]!.arrayValue! { XCTAssertTrue(seen.insert(id.stringValue!).inserted, "\(id) trained twice") } }
         let after = Set(lines.filter { $0["step"]!.intValue! > 9 }.flatMap { $0["ids"]!.arrayValue!.map { $0.stringValue! } })

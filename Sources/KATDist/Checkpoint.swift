@@ -1,0 +1,113 @@
+import Foundation
+import KATModel
+import KATSupport
+
+/// Reading checkpoints back: verification against the MANIFEST, choice of the newest
+/// complete one, and restoring weights, optimizer state and run state.
+public enum Checkpoint {
+    /// Files every checkpoint holds besides MANIFEST.
+    static let requiredFiles = ["config.json", "model.safetensors", "optimizer.safetensors", "state.json"]
+
+    /// `step-` and the step number, zero-padded to six digits (more digits when needed).
+    public static func name(step: Int) -> String {
+        let s = String(step)
+        return "step-" + String(repeating: "0", count: max(0, 6 - s.count)) + s
+    }
+
+    /// The step number of a checkpoint directory's name, or nil for other names.
+    public static func step(ofName name: String) -> Int? {
+        guard name.hasPrefix("step-") else { return nil }
+        return Int(name.dropFirst(5))
+    }
+
+    /// The checkpoint names in `dir`, oldest first, ordered by step number whatever the
+    /// number of digits.
+    public static func names(in dir: String) -> [String] {
+        let all = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return all.compactMap { n in step(ofName: n).map { (n, $0) } }.sorted { $0.1 < $1.1 }.map(\.0)
+    }
+
+    /// Why a checkpoint directory does not verify, or nil when every file matches its MANIFEST.
+    public static func verify(_ dir: String) -> String? {
+        let fm = FileManager.default
+        guard let manifest = fm.contents(atPath: dir + "/MANIFEST").map({ String(decoding: $0, as: UTF8.self) }) else {
+            return "no MANIFEST (incomplete)"
+        }
+        var listed = Set<String>()
+        for line in manifest.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+            guard parts.count == 2, parts[0].count == 64 else { return "MANIFEST line \"\(line.prefix(80))\" is malformed" }
+            let name = parts[1].trimmingCharacters(in: .whitespaces)
+            guard !name.contains("/"), !name.isEmpty else { return "MANIFEST names \(name), not a file of the checkpoint" }
+            guard let data = fm.contents(atPath: dir + "/" + name) else { return "\(name) is listed in MANIFEST but missing" }
+            let hash = data.withUnsafeBytes { SHA256.hex(of: $0) }
+            guard hash == String(parts[0]) else { return "\(name) does not match its SHA-256 in MANIFEST" }
+            listed.insert(name)
+        }
+        for required in requiredFiles where !listed.contains(required) {
+            return "MANIFEST does not list \(required)"
+        }
+        return nil
+    }
+
+    /// The checkpoint to resume from: `spec` is "auto" (the newest under RUN/checkpoints
+    /// that verifies; each one skipped is reported through `log`) or a path.
+    public static func choose(runDirectory run: String, spec: String, log: (String) -> Void) throws(RunError) -> String {
+        if spec != "auto" {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue else {
+                throw .checkpoint(path: spec, reason: "no such checkpoint directory")
+            }
+            if let why = verify(spec) { throw .checkpoint(path: spec, reason: "does not verify: \(why)") }
+            return spec
+        }
+        let dir = run + "/checkpoints"
+        let candidates = names(in: dir).reversed()
+        if candidates.isEmpty { throw .runDirectory(path: run, reason: "no checkpoints to resume from (looked in \(dir))") }
+        for name in candidates {
+            if let why = verify(dir + "/" + name) {
+                log("resume: skipping \(name): \(why)")
+                continue
+            }
+            log("resume: continuing from \(name)")
+            return dir + "/" + name
+        }
+        throw .checkpoint(path: dir, reason: "no checkpoint verifies (\(candidates.count) tried)")
+    }
+
+    /// Restores weights into `model` and, when given, moments into `optimizer`, and returns
+    /// the run state. The checkpoint's model must match the configured one.
+    public static func restore(_ dir: String, model: GPT2, optimizer: Optimizer?) throws(RunError) -> JSON {
+        do {
+            let loaded = try ModelDirectory.load(dir, expect: model.config)
+            model.params.copy(from: loaded.params)
+        } catch {
+            throw .checkpoint(path: dir, reason: "\(error)")
+        }
+        if let optimizer { try restoreOptimizer(dir + "/optimizer.safetensors", into: optimizer) }
+        guard let text = FileManager.default.contents(atPath: dir + "/state.json") else {
+            throw .checkpoint(path: dir + "/state.json", reason: "cannot read")
+        }
+        do { return try JSON.parse(String(decoding: text, as: UTF8.self)) } catch {
+            throw .checkpoint(path: dir + "/state.json", reason: "not valid JSON (\(error))")
+        }
+    }
+
+    static func restoreOptimizer(_ path: String, into optimizer: Optimizer) throws(RunError) {
+        let opt: SafetensorsFile
+        do { opt = try SafetensorsFile.read(path: path) } catch { throw .checkpoint(path: path, reason: "\(error)") }
+        guard opt.metadata["optimizer"] == optimizer.config.kind.rawValue else {
+            throw .checkpoint(path: path, reason: "holds \(opt.metadata["optimizer"] ?? "?") state but the config asks for \(optimizer.config.kind.rawValue)")
+        }
+        for (name, buf) in [("adam.m", optimizer.m), ("adam.v", optimizer.v)] {
+            guard let e = opt.entry(name), e.shape == [buf.count] else {
+                throw .checkpoint(path: path, reason: "tensor \(name) is missing or has the wrong size")
+            }
+            do { try opt.copyFloats(e, into: buf.pointer) } catch { throw .checkpoint(path: path, reason: "\(error)") }
+        }
+        guard let t = opt.metadata["t"].flatMap(Int.init) else {
+            throw .checkpoint(path: path, reason: "metadata lacks the step count t")
+        }
+        optimizer.t = t
+    }
+}

@@ -1,0 +1,34 @@
+import KATSupport
+
+/// A fault of a run; every case names what is at fault: the path, the step, the key or
+/// the rank.
+public enum RunError: Error, CustomStringConvertible {
+    /// The run directory cannot be used as asked.
+    case runDirectory(path: String, reason: String)
+    /// A checkpoint is missing, damaged or does not fit the run.
+    case checkpoint(path: String, reason: String)
+    /// A file could not be read or written.
+    case file(FileFault)
+    /// Settings that conflict with each other, the model or the task.
+    case settings(key: String, reason: String)
+    /// Too many updates in a row had a non-finite loss or gradient.
+    case nonFinite(step: Int, inARow: Int)
+    /// Trainer ranks hold different weights after a step.
+    case trainersDiverged(step: Int, low: Double, high: Double)
+    /// A message from another rank that does not decode.
+    case badMessage(rank: Int, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .runDirectory(path, reason): return "\(path): \(reason)"
+        case let .checkpoint(path, reason): return "\(path): \(reason)"
+        case let .file(fault): return fault.description
+        case let .settings(key, reason): return "key \(key): \(reason)"
+        case let .nonFinite(step, n):
+            return "\(n) updates in a row up to step \(step) had a non-finite loss or gradient; stopping (lower the learning rate or turn on optimizer.grad_clip)"
+        case let .trainersDiverged(step, low, high):
+            return "weights diverged across trainer ranks after step \(step) (checksums \(low) and \(high))"
+        case let .badMessage(rank, reason): return "a message from rank \(rank) does not decode: \(reason)"
+        }
+    }
+}

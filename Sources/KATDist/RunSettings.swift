@@ -1,0 +1,187 @@
+import Foundation
+import KATEnv
+import KATModel
+import KATRL
+import KATSupport
+import KATTrie
+
+/// Where a run's data comes from.
+public enum DataSource: Equatable, Sendable {
+    /// A trajectories JSONL file, trained offline.
+    case trajectories(String)
+    /// An external environment command (JSON lines over stdin/stdout).
+    case external(String)
+    /// A built-in task by name.
+    case task(String)
+
+    public var isOnline: Bool { if case .trajectories = self { return false } else { return true } }
+}
+
+/// The run as a whole: length, seed, checkpoints, evaluation, checks.
+public struct RunOptions: Sendable, Equatable {
+    /// RL or offline optimizer steps (warm-start steps are counted apart).
+    public var steps = 200
+    public var seed = 1
+    public var deterministic = false
+    /// Checkpoint every N steps of a phase (0: only the final one).
+    public var checkpointEvery = 0
+    public var checkpointKeep = 3
+    /// Trie-vs-flat drift check every N steps (0: never).
+    public var flatCheckEvery = 0
+    /// Evaluate every N RL steps (0: never).
+    public var evalEvery = 25
+    public var evalPrompts = 200
+    /// Write RUN/trained_ids.jsonl.
+    public var logTrainedIDs = false
+    public init() {}
+}
+
+/// The supervised warm start on a built-in task's reference answers.
+public struct WarmStartConfig: Sendable, Equatable {
+    public var steps = 400
+    public var batch = 64
+    /// Constant learning rate of the warm start.
+    public var lr: Float = 1e-3
+    /// Share of demonstrations that are flawed (a weaker teacher's).
+    public var flawed = 0.6
+    public init() {}
+}
+
+/// How ranks are split and how asynchronous data may lag.
+public struct RanksConfig: Sendable, Equatable {
+    public var trainers = 1
+    /// Rollout ranks; nil: every rank that does not train.
+    public var rollouts: Int?
+    /// Largest policy lag a trained trajectory may have.
+    public var maxStaleness = 4
+    /// Groups the trainers buffer before rollout ranks are pushed back.
+    public var bufferGroups = 16
+    public init() {}
+}
+
+/// The model a run starts from: a directory, or a random initialisation of a shape.
+public enum ModelSource: Sendable, Equatable {
+    case directory(String)
+    case random(GPT2Config)
+}
+
+/// Every setting of a run, read once from the config into a typed value per concern.
+public struct RunSettings: Sendable {
+    public var run = RunOptions()
+    public var model: ModelSource = .random(GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 128, nLayer: 4, nHead: 4))
+    public var optimizer = OptimizerConfig()
+    public var step = StepConfig()
+    public var loss = PolicyLossConfig()
+    public var advantage = AdvantageConfig()
+    public var rollout = RolloutConfig()
+    public var warmStart = WarmStartConfig()
+    public var ranks = RanksConfig()
+    public var data: DataSource = .task("code")
+    /// Whether offline groups are shuffled each epoch after the first.
+    public var shuffle = true
+    /// Offline: trajectories per step.
+    public var offlineBatch = 64
+    /// Online: prompts (groups) per step.
+    public var prompts = 16
+    /// Seconds an external environment may take to reply.
+    public var envTimeout = 10.0
+    /// The resolved config as nested JSON (what RUN/config.json records).
+    public var json: JSON = .object([])
+
+    public init() {}
+
+    /// Reads every concern out of a validated config.
+    public init(_ c: TrainConfig) {
+        run.steps = c.int("steps")
+        run.seed = c.int("seed")
+        run.deterministic = c.bool("deterministic")
+        run.checkpointEvery = c.int("checkpoint.every")
+        run.checkpointKeep = c.int("checkpoint.keep")
+        run.flatCheckEvery = c.int("check.flat_every")
+        run.evalEvery = c.int("eval.every")
+        run.evalPrompts = c.int("eval.prompts")
+        run.logTrainedIDs = c.bool("log.trained_ids")
+
+        if let dir = c.string("model.init") {
+            model = .directory(dir)
+        } else {
+            model = .random(GPT2Config(vocabSize: c.int("model.vocab_size"), nPositions: c.int("model.n_positions"),
+                                       nEmbd: c.int("model.n_embd"), nLayer: c.int("model.n_layer"), nHead: c.int("model.n_head")))
+        }
+
+        optimizer.kind = OptimizerConfig.Kind(rawValue: c.string("optimizer.name") ?? "adamw") ?? .adamw
+        optimizer.lr = Float(c.double("optimizer.lr"))
+        let betas = c.doubleList("optimizer.betas")
+        if betas.count == 2 { optimizer.beta1 = Float(betas[0]); optimizer.beta2 = Float(betas[1]) }
+        optimizer.eps = Float(c.double("optimizer.eps"))
+        optimizer.weightDecay = Float(c.double("optimizer.weight_decay"))
+        optimizer.gradClip = Float(c.double("optimizer.grad_clip"))
+        optimizer.schedule = OptimizerConfig.Schedule(rawValue: c.string("optimizer.schedule") ?? "cosine") ?? .cosine
+        optimizer.warmupSteps = c.int("optimizer.warmup_steps")
+
+        step.packing = StepConfig.Packing(rawValue: c.string("data.packing") ?? "trie") ?? .trie
+        step.maxTokens = c.int("batch.max_tokens")
+        step.temperature = Float(c.double("rollout.temperature"))
+        step.minibatches = c.int("batch.minibatches")
+        step.ppoEpochs = c.int("loss.ppo_epochs")
+
+        loss = PolicyLossConfig(mode: LossMode(rawValue: c.string("loss.mode") ?? "token-mean") ?? .tokenMean,
+                                epsLow: c.double("loss.eps_low"), epsHigh: c.double("loss.eps_high"), klCoef: c.double("loss.kl_coef"))
+
+        advantage = AdvantageConfig(estimator: AdvantageConfig.Estimator(rawValue: c.string("advantage.estimator") ?? "grpo") ?? .grpo,
+                                    normalizeStd: c.bool("advantage.normalize_std"), entropyScaling: c.bool("advantage.entropy_scaling"),
+                                    alpha: c.double("advantage.entropy_alpha"), scaleMin: c.double("advantage.entropy_min"),
+                                    scaleMax: c.double("advantage.entropy_max"),
+                                    scope: c.string("advantage.entropy_scope") == "batch" ? .batch : .group)
+
+        rollout.groupSize = c.int("rollout.group_size")
+        rollout.temperature = Float(c.double("rollout.temperature"))
+        rollout.topP = Float(c.double("rollout.top_p"))
+        rollout.maxNewTokens = c.int("rollout.max_new_tokens")
+        rollout.turns = c.int("rollout.turns")
+        rollout.branchFactor = c.int("rollout.branch_factor")
+        rollout.branchPoints = c.intList("rollout.branch_points")
+
+        warmStart.steps = c.int("warmstart.steps")
+        warmStart.batch = c.int("warmstart.batch")
+        warmStart.lr = Float(c.optionalDouble("warmstart.lr") ?? c.double("optimizer.lr"))
+        warmStart.flawed = c.double("warmstart.flawed")
+
+        ranks.trainers = c.int("ranks.trainers")
+        ranks.rollouts = c.optionalInt("ranks.rollouts")
+        ranks.maxStaleness = c.int("max_staleness")
+        ranks.bufferGroups = c.int("buffer.max_groups")
+
+        if let t = c.string("data.trajectories") {
+            data = .trajectories(t)
+        } else if let cmd = c.string("data.env_command") {
+            data = .external(cmd)
+        } else {
+            data = .task(c.string("data.task") ?? "code")
+        }
+        shuffle = c.bool("data.shuffle")
+        offlineBatch = c.int("batch.trajectories")
+        prompts = c.int("batch.prompts")
+        envTimeout = c.double("env.timeout_s")
+        json = c.json
+    }
+
+    /// The model the run starts from: the directory, or GPT-2 initialisation of the
+    /// configured shape with the run's seed.
+    public func initialModel() throws(ModelError) -> GPT2 {
+        switch model {
+        case let .directory(dir):
+            return try ModelDirectory.load(dir)
+        case let .random(config):
+            let m = try GPT2(config: config)
+            m.initialize(seed: UInt64(run.seed))
+            return m
+        }
+    }
+
+    /// The built-in task the run uses, if any.
+    public var task: Task? {
+        if case let .task(name) = data { return builtinTask(name) }
+        return nil
+    }
+}

@@ -1,0 +1,290 @@
+import Foundation
+import KATModel
+import KATRL
+import KATSupport
+import KATTrie
+
+/// The training loop of a trainer rank, or of the single process of a one-process run.
+///
+/// It owns the order of a step, as llm.c's `main` does:
+///
+///     collect the batch -> advantages -> plan micro-batches -> forward/backward each
+///     (serving the data flow between them) -> sum gradients over trainers -> update
+///     -> publish weights -> metrics -> evaluation -> agree on stopping -> checkpoint
+///
+/// and the lifecycle of the run: a new or resumed run directory, phases (warm start, then
+/// RL; or offline), pre-emption by SIGUSR1, the stop after repeated non-finite updates,
+/// progress and the report. The same loop serves one process (`LocalCollective`) and any
+/// number of trainer ranks (`MPICollective`).
+final class TrainerLoop {
+    let settings: RunSettings
+    let collective: Collective
+    let console: Console
+    let model: GPT2
+    let optimizer: Optimizer
+    let step: TrainStep
+    let phases: [BatchSource]
+    let evaluator: Evaluator?
+    /// The run directory; only the first trainer writes one.
+    let directory: RunDirectory?
+    let title: String
+    let faults: FaultInjection
+
+    var version = 0
+    var stepIndex = 0
+    /// Where a resumed run continues: the phase and that phase's next step.
+    var startAt = (phase: 0, step: 0)
+    var resumed = false
+    /// Seconds the run had run before this process started (from the checkpoint).
+    var elapsedBefore = 0.0
+    let processStart = monotonicSeconds()
+    var lines: [JSON] = []
+    var notes: [String] = []
+
+    /// Consecutive non-finite updates after which the run stops with an error.
+    static let nonFiniteLimit = 5
+
+    /// Sets up the run: the optimizer and step maths, then either a new run directory
+    /// (config.json written) or the checkpoint to continue from (weights, optimizer,
+    /// version, each phase's own state; metrics cut back to the checkpoint).
+    init(settings: RunSettings, collective: Collective, isLeader: Bool, worldRank: Int, console: Console, model: GPT2,
+         phases: [BatchSource], evaluator: Evaluator?, runDirectory: String, resume: String?, title: String) throws {
+        self.settings = settings
+        self.collective = collective
+        self.console = console
+        self.model = model
+        self.phases = phases
+        self.evaluator = evaluator
+        self.title = title
+        faults = FaultInjection(worldRank: worldRank)
+        optimizer = Optimizer(config: settings.optimizer, layout: model.layout)
+        step = TrainStep(model: model, optimizer: optimizer, loss: settings.loss, config: settings.step)
+        guard let spec = resume else {
+            if isLeader {
+                let r = try RunDirectory.create(newRunAt: runDirectory)
+                try r.writeConfig(settings.json)
+                directory = r
+            } else {
+                directory = nil
+            }
+            return
+        }
+        let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: isLeader ? console.line : { _ in })
+        let state = try Checkpoint.restore(dir, model: model, optimizer: optimizer)
+        stepIndex = state["step"]?.intValue ?? 0
+        version = state["policy_version"]?.intValue ?? 0
+        elapsedBefore = state["time"]?.doubleValue ?? 0
+        startAt = TrainerLoop.position(of: state, in: phases.map(\.phase))
+        for source in phases { try source.restore(state: state, directory: dir) }
+        resumed = true
+        directory = isLeader ? try RunDirectory.resume(at: runDirectory, step: stepIndex) : nil
+        lines = directory?.existingMetrics() ?? []
+        let p = min(startAt.phase, max(0, phases.count - 1))
+        let where_ = phases.isEmpty ? "" : ", \(phases[p].phase.rawValue) step \(startAt.step) of \(phases[p].steps)"
+        console.line("resumed at step \(stepIndex) (policy version \(version)\(where_))")
+    }
+
+    /// The phase and step a checkpoint's state continues at. Checkpoints name their phase
+    /// and its steps done; older ones give `rl_step` (RL) or a data cursor (offline).
+    static func position(of state: JSON, in phases: [Phase]) -> (phase: Int, step: Int) {
+        if let name = state["phase"]?.stringValue, let phase = Phase(rawValue: name), let i = phases.firstIndex(of: phase) {
+            return (i, state["phase_step"]?.intValue ?? 0)
+        }
+        if let rl = state["rl_step"]?.intValue, let i = phases.firstIndex(of: .rl) { return (i, rl) }
+        if let i = phases.firstIndex(of: .offline) { return (i, state["step"]?.intValue ?? 0) }
+        return (phases.count, 0)
+    }
+
+    /// Seconds since the run first started, continuing across resumes.
+    var runTime: Double { elapsedBefore + monotonicSeconds() - processStart }
+
+    func note(_ text: String) {
+        notes.append(text)
+        console.line(text)
+    }
+
+    // MARK: - The run
+
+    /// Runs every phase from where the run stands, then ends each source (rollout ranks
+    /// are stopped even when the run stops early).
+    func run() throws {
+        defer { writeReport() }
+        do {
+            try runPhases()
+        } catch {
+            for source in phases { try? source.finish() }
+            throw error
+        }
+        for source in phases { try source.finish() }
+        for n in notes { console.line(n) }
+        if let directory { console.line(String(format: "done in %.0f s; report %@/report.html", runTime, directory.path as NSString)) }
+    }
+
+    func runPhases() throws {
+        if !resumed, settings.run.evalEvery > 0, let evaluator {
+            let e = try evaluator.evaluate(collective)
+            note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
+        }
+        for (p, source) in phases.enumerated() where p >= startAt.phase {
+            try source.begin(version: version)
+            let first = p == startAt.phase ? startAt.step : 0
+            let lastPhase = p == phases.count - 1
+            phaseStart = (monotonicSeconds(), first)
+            for s in first..<source.steps {
+                if try trainStep(source, s, lastPhase: lastPhase) { return }
+            }
+        }
+    }
+
+    /// When the current phase started in this process, and at which of its steps (for the ETA).
+    var phaseStart = (time: 0.0, step: 0)
+
+    /// One step of `source`'s phase. Returns whether the run stops here (pre-emption).
+    func trainStep(_ source: BatchSource, _ s: Int, lastPhase: Bool) throws -> Bool {
+        let t0 = monotonicSeconds()
+        let isLast = s + 1 == source.steps
+        let batch = try source.collect(step: s, version: version)
+        let advantages = try batch.advantages ?? computeAdvantages(batch.trajectories, config: settings.advantage)
+        var m = StepMetrics()
+        m.phase = source.phase
+        if source.phase != .warmstart, settings.run.flatCheckEvery > 0, s % settings.run.flatCheckEvery == 0, let g = batch.groups.first {
+            m.trieFlatDrift = try step.drift(trajectories: g.map { batch.trajectories[$0] }, advantages: g.map { advantages[$0] })
+        }
+        let stats = try runUpdates(TrainingBatch(trajectories: batch.trajectories, groups: batch.groups, advantages: advantages),
+                                   lr: source.learningRate(step: s), source: source, metrics: &m)
+        version += stats.updates
+        stepIndex += 1
+        if settings.run.logTrainedIDs { try directory?.appendTrainedIDs(step: stepIndex, ids: batch.trajectories.map(\.id)) }
+
+        m.step = stepIndex
+        m.policyVersion = version
+        m.describe(batch: batch.trajectories, advantages: advantages, versionBefore: version - stats.updates,
+                   maxStaleness: settings.ranks.maxStaleness, staleness: source.phase == .rl)
+        m.record(stats)
+        m.tWaitData = batch.waitSeconds
+        m.droppedStale = batch.droppedStale
+        m.generatedTokens = batch.generatedTokens
+        m.epoch = batch.epoch
+        m.tokensPerS = Double(stats.tokensFlat) / max(monotonicSeconds() - t0, 1e-9)
+
+        let tSync = monotonicSeconds()
+        try source.stepDone(version: version, updated: stats.updates > 0)
+        m.tWeightSync = monotonicSeconds() - tSync
+
+        if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
+            let e = try evaluator.evaluate(collective)
+            m.evalSuccess = e.success
+            m.evalReward = e.reward
+            if isLast {
+                let what = source.phase == .warmstart ? "after the \(source.steps)-step supervised warm start" : "at the end"
+                note(String(format: "held-out success %@: %.3f (mean reward %.3f)", what, e.success, e.reward))
+            }
+        }
+        m.time = runTime
+        lines.append(m.json)
+        try directory?.appendMetrics(m.json)
+        showProgress(source, s, m)
+
+        if collective.size > 1 { try checkTrainersAgree() }
+        if step.skippedInARow >= TrainerLoop.nonFiniteLimit {
+            throw RunError.nonFinite(step: stepIndex, inARow: step.skippedInARow)
+        }
+        writeReport()
+        let stop = try collective.anyTrue(Preemption.requested)
+        let every = settings.run.checkpointEvery
+        if isLast || stop || (every > 0 && (s + 1) % every == 0) {
+            try writeCheckpoint(source, phaseStep: s + 1)
+        }
+        if stop && !(isLast && lastPhase) {
+            console.line("stopping after step \(stepIndex) on request (SIGUSR1); resume with --resume auto")
+            return true
+        }
+        return false
+    }
+
+    func evaluationDue(_ source: BatchSource, _ s: Int) -> Bool {
+        switch source.phase {
+        case .warmstart: return s + 1 == source.steps
+        case .rl: return (s + 1) % settings.run.evalEvery == 0 || s + 1 == source.steps
+        case .offline: return false
+        }
+    }
+
+    /// The step's updates: each one's micro-batches forward and backward (the source served
+    /// between them), gradients and tallies summed over trainers, then the optimizer.
+    func runUpdates(_ batch: TrainingBatch, lr: Float, source: BatchSource, metrics m: inout StepMetrics) throws -> StepStats {
+        var stats = StepStats()
+        stats.lr = Double(lr)
+        let t0 = monotonicSeconds()
+        let updates = try step.plan(batch, shard: collective.rank, of: collective.size)
+        m.tForwardBackward += monotonicSeconds() - t0
+        for update in updates {
+            let t1 = monotonicSeconds()
+            model.zeroGrad()
+            var tally = UpdateTally()
+            for mb in update.microBatches {
+                try source.service()
+                tally += try step.accumulate(mb, of: update)
+                faults.killIfDue(stepIndex + 1)
+            }
+            m.tForwardBackward += monotonicSeconds() - t1
+            let t2 = monotonicSeconds()
+            if faults.nanAt == stepIndex + 1 { model.grads[0] = .nan }
+            try collective.allreduceSum(model.grads)
+            var values = tally.values
+            try collective.allreduceSum(&values)
+            tally.values = values
+            m.tAllreduce += monotonicSeconds() - t2
+            let t3 = monotonicSeconds()
+            stats.add(update, tally, step.apply(tally, lr: lr))
+            m.tOptimizer += monotonicSeconds() - t3
+        }
+        stats.finish()
+        return stats
+    }
+
+    /// Every trainer must hold the same weights after a step: compares a weighted sum.
+    func checkTrainersAgree() throws {
+        var sum = 0.0
+        for i in 0..<model.params.count { sum += Double(model.params[i]) * Double(1 + i % 7) }
+        let c = try collective.allreduceMaxMin(sum)
+        if c.max != c.min { throw RunError.trainersDiverged(step: stepIndex, low: c.min, high: c.max) }
+    }
+
+    func writeCheckpoint(_ source: BatchSource, phaseStep: Int) throws {
+        guard let directory else { return }
+        var state: [(String, JSON)] = [("step", JSON(stepIndex)), ("phase", .string(source.phase.rawValue)),
+                                       ("phase_step", JSON(phaseStep)), ("policy_version", JSON(version)),
+                                       ("time", JSON(runTime)), ("seed", JSON(settings.run.seed))]
+        if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
+        let extra = source.checkpoint()
+        state += extra.fields
+        try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
+                                keep: settings.run.checkpointKeep, extras: extra.files)
+        console.line("checkpoint \(directory.checkpointsPath)/\(Checkpoint.name(step: stepIndex))")
+    }
+
+    func writeReport() {
+        guard let directory else { return }
+        let html = Report.html(title: title, lines: lines, notes: notes)
+        try? directory.write(Data(html.utf8), named: "report.html")
+    }
+
+    func showProgress(_ source: BatchSource, _ s: Int, _ m: StepMetrics) {
+        let done = s + 1 - phaseStart.step, left = source.steps - s - 1
+        let eta = (monotonicSeconds() - phaseStart.time) / Double(max(1, done)) * Double(left)
+        let etaText = String(format: "left %dm%02ds", Int(eta) / 60, Int(eta) % 60)
+        switch source.phase {
+        case .warmstart:
+            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.logprobMean, etaText as NSString))
+        case .rl:
+            let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
+            console.status(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@", s + 1, source.steps,
+                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, etaText as NSString))
+        case .offline:
+            console.line(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
+                                s + 1, source.steps, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS,
+                                (m.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import KATEnv
+import KATModel
+import KATRL
+import KATSupport
+import KATTrie
+
+/// `kat-dist train`: one process, or one rank of an MPI job.
+///
+/// In a job of N ranks, ranks 0..T-1 train (T = ranks.trainers) and the other R ranks
+/// generate rollouts. Trainers split every global batch into T trie shards, sum gradients
+/// and apply the same update. With R = 0 the trainers generate too, each a share of the
+/// groups (synchronous); with R > 0 rollout ranks generate continuously with the newest
+/// weights they hold (asynchronous). One process is the case N = T = 1, run by the same
+/// loop with a local collective.
+public enum Training {
+    /// How the ranks of a job are split.
+    public struct Layout: Equatable, Sendable {
+        public var trainers: Int
+        public var rollouts: Int
+    }
+
+    /// Checks the rank layout against the job's size before anything starts.
+    /// - Throws: `RunError.settings` naming the keys at fault.
+    public static func layout(_ settings: RunSettings, worldSize n: Int) throws(RunError) -> Layout {
+        let t = settings.ranks.trainers
+        let r = settings.ranks.rollouts ?? (n - t)
+        guard t + r == n, r >= 0 else {
+            throw .settings(key: "ranks.trainers", reason: "ranks.trainers (\(t)) + ranks.rollouts (\(r)) must equal the number of MPI ranks (\(n))")
+        }
+        if !settings.data.isOnline, r > 0 {
+            throw .settings(key: "ranks.rollouts", reason: "offline training (data.trajectories) has no rollout ranks: set ranks.trainers to the number of ranks (\(n))")
+        }
+        return Layout(trainers: t, rollouts: r)
+    }
+
+    /// Checks what can be checked before any rank starts: the rank layout, and that the
+    /// files the settings name exist.
+    /// - Throws: `RunError.settings` naming the key.
+    public static func check(_ settings: RunSettings, worldSize: Int) throws(RunError) {
+        _ = try layout(settings, worldSize: worldSize)
+        let fm = FileManager.default
+        if case let .task(name) = settings.data, settings.task == nil {
+            throw RunError.unknownTask(name)
+        }
+        if case let .trajectories(path) = settings.data, !fm.fileExists(atPath: path) {
+            throw .settings(key: "data.trajectories", reason: "\(path): no such file")
+        }
+        if case let .directory(dir) = settings.model, !fm.fileExists(atPath: dir) {
+            throw .settings(key: "model.init", reason: "\(dir): no such directory")
+        }
+    }
+
+    /// Runs a training job: in one process with a local collective, or, when started by an
+    /// MPI launcher, as this rank's part (trainer or rollout rank).
+    /// - Returns: the exit code. A failure in one process is thrown; on a rank of a job it
+    ///   ends the whole job through MPI_Abort with a message naming the rank.
+    public static func run(_ settings: RunSettings, runDirectory: String, resume: String?, console: Console) throws -> Int32 {
+        guard LaunchEnvironment.launchedByMPI else {
+            try check(settings, worldSize: 1)
+            if settings.run.deterministic { BLASRuntime.setThreads(1) }
+            try trainer(settings, collective: LocalCollective(), world: nil, layout: Layout(trainers: 1, rollouts: 0), worldRank: 0,
+                        runDirectory: runDirectory, resume: resume, console: console)
+            return 0
+        }
+        let world: MPICollective
+        do { world = try MPICollective.initWorld() } catch {
+            FileHandle.standardError.write(Data("kat-dist: \(error)\n".utf8))
+            return 1
+        }
+        let layout: Layout
+        do { layout = try self.layout(settings, worldSize: world.size) } catch {
+            if world.rank == 0 { FileHandle.standardError.write(Data("kat-dist train: \(error)\n".utf8)) }
+            world.finalize()
+            return 2
+        }
+        if settings.run.deterministic { BLASRuntime.setThreads(1) }
+        do {
+            let isTrainer = world.rank < layout.trainers
+            let trainers = try world.split(color: isTrainer ? 0 : 1, key: world.rank)
+            if isTrainer {
+                try trainer(settings, collective: trainers, world: world, layout: layout, worldRank: world.rank,
+                            runDirectory: runDirectory, resume: resume, console: world.rank == 0 ? console : SilentConsole())
+            } else {
+                try RolloutRankLoop(world: world, settings: settings).run()
+            }
+        } catch {
+            world.abort("\(error)")
+        }
+        world.finalize()
+        return 0
+    }
+
+    /// Builds a trainer's phases and runs its loop.
+    static func trainer(_ settings: RunSettings, collective: Collective, world: MPICollective?, layout: Layout, worldRank: Int,
+                        runDirectory: String, resume: String?, console: Console) throws {
+        let model = try settings.initialModel()
+        var phases: [BatchSource] = []
+        var evaluator: Evaluator?
+        let title: String
+        switch settings.data {
+        case let .trajectories(path):
+            let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
+            // The estimator's fields are checked on the whole file before the first step.
+            _ = try computeAdvantages(trajs, config: settings.advantage)
+            phases = [OfflineSource(trajectories: trajs, settings: settings)]
+            title = "offline training on \(path)"
+        case .task, .external:
+            guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
+                throw RunError.settings(key: "model.vocab_size", reason: "built-in and external environments use the byte tokenizer: the vocabulary must be at least \(GPT2Config.byteVocabSize)")
+            }
+            let environments = try EnvironmentSource(settings)
+            title = environments.name
+            evaluator = Evaluator(model: model, settings: settings, environments: environments)
+            if let task = environments.task, settings.warmStart.steps > 0 {
+                phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
+            }
+            if layout.rollouts == 0 {
+                let generator = GroupGenerator(model: model, settings: settings, environments: environments)
+                phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
+            } else {
+                let link = worldRank == 0 ? world.map {
+                    RolloutLink(world: $0, rollouts: Array(layout.trainers..<(layout.trainers + layout.rollouts)),
+                                capacity: settings.ranks.bufferGroups)
+                } : nil
+                phases.append(AsynchronousRollouts(link: link, collective: collective, model: model, settings: settings))
+            }
+        }
+        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: worldRank,
+                                   console: console, model: model, phases: phases, evaluator: evaluator,
+                                   runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(title))")
+        try loop.run()
+    }
+}
