@@ -116,8 +116,7 @@ final class AsynchronousRollouts: BatchSource {
     let model: GPT2
     let prompts: Int
     let maxStaleness: Int
-    let optimizer: OptimizerConfig
-    let totalSteps: Int
+    let schedule: PhaseSchedule
 
     init(link: RolloutLink?, collective: Collective, model: GPT2, settings: RunSettings) {
         self.link = link
@@ -125,13 +124,10 @@ final class AsynchronousRollouts: BatchSource {
         self.model = model
         prompts = settings.prompts
         maxStaleness = settings.ranks.maxStaleness
-        optimizer = settings.optimizer
-        totalSteps = settings.run.steps
+        schedule = PhaseSchedule(steps: settings.run.steps, optimizer: settings.optimizer)
     }
 
     var phase: Phase { .rl }
-    var steps: Int { totalSteps }
-    func learningRate(step: Int) -> Float { optimizer.learningRate(step: step, totalSteps: totalSteps) }
 
     func begin(version: Int) throws { try link?.publish(model, version: version) }
 

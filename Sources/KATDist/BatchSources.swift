@@ -28,14 +28,27 @@ struct CollectedBatch {
     }
 }
 
+/// How many steps a phase runs and its learning rate at each.
+struct PhaseSchedule {
+    let steps: Int
+    /// The optimizer's schedule over `steps`, or a constant rate.
+    let optimizer: OptimizerConfig?
+    let constant: Float
+
+    /// The optimizer's warm-up and decay over the phase's steps.
+    init(steps: Int, optimizer: OptimizerConfig) { self.steps = steps; self.optimizer = optimizer; constant = optimizer.lr }
+    /// A constant learning rate.
+    init(steps: Int, constant: Float) { self.steps = steps; optimizer = nil; self.constant = constant }
+
+    /// The learning rate at the phase's step `step` (0-based).
+    func learningRate(step: Int) -> Float { optimizer?.learningRate(step: step, totalSteps: steps) ?? constant }
+}
+
 /// Where the batches of one phase of a run come from. The trainer loop calls it at fixed
 /// points of a step; nothing here calls back into the loop.
 protocol BatchSource: AnyObject {
     var phase: Phase { get }
-    /// Steps the phase runs.
-    var steps: Int { get }
-    /// The learning rate at the phase's step `step` (0-based).
-    func learningRate(step: Int) -> Float
+    var schedule: PhaseSchedule { get }
     /// Called once before the phase's first step (also after a resume) with the weights'
     /// version.
     func begin(version: Int) throws
@@ -54,6 +67,7 @@ protocol BatchSource: AnyObject {
 }
 
 extension BatchSource {
+    var steps: Int { schedule.steps }
     func begin(version: Int) throws {}
     func service() throws {}
     func stepDone(version: Int, updated: Bool) throws {}
@@ -79,8 +93,7 @@ final class WarmStartSource: BatchSource {
     }
 
     var phase: Phase { .warmstart }
-    var steps: Int { config.steps }
-    func learningRate(step: Int) -> Float { config.lr }
+    var schedule: PhaseSchedule { PhaseSchedule(steps: config.steps, constant: config.lr) }
 
     func collect(step w: Int, version: Int) throws -> CollectedBatch {
         var trajs: [Trajectory] = []
@@ -113,20 +126,16 @@ final class SynchronousRollouts: BatchSource {
     let generator: GroupGenerator
     let collective: Collective
     let prompts: Int
-    let optimizer: OptimizerConfig
-    let totalSteps: Int
+    let schedule: PhaseSchedule
 
     init(generator: GroupGenerator, collective: Collective, settings: RunSettings) {
         self.generator = generator
         self.collective = collective
         prompts = settings.prompts
-        optimizer = settings.optimizer
-        totalSteps = settings.run.steps
+        schedule = PhaseSchedule(steps: settings.run.steps, optimizer: settings.optimizer)
     }
 
     var phase: Phase { .rl }
-    var steps: Int { totalSteps }
-    func learningRate(step: Int) -> Float { optimizer.learningRate(step: step, totalSteps: totalSteps) }
 
     func collect(step s: Int, version: Int) throws -> CollectedBatch {
         let t0 = monotonicSeconds()
@@ -150,19 +159,15 @@ final class SynchronousRollouts: BatchSource {
 /// file order up to `batch.trajectories` per step, epochs reshuffled by the seed.
 final class OfflineSource: BatchSource {
     var data: OfflineData
-    let optimizer: OptimizerConfig
-    let totalSteps: Int
+    let schedule: PhaseSchedule
 
     init(trajectories: [Trajectory], settings: RunSettings) {
         data = OfflineData(trajectories: trajectories, batchSize: settings.offlineBatch, shuffle: settings.shuffle,
                            seed: UInt64(settings.run.seed))
-        optimizer = settings.optimizer
-        totalSteps = settings.run.steps
+        schedule = PhaseSchedule(steps: settings.run.steps, optimizer: settings.optimizer)
     }
 
     var phase: Phase { .offline }
-    var steps: Int { totalSteps }
-    func learningRate(step: Int) -> Float { optimizer.learningRate(step: step, totalSteps: totalSteps) }
 
     func collect(step: Int, version: Int) throws -> CollectedBatch {
         let t0 = monotonicSeconds()

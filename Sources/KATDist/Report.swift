@@ -16,7 +16,7 @@ public enum Report {
         guard !all.isEmpty else { return "<h3>\(esc(title))</h3><p>no data yet</p>" }
         let xs = all.map(\.0), ys = all.map(\.1)
         let x0 = xs.min()!, x1 = max(xs.max()!, x0 + 1)
-        var y0 = yRange?.lowerBound ?? ys.min()!, y1 = yRange?.upperBound ?? ys.max()!
+        var y0 = yRange?.lowerBound ?? ys.min() ?? 0, y1 = yRange?.upperBound ?? ys.max() ?? 1
         if y1 - y0 < 1e-12 { y0 -= 0.5; y1 += 0.5 }
         func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * (w - left - right) }
         func py(_ y: Double) -> Double { top + (1 - (y - y0) / (y1 - y0)) * (h - top - bottom) }

@@ -25,24 +25,9 @@ public struct StepMetrics: Sendable {
     public var rewardMean: Double?
     public var advantageAbsMean = 0.0
     public var entropyMean: Double?
-    public var loss = 0.0
-    /// Global gradient norm before clipping (mean over the step's updates).
-    public var gradNorm = 0.0
-    public var lr = 0.0
-    /// Share of loss tokens whose ratio was clipped.
-    public var clipFrac = 0.0
-    /// Mean k3 estimate of KL(behaviour || current) per loss token.
-    public var klBehaviour = 0.0
-    /// Mean k3 estimate of KL(current || initial) per loss token (when loss.kl_coef > 0).
-    public var klReference = 0.0
-    /// Mean current log-prob of the loss tokens.
-    public var logprobMean = 0.0
-    /// Tokens of the flattened batch.
-    public var tokensFlat = 0
-    /// Unique trie tokens.
-    public var tokensTrie = 0
-    /// Trie tokens computed, prefixes repeated across shards included.
-    public var tokensComputed = 0
+    /// What the step's maths reported: loss, gradient norm (before clipping), learning
+    /// rate, clip fraction, KL estimates, token counts, skipped updates.
+    public var stats = StepStats()
     /// Flat-equivalent tokens per second of the step.
     public var tokensPerS = 0.0
     public var trajectories = 0
@@ -52,8 +37,6 @@ public struct StepMetrics: Sendable {
     public var stalenessHist: [Int] = []
     /// Trajectories dropped for being older than max_staleness.
     public var droppedStale = 0
-    /// Whether an update of the step was skipped for a non-finite loss or gradient.
-    public var skipped = false
     // Time breakdown, seconds.
     public var tWaitData = 0.0
     public var tForwardBackward = 0.0
@@ -93,16 +76,8 @@ public struct StepMetrics: Sendable {
         stalenessHist = hist
     }
 
-    /// Fills what the step's maths reported.
-    public mutating func record(_ stats: StepStats) {
-        loss = stats.loss; gradNorm = stats.gradNorm; lr = stats.lr; clipFrac = stats.clipFrac
-        klBehaviour = stats.klBehaviour; klReference = stats.klReference; logprobMean = stats.logprobMean
-        tokensFlat = stats.tokensFlat; tokensTrie = stats.tokensTrie; tokensComputed = stats.tokensComputed
-        skipped = stats.skipped
-    }
-
     /// flat / trie tokens.
-    public var trieRatio: Double { Double(tokensFlat) / Double(max(1, tokensTrie)) }
+    public var trieRatio: Double { Double(stats.tokensFlat) / Double(max(1, stats.tokensTrie)) }
 
     /// The line as written to metrics.jsonl.
     public var json: JSON {
@@ -110,14 +85,14 @@ public struct StepMetrics: Sendable {
             ("step", JSON(step)), ("time", JSON(time)), ("phase", .string(phase.rawValue)), ("policy_version", JSON(policyVersion)),
             ("reward_mean", rewardMean.map { JSON($0) } ?? .null), ("advantage_abs_mean", JSON(advantageAbsMean)),
             ("entropy_mean", entropyMean.map { JSON($0) } ?? .null),
-            ("loss", JSON(loss)), ("grad_norm", JSON(gradNorm)), ("lr", JSON(lr)),
-            ("clip_frac", JSON(clipFrac)), ("kl_behaviour", JSON(klBehaviour)), ("kl_reference", JSON(klReference)),
-            ("logprob_mean", JSON(logprobMean)),
-            ("tokens_flat", JSON(tokensFlat)), ("tokens_trie", JSON(tokensTrie)), ("tokens_computed", JSON(tokensComputed)),
+            ("loss", JSON(stats.loss)), ("grad_norm", JSON(stats.gradNorm)), ("lr", JSON(stats.lr)),
+            ("clip_frac", JSON(stats.clipFrac)), ("kl_behaviour", JSON(stats.klBehaviour)), ("kl_reference", JSON(stats.klReference)),
+            ("logprob_mean", JSON(stats.logprobMean)),
+            ("tokens_flat", JSON(stats.tokensFlat)), ("tokens_trie", JSON(stats.tokensTrie)), ("tokens_computed", JSON(stats.tokensComputed)),
             ("trie_ratio", JSON(trieRatio)), ("tokens_per_s", JSON(tokensPerS)), ("trajectories", JSON(trajectories)),
             ("staleness_mean", JSON(stalenessMean)), ("staleness_max", JSON(stalenessMax)),
             ("staleness_hist", .array(stalenessHist.map { JSON($0) })), ("dropped_stale", JSON(droppedStale)),
-            ("skipped", .bool(skipped)),
+            ("skipped", .bool(stats.skipped)),
             ("t_wait_data", JSON(tWaitData)), ("t_forward_backward", JSON(tForwardBackward)),
             ("t_allreduce", JSON(tAllreduce)), ("t_optimizer", JSON(tOptimizer)), ("t_weight_sync", JSON(tWeightSync)),
         ]

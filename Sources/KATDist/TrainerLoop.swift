@@ -151,7 +151,7 @@ final class TrainerLoop {
             m.trieFlatDrift = try step.drift(trajectories: g.map { batch.trajectories[$0] }, advantages: g.map { advantages[$0] })
         }
         let stats = try runUpdates(TrainingBatch(trajectories: batch.trajectories, groups: batch.groups, advantages: advantages),
-                                   lr: source.learningRate(step: s), source: source, metrics: &m)
+                                   lr: source.schedule.learningRate(step: s), source: source, metrics: &m)
         version += stats.updates
         stepIndex += 1
         if settings.run.logTrainedIDs { try directory?.appendTrainedIDs(step: stepIndex, ids: batch.trajectories.map(\.id)) }
@@ -160,7 +160,7 @@ final class TrainerLoop {
         m.policyVersion = version
         m.describe(batch: batch.trajectories, advantages: advantages, versionBefore: version - stats.updates,
                    maxStaleness: settings.ranks.maxStaleness, staleness: source.phase == .rl)
-        m.record(stats)
+        m.stats = stats
         m.tWaitData = batch.waitSeconds
         m.droppedStale = batch.droppedStale
         m.generatedTokens = batch.generatedTokens
@@ -276,15 +276,15 @@ final class TrainerLoop {
         let etaText = String(format: "left %dm%02ds", Int(eta) / 60, Int(eta) % 60)
         switch source.phase {
         case .warmstart:
-            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.logprobMean, etaText as NSString))
+            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.stats.logprobMean, etaText as NSString))
         case .rl:
             let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
             console.status(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@", s + 1, source.steps,
-                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, etaText as NSString))
+                                  m.rewardMean ?? 0, eval as NSString, m.stats.loss, m.tokensPerS, etaText as NSString))
         case .offline:
             console.line(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
-                                s + 1, source.steps, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS,
-                                (m.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+                                s + 1, source.steps, m.stats.loss, m.stats.logprobMean, m.stats.gradNorm, m.stats.lr, m.trieRatio, m.tokensPerS,
+                                (m.stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
         }
     }
 }

@@ -20,7 +20,7 @@ public final class FloatBuffer: @unchecked Sendable {
 
     public convenience init(_ values: [Float]) {
         self.init(count: values.count)
-        values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
+        values.withUnsafeBufferPointer { if let b = $0.baseAddress { pointer.update(from: b, count: values.count) } }
     }
 
     deinit { pointer.deallocate() }

@@ -219,8 +219,9 @@ public final class GPT2: @unchecked Sendable {
             precondition(r >= 0 && r < batch.count, "GPT2.logits: row \(r) outside the batch")
             var out = [Float](repeating: 0, count: v)
             out.withUnsafeMutableBufferPointer { o in
+                guard let dst = o.baseAddress else { return }
                 sgemm(transA: false, transB: true, m: 1, n: v, k: c, alpha: 1, a: a.lnf.pointer + r * c, lda: c,
-                      b: w, ldb: c, beta: 0, c: o.baseAddress!, ldc: v)
+                      b: w, ldb: c, beta: 0, c: dst, ldc: v)
             }
             return out
         }

@@ -146,8 +146,9 @@ public final class KVCache {
         layernormForward(seln.pointer, mean2.pointer, rstd2.pointer, sel.pointer, p + lay.lnfw, p + lay.lnfb, m, c)
         var logits = [Float](repeating: 0, count: m * v)
         logits.withUnsafeMutableBufferPointer { lb in
+            guard let dst = lb.baseAddress else { return }
             sgemm(transA: false, transB: true, m: m, n: v, k: c, alpha: 1, a: seln.pointer, lda: c, b: p + lay.wte, ldb: c,
-                  beta: 0, c: lb.baseAddress!, ldc: v)
+                  beta: 0, c: dst, ldc: v)
         }
         return logits
     }

@@ -120,7 +120,10 @@ public struct SafetensorsFile: Sendable {
         guard let e = entry(name) else { throw .missingTensor(path: path, name: name) }
         let count = e.shape.reduce(1, *)
         var out = [Float](repeating: 0, count: count)
-        try out.withUnsafeMutableBufferPointer { (dst) throws(ModelError) in try copyFloats(e, into: dst.baseAddress!) }
+        try out.withUnsafeMutableBufferPointer { (dst) throws(ModelError) in
+            guard let base = dst.baseAddress else { return }
+            try copyFloats(e, into: base)
+        }
         return out
     }
 
@@ -130,7 +133,8 @@ public struct SafetensorsFile: Sendable {
         let start = dataStart + e.begin
         let dtype = e.dtype
         let ok: Bool = data.withUnsafeBytes { raw -> Bool in
-            let base = raw.baseAddress! + start
+            guard let origin = raw.baseAddress else { return count == 0 }
+            let base = origin + start
             switch dtype {
             case .F32:
                 for i in 0..<count { dst[i] = Float(bitPattern: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian) }

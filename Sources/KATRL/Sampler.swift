@@ -77,7 +77,7 @@ public final class Sampler {
                 u -= Double(Foundation.exp(lp))
                 if u <= 0 { return Int32(i) }
             }
-            return Int32(logp.indices.max { logp[$0] < logp[$1] }!)
+            return Int32(logp.indices.max { logp[$0] < logp[$1] } ?? 0)
         }
         let order = logp.indices.sorted { logp[$0] > logp[$1] }
         var kept: [Int] = [], mass = 0.0
@@ -91,7 +91,7 @@ public final class Sampler {
             u -= Double(Foundation.exp(logp[i]))
             if u <= 0 { return Int32(i) }
         }
-        return Int32(kept.last!)
+        return Int32(kept.last ?? 0)
     }
 
     /// Appends `tokens` as a chain under `parent` (-1: a new root) and returns the last
@@ -153,7 +153,7 @@ public final class Sampler {
             live = []
             for (k, var s) in current.enumerated() {
                 s.last = base + Int32(k)
-                let tok = s.tokens.last!.token
+                let tok = newTokens[k]
                 if config.stopTokens.contains(tok) || s.tokens.count >= config.maxNewTokens {
                     done[s.origin].append(Continuation(tokens: s.tokens, lastRow: s.last, stopped: config.stopTokens.contains(tok)))
                     continue

@@ -22,9 +22,9 @@ public struct SHA256 {
         var i = 0
         if !buffer.isEmpty {
             while i < bytes.count, buffer.count < 64 { buffer.append(bytes[i]); i += 1 }
-            if buffer.count == 64 { buffer.withUnsafeBytes { compress($0.baseAddress!) }; buffer.removeAll(keepingCapacity: true) }
+            if buffer.count == 64 { buffer.withUnsafeBytes { if let b = $0.baseAddress { compress(b) } }; buffer.removeAll(keepingCapacity: true) }
         }
-        while i + 64 <= bytes.count { compress(bytes.baseAddress! + i); i += 64 }
+        if let base = bytes.baseAddress { while i + 64 <= bytes.count { compress(base + i); i += 64 } }
         while i < bytes.count { buffer.append(bytes[i]); i += 1 }
     }
 

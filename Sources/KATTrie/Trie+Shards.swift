@@ -94,7 +94,7 @@ extension Trie {
         var load = [Int](repeating: 0, count: k)
         var assigned = [[Int]](repeating: [], count: k)
         for i in order {
-            let s = load.indices.min { (load[$0], $0) < (load[$1], $1) }!
+            let s = load.indices.min { (load[$0], $0) < (load[$1], $1) } ?? 0
             load[s] += units[i].cost + units[i].prefix.count
             assigned[s].append(i)
         }
