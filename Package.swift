@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // Helpers shared by the test targets that run the executables.
         .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
-        .testTarget(name: "KATDistTests", dependencies: ["KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
+        .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // End to end: the executables, under mpirun where it matters.
         .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
                     exclude: ["Malformed"]),

@@ -95,23 +95,29 @@ public enum Training {
     static func trainer(_ settings: RunSettings, collective: Collective, world: MPICollective?, layout: Layout, worldRank: Int,
                         runDirectory: String, resume: String?, console: Console) throws {
         let model = try settings.initialModel()
-        var phases: [BatchSource] = []
-        var evaluator: Evaluator?
-        let title: String
+        let plan = try phases(settings, model: model, collective: collective, world: world, layout: layout, worldRank: worldRank)
+        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: worldRank,
+                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator,
+                                   runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
+        try loop.run()
+    }
+
+    /// A trainer's phases in order (warm start then RL, or offline), its evaluator, and a
+    /// title naming the data.
+    static func phases(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, layout: Layout,
+                       worldRank: Int) throws -> (phases: [BatchSource], evaluator: Evaluator?, title: String) {
         switch settings.data {
         case let .trajectories(path):
             let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
             // The estimator's fields are checked on the whole file before the first step.
             _ = try computeAdvantages(trajs, config: settings.advantage)
-            phases = [OfflineSource(trajectories: trajs, settings: settings)]
-            title = "offline training on \(path)"
+            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, "offline training on \(path)")
         case .task, .external:
             guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
                 throw RunError.settings(key: "model.vocab_size", reason: "built-in and external environments use the byte tokenizer: the vocabulary must be at least \(GPT2Config.byteVocabSize)")
             }
             let environments = try EnvironmentSource(settings)
-            title = environments.name
-            evaluator = Evaluator(model: model, settings: settings, environments: environments)
+            var phases: [BatchSource] = []
             if let task = environments.task, settings.warmStart.steps > 0 {
                 phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
             }
@@ -125,10 +131,7 @@ public enum Training {
                 } : nil
                 phases.append(AsynchronousRollouts(link: link, collective: collective, model: model, settings: settings))
             }
+            return (phases, Evaluator(model: model, settings: settings, environments: environments), environments.name)
         }
-        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: worldRank,
-                                   console: console, model: model, phases: phases, evaluator: evaluator,
-                                   runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(title))")
-        try loop.run()
     }
 }
