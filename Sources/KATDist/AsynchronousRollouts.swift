@@ -169,14 +169,13 @@ final class AsynchronousRollouts: BatchSource {
 
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) {
         guard let link else { return ([], [:]) }
-        return ([("buffered_files", ["buffer.bin"])], ["buffer.bin": Data(GroupsMessage.encode(link.buffer.groups))])
+        return BufferedRollouts.checkpoint(link.buffer.groups)
     }
 
     func restore(state: JSON, directory: String) throws {
-        guard let link, let data = FileManager.default.contents(atPath: directory + "/buffer.bin") else { return }
-        do { link.buffer.groups = try GroupsMessage.decode(Array(data)) } catch {
-            throw RunError.checkpoint(path: directory + "/buffer.bin", reason: "\(error)")
-        }
+        guard let link else { return }
+        for g in try BufferedRollouts.load(state: state, directory: directory) { link.buffer.append(g) }
+        link.buffer.receivedTokens = 0
     }
 
     func finish() throws { try link?.shutdown() }

@@ -1,3 +1,5 @@
+import Foundation
+import KATSupport
 import KATTrie
 
 /// Groups of trajectories as one byte message between ranks (and in checkpoints of
@@ -50,5 +52,34 @@ enum GroupsMessage {
         let values = (0..<n).map { u32(base + 4 * $0) }
         bytes.removeLast(4 + 4 * n)
         return values
+    }
+}
+
+/// Rollouts finished but not yet trained, as a checkpoint holds them: buffer.bin (the
+/// groups) and, in state.json, `buffered_ids` (every trajectory id in it) and
+/// `buffered_files`. Any rank layout resumes them: with rollout ranks they refill trainer
+/// 0's buffer, without they are trained before new groups are generated.
+enum BufferedRollouts {
+    static let file = "buffer.bin"
+
+    static func checkpoint(_ groups: [[Trajectory]]) -> (fields: [(String, JSON)], files: [String: Data]) {
+        let ids = groups.flatMap { $0.map { JSON.string($0.id) } }
+        return ([("buffered_ids", .array(ids)), ("buffered_files", [.string(file)])],
+                [file: Data(GroupsMessage.encode(groups))])
+    }
+
+    /// The groups a checkpoint holds (none when it has no buffer file).
+    /// - Throws: `RunError.checkpoint` when the file does not decode or does not match
+    ///   `buffered_ids`.
+    static func load(state: JSON, directory: String) throws -> [[Trajectory]] {
+        let path = directory + "/" + file
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        let groups: [[Trajectory]]
+        do { groups = try GroupsMessage.decode(Array(data)) } catch { throw RunError.checkpoint(path: path, reason: "\(error)") }
+        if let listed = state["buffered_ids"]?.arrayValue?.compactMap(\.stringValue),
+           listed != groups.flatMap({ $0.map(\.id) }) {
+            throw RunError.checkpoint(path: path, reason: "holds other trajectories than state.json's buffered_ids")
+        }
+        return groups
     }
 }

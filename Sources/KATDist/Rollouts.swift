@@ -38,6 +38,36 @@ struct EnvironmentSource {
     }
 }
 
+extension EnvironmentSource {
+    /// Checks before anything is computed that episodes fit the model's context: a prompt
+    /// (BOS, its tokens, SEP) plus `rollout.max_new_tokens`, and for a built-in task every
+    /// prompt of both splits and every warm-start example.
+    /// - Throws: `RunError.settings` naming the keys in conflict.
+    func checkFits(contextLength p: Int, settings: RunSettings) throws(RunError) {
+        let answer = settings.rollout.maxNewTokens
+        guard answer + 2 < p else {
+            throw .settings(key: "rollout.max_new_tokens", reason: "\(answer) new tokens plus a prompt do not fit model.n_positions (\(p))")
+        }
+        guard let task else { return }
+        var longestPrompt = 0, longestExample = 0
+        for split in ["train", "test"] {
+            for i in 0..<task.promptCount(split: split) {
+                let r = task.reference(seed: UInt64(i), split: split)
+                let f = task.flawedDemonstration(seed: UInt64(i), split: split)
+                longestPrompt = max(longestPrompt, ByteTokenizer.encode(r.prompt).count + 2)
+                longestExample = max(longestExample, ByteTokenizer.encode(r.prompt).count + 3 + max(ByteTokenizer.encode(r.answer).count,
+                                                                                                    ByteTokenizer.encode(f.answer).count))
+            }
+        }
+        if longestPrompt + answer > p {
+            throw .settings(key: "rollout.max_new_tokens", reason: "the longest prompt of data.task \(task.name) (\(longestPrompt) tokens) plus \(answer) new tokens exceed model.n_positions (\(p))")
+        }
+        if settings.warmStart.steps > 0, longestExample > p {
+            throw .settings(key: "warmstart.steps", reason: "the longest warm-start example of data.task \(task.name) (\(longestExample) tokens) exceeds model.n_positions (\(p))")
+        }
+    }
+}
+
 /// Generates the groups of a step with the model's current weights. A group's prompt and
 /// samples depend on the run seed, the step and the group's index only (each sample draws
 /// from its own generator), so any rank generating it gets the same group up to the float

@@ -5,51 +5,181 @@ import KATSupport
 import Glibc
 #endif
 
+/// The lock that makes one process tree the only writer of a run directory: an
+/// exclusive `flock` on RUN/.lock, held for the life of the run. The kernel drops it when
+/// the holder dies, however it dies, so a lock left by a dead process is simply taken.
+public final class RunLock {
+    public let path: String
+    private let fd: Int32
+
+    /// Takes the lock of `directory` (created when missing) or refuses.
+    /// - Throws: `RunError.runDirectory` naming the holder's pid when another process
+    ///   holds it.
+    public init(directory: String) throws(RunError) {
+        path = directory + "/.lock"
+        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw .runDirectory(path: directory, reason: "cannot create the run directory (\(error.localizedDescription))")
+        }
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .file(.create(path: path, cause: FileFault.currentCause)) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buf, 31, 0)
+            let holder = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(fd)
+            throw .runDirectory(path: directory, reason: "is in use by another kat-dist (pid \(holder)); wait for it to end or choose another --run-dir")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pwrite(fd, pid, pid.count, 0)
+    }
+
+    deinit { close(fd) }
+}
+
 /// A run directory: config.json, metrics.jsonl, checkpoints/ (see Docs/formats.md).
 ///
-/// Only the first trainer opens one; the other ranks never write to it.
+/// Only the first trainer opens one, and holds its lock for the run's life; the other
+/// ranks never write to it.
 public final class RunDirectory {
     public let path: String
+    let lock: RunLock
     let metrics: LineFile
     var trainedIDs: LineFile?
 
     public var checkpointsPath: String { path + "/checkpoints" }
     public var metricsPath: String { path + "/metrics.jsonl" }
 
-    private init(path: String) throws(RunError) {
+    private init(path: String, lock: RunLock) throws(RunError) {
         self.path = path
+        self.lock = lock
         do { metrics = try LineFile(appendingTo: path + "/metrics.jsonl") } catch { throw .file(error) }
     }
 
     /// Opens or creates `path` for a new run. A directory that already holds checkpoints
     /// or metrics is refused (resume it instead); nothing in it is touched.
     public static func create(newRunAt path: String) throws(RunError) -> RunDirectory {
-        let fm = FileManager.default
         var isDir: ObjCBool = false
-        if fm.fileExists(atPath: path, isDirectory: &isDir) {
-            guard isDir.boolValue else { throw .runDirectory(path: path, reason: "exists and is not a directory") }
-            if let newest = Checkpoint.names(in: path + "/checkpoints").last {
-                throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); resume it with --resume auto or choose another --run-dir")
-            }
-            if fm.fileExists(atPath: path + "/metrics.jsonl") {
-                throw .runDirectory(path: path, reason: "already holds metrics.jsonl from another run; choose another --run-dir")
-            }
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+            throw .runDirectory(path: path, reason: "exists and is not a directory")
         }
-        do { try fm.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
+        let lock = try RunLock(directory: path)
+        if let newest = Checkpoint.names(in: path + "/checkpoints").last {
+            throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); resume it with --resume auto or choose another --run-dir")
+        }
+        if FileManager.default.fileExists(atPath: path + "/metrics.jsonl") {
+            throw .runDirectory(path: path, reason: "already holds metrics.jsonl from another run; choose another --run-dir")
+        }
+        removeLeftovers(path)
+        do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        return try RunDirectory(path: path)
+        return try RunDirectory(path: path, lock: lock)
     }
 
     /// Opens an existing run directory to continue it after the checkpoint of `step`:
     /// metrics after that step are dropped (they belong to a timeline that did not reach
-    /// a checkpoint) and new lines append.
-    public static func resume(at path: String, step: Int) throws(RunError) -> RunDirectory {
+    /// a checkpoint) and new lines append. Call it with the run's lock already held.
+    static func resume(at path: String, lock: RunLock, step: Int) throws(RunError) -> RunDirectory {
+        removeLeftovers(path)
         do {
             try truncateLines(path + "/metrics.jsonl", upToStep: step)
             try truncateLines(path + "/trained_ids.jsonl", upToStep: step)
         } catch { throw .file(error) }
-        return try RunDirectory(path: path)
+        return try RunDirectory(path: path, lock: lock)
+    }
+
+    /// Starts `path` as a new run that continues from `checkpoint` (a checkpoint of another
+    /// run, at `step`): the directory must be new as for any run; the source run's metrics
+    /// up to the checkpoint are copied so that curves and times continue, and origin.json
+    /// records where the run came from.
+    static func fork(newRunAt path: String, lock: RunLock, from checkpoint: String, step: Int) throws(RunError) -> RunDirectory {
+        if let newest = Checkpoint.names(in: path + "/checkpoints").last {
+            throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); a fork needs a new --run-dir")
+        }
+        if FileManager.default.fileExists(atPath: path + "/metrics.jsonl") {
+            throw .runDirectory(path: path, reason: "already holds metrics.jsonl; a fork needs a new --run-dir")
+        }
+        removeLeftovers(path)
+        do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
+            throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
+        }
+        if let source = runOf(checkpoint: checkpoint) {
+            for name in ["metrics.jsonl", "trained_ids.jsonl"] {
+                guard let data = FileManager.default.contents(atPath: source + "/" + name) else { continue }
+                do {
+                    try FileWriting.writeAtomically(data, to: path + "/" + name)
+                    try truncateLines(path + "/" + name, upToStep: step)
+                } catch { throw .file(error) }
+            }
+        }
+        let origin: JSON = ["forked_from": .string(absolute(checkpoint)), "step": JSON(step), "time": JSON(wallSeconds())]
+        do { try FileWriting.writeAtomically(Data((origin.pretty + "\n").utf8), to: path + "/origin.json") } catch { throw .file(error) }
+        return try RunDirectory(path: path, lock: lock)
+    }
+
+    /// The run directory a checkpoint directory belongs to (RUN for RUN/checkpoints/step-N),
+    /// or nil when it does not sit in one.
+    static func runOf(checkpoint: String) -> String? {
+        let url = URL(fileURLWithPath: checkpoint).standardizedFileURL
+        let parent = url.deletingLastPathComponent()
+        guard parent.lastPathComponent == "checkpoints" else { return nil }
+        return parent.deletingLastPathComponent().path
+    }
+
+    static func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
+
+    static func samePath(_ a: String, _ b: String) -> Bool { absolute(a) == absolute(b) }
+
+    /// Writes config.json as the run is run now, and returns the keys that differ from
+    /// `previous` (the config the checkpoint was made with), or from this run's earlier
+    /// config.json. A differing earlier config.json of this run is kept beside it as
+    /// config.before-step-NNNNNN.json.
+    func recordConfig(_ json: JSON, previous: JSON?, step: Int) throws(RunError) -> [String] {
+        let own = path + "/config.json"
+        let ownData = FileManager.default.contents(atPath: own)
+        let ownJSON = ownData.flatMap { try? JSON.parse(String(decoding: $0, as: UTF8.self)) }
+        var changes: [String] = []
+        if let earlier = previous ?? ownJSON {
+            let before = RunDirectory.flatten(earlier), after = RunDirectory.flatten(json)
+            for key in Set(before.keys).union(after.keys).sorted() where before[key] != after[key] {
+                changes.append("\(key): \(before[key]?.serialized ?? "(absent)") -> \(after[key]?.serialized ?? "(absent)")")
+            }
+        }
+        if let ownData, let ownJSON, ownJSON != json {
+            do { try FileWriting.writeAtomically(ownData, to: path + "/config.before-" + Checkpoint.name(step: step) + ".json") } catch {
+                throw .file(error)
+            }
+        }
+        try writeConfig(json)
+        return changes
+    }
+
+    /// A JSON file's contents, or nil when it is missing or not JSON.
+    static func readJSON(_ path: String) -> JSON? {
+        FileManager.default.contents(atPath: path).flatMap { try? JSON.parse(String(decoding: $0, as: UTF8.self)) }
+    }
+
+    /// Dotted keys and their values of a config of nested objects.
+    static func flatten(_ json: JSON, prefix: String = "") -> [String: JSON] {
+        guard let members = json.objectMembers else { return [prefix: json] }
+        var out: [String: JSON] = [:]
+        for (k, v) in members {
+            let key = prefix.isEmpty ? k : prefix + "." + k
+            if v.objectMembers != nil { out.merge(flatten(v, prefix: key)) { a, _ in a } } else { out[key] = v }
+        }
+        return out
+    }
+
+    /// Removes what a killed run left half-written: temporary checkpoint directories and
+    /// temporary files of atomic writes (`.tmp-<pid>` names).
+    static func removeLeftovers(_ path: String) {
+        let fm = FileManager.default
+        for dir in [path, path + "/checkpoints"] {
+            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(".tmp-") || name.contains(".tmp-") {
+                try? fm.removeItem(atPath: dir + "/" + name)
+            }
+        }
     }
 
     /// Keeps the lines of a JSON-lines file whose `step` is at most `step`, rewriting the

@@ -40,6 +40,8 @@ final class TrainerLoop {
     let processStart = monotonicSeconds()
     var lines: [JSON] = []
     var notes: [String] = []
+    /// Set when a resumed run has nothing left to train: said, and nothing is changed.
+    var nothingToDo: String?
 
     /// Consecutive non-finite updates after which the run stops with an error.
     static let nonFiniteLimit = 5
@@ -69,15 +71,42 @@ final class TrainerLoop {
             }
             return
         }
+        if spec == "auto", !FileManager.default.fileExists(atPath: runDirectory) {
+            throw RunError.runDirectory(path: runDirectory, reason: "no such run directory to resume")
+        }
+        // The leader holds the run's lock before reading or changing anything in it.
+        let lock = isLeader ? try RunLock(directory: runDirectory) : nil
         let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: isLeader ? console.line : { _ in })
         let state = try Checkpoint.restore(dir, model: model, optimizer: optimizer)
         stepIndex = state["step"]?.intValue ?? 0
         version = state["policy_version"]?.intValue ?? 0
         elapsedBefore = state["time"]?.doubleValue ?? 0
         startAt = TrainerLoop.position(of: state, in: phases.map(\.phase))
-        for source in phases { try source.restore(state: state, directory: dir) }
         resumed = true
-        directory = isLeader ? try RunDirectory.resume(at: runDirectory, step: stepIndex) : nil
+        if let last = phases.last, startAt.phase >= phases.count - 1, startAt.phase >= phases.count || startAt.step >= last.steps {
+            let done = startAt.phase < phases.count ? startAt.step : last.steps
+            nothingToDo = "\(dir) has done \(done) \(last.phase.rawValue) steps and steps is \(last.steps): nothing left to train (raise steps to continue); the run is unchanged"
+            directory = nil
+            return
+        }
+        for source in phases { try source.restore(state: state, directory: dir) }
+        if let n = state["buffered_ids"]?.arrayValue?.count, n > 0 {
+            console.line("the checkpoint holds \(n) buffered trajectories: each is trained once, or dropped and counted if stale")
+        }
+        if let lock {
+            let origin = RunDirectory.runOf(checkpoint: dir)
+            let forked = origin.map { RunDirectory.samePath($0, runDirectory) == false } ?? true
+            let r = forked ? try RunDirectory.fork(newRunAt: runDirectory, lock: lock, from: dir, step: stepIndex)
+                           : try RunDirectory.resume(at: runDirectory, lock: lock, step: stepIndex)
+            let earlier = state["config"] ?? origin.flatMap { RunDirectory.readJSON($0 + "/config.json") }
+            for change in try r.recordConfig(settings.json, previous: earlier, step: stepIndex) {
+                console.line("setting changed since the checkpoint: \(change)")
+            }
+            if forked { console.line("forked from \(dir) into \(runDirectory)") }
+            directory = r
+        } else {
+            directory = nil
+        }
         lines = directory?.existingMetrics() ?? []
         let p = min(startAt.phase, max(0, phases.count - 1))
         let where_ = phases.isEmpty ? "" : ", \(phases[p].phase.rawValue) step \(startAt.step) of \(phases[p].steps)"
@@ -108,6 +137,11 @@ final class TrainerLoop {
     /// Runs every phase from where the run stands, then ends each source (rollout ranks
     /// are stopped even when the run stops early).
     func run() throws {
+        if let nothingToDo {
+            console.line(nothingToDo)
+            for source in phases { try source.finish() }
+            return
+        }
         defer { writeReport() }
         do {
             try runPhases()
@@ -130,7 +164,7 @@ final class TrainerLoop {
             let first = p == startAt.phase ? startAt.step : 0
             let lastPhase = p == phases.count - 1
             phaseStart = (monotonicSeconds(), first)
-            for s in first..<source.steps {
+            for s in first..<max(first, source.steps) {
                 if try trainStep(source, s, lastPhase: lastPhase) { return }
             }
         }
@@ -255,7 +289,7 @@ final class TrainerLoop {
         guard let directory else { return }
         var state: [(String, JSON)] = [("step", JSON(stepIndex)), ("phase", .string(source.phase.rawValue)),
                                        ("phase_step", JSON(phaseStep)), ("policy_version", JSON(version)),
-                                       ("time", JSON(runTime)), ("seed", JSON(settings.run.seed))]
+                                       ("time", JSON(runTime)), ("seed", JSON(settings.run.seed)), ("config", settings.json)]
         if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
         let extra = source.checkpoint()
         state += extra.fields

@@ -117,6 +117,7 @@ public enum Training {
                 throw RunError.settings(key: "model.vocab_size", reason: "built-in and external environments use the byte tokenizer: the vocabulary must be at least \(GPT2Config.byteVocabSize)")
             }
             let environments = try EnvironmentSource(settings)
+            try environments.checkFits(contextLength: model.config.nPositions, settings: settings)
             var phases: [BatchSource] = []
             if let task = environments.task, settings.warmStart.steps > 0 {
                 phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
