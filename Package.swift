@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
         .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // End to end: the executables, under mpirun where it matters.
-        .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
+        .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATDist", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
                     exclude: ["Malformed"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist", "KATEnv", "KATSupport"],
                           path: "Benchmarks/kat-bench"),

@@ -69,7 +69,11 @@ enum TrainCommand {
         let display = ProgressDisplay()
         defer { display.finish() }
         let code: Int32
-        do { code = try Training.run(settings, runDirectory: runDir, resume: resume, console: display) } catch {
+        do { code = try Training.run(settings, runDirectory: runDir, resume: resume, console: display) } catch let e as RunError {
+            // Settings in conflict with the model or the task are usage errors.
+            if case .settings = e { throw UsageError(description: "kat-dist train: \(e)") }
+            throw CommandFailure(description: "\(e)")
+        } catch {
             throw CommandFailure(description: "\(error)")
         }
         if code != 0 { display.finish(); exit(code) }
