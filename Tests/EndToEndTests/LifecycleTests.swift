@@ -187,3 +187,37 @@ final class LifecycleTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(Checkpoint.names(in: run + "/checkpoints"), ["step-000001"])
     }
 }
+
+final class BufferedResumeTests: TemporaryDirectoryTestCase {
+    /// An asynchronous run's checkpoint holds buffered rollouts. Resumed in any layout
+    /// (the same, or one process with no rollout ranks, or two trainers), every buffered
+    /// trajectory is trained once after the checkpoint or dropped and counted as stale,
+    /// and no trajectory id is trained twice on the committed timeline.
+    func testBufferedRolloutsAreTrainedOnceInAnyLayout() throws {
+        let base = dir + "/async"
+        let args = ["train", "--run-dir", base, "--set", "ranks.trainers=1", "--set", "log.trained_ids=true", "--set", "batch.prompts=2",
+                    "--set", "max_staleness=200", "--set", "loss.ppo_epochs=12"] + Array(tinyRun.dropFirst(0))
+                    + ["--set", "steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep=10"]
+        XCTAssertNotEqual(try mpirun(3, [katDist()] + args, timeout: 180, env: ["KAT_FAULT_KILL_AT": "11:0"]).code, 0)
+        let ckpt = base + "/checkpoints/step-000009"
+        let buffered = Set(try state(ckpt)["buffered_ids"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+        XCTAssertFalse(buffered.isEmpty, "the checkpoint holds buffered rollouts")
+        for (name, np, trainers) in [("one-process", 1, 1), ("two-trainers", 2, 2)] {
+            let run = dir + "/" + name
+            try FileManager.default.copyItem(atPath: base, toPath: run)
+            let resumeArgs = args.map { $0 == base ? run : $0 }.map { $0 == "ranks.trainers=1" ? "ranks.trainers=\(trainers)" : $0 }
+            let r = try mpirun(np, [katDist()] + resumeArgs + ["--resume", "auto"], timeout: 180)
+            XCTAssertEqual(r.code, 0, r.output)
+            XCTAssertTrue(r.output.contains("the checkpoint holds \(buffered.count) buffered trajectories"), r.output)
+            let lines = try String(contentsOfFile: run + "/trained_ids.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
+            var seen = Set<String>()
+            for line in lines {
+                for id in line["ids"]?.arrayValue ?? [] { XCTAssertTrue(seen.insert(id.stringValue ?? "").inserted, "\(name): \(id) trained twice") }
+            }
+            let after = Set(lines.filter { ($0["step"]?.intValue ?? 0) > 9 }.flatMap { $0["ids"]?.arrayValue?.compactMap(\.stringValue) ?? [] })
+            let dropped = try metrics(run).filter { ($0["step"]?.intValue ?? 0) > 9 }.compactMap { $0["dropped_stale"]?.intValue }.reduce(0, +)
+            XCTAssertEqual(buffered.subtracting(after).count, dropped, "\(name): every buffered id is trained or counted as dropped")
+            XCTAssertEqual(dropped, 0, "max_staleness=200 keeps them all trainable")
+        }
+    }
+}
