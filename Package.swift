@@ -27,11 +27,13 @@ let package = Package(
         .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
 
+        // Linux process controls (prctl) for environment processes.
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         .target(name: "KATSupport"),
         .target(name: "KATModel", dependencies: ["CBLAS", "KATSupport"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         .target(name: "KATTrie", dependencies: ["KATSupport"]),
-        .target(name: "KATEnv", dependencies: ["KATSupport"]),
+        .target(name: "KATEnv", dependencies: ["KATSupport", "CLinux"]),
         .target(name: "KATRL", dependencies: ["KATModel", "KATTrie", "KATEnv", "KATSupport"]),
         // The runtime, and the only module that calls MPI.
         .target(name: "KATDist", dependencies: ["KATRL", "KATModel", "KATTrie", "KATEnv", "KATSupport", "CMPI"]),

@@ -28,6 +28,9 @@ struct RolloutBuffer {
     var groups: [[Trajectory]] = []
     /// Flat tokens of the groups received since the counter was last reset.
     var receivedTokens = 0
+    /// Episodes truncated and abandoned by the senders since the counters were last reset.
+    var truncatedEpisodes = 0
+    var abandonedEpisodes = 0
 
     init(capacity: Int) { self.capacity = capacity }
 
@@ -72,7 +75,15 @@ final class RolloutLink {
     func poll() throws {
         while !buffer.isFull, let m = try world.probe(source: nil, tag: Tag.group) {
             let bytes = try world.receive(from: m.source, tag: Tag.group)
-            do { buffer.append(try TrajectoryCodec.decode(bytes)) } catch { throw RunError.badMessage(rank: m.source, reason: "\(error)") }
+            do {
+                let message = try GroupsMessage.decodeWithTrailer(bytes)
+                guard message.trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
+                for g in message.groups where !g.isEmpty { buffer.append(g) }
+                buffer.truncatedEpisodes += message.trailer[0]
+                buffer.abandonedEpisodes += message.trailer[1]
+            } catch {
+                throw RunError.badMessage(rank: m.source, reason: "\(error)")
+            }
         }
         for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
     }
@@ -146,17 +157,22 @@ final class AsynchronousRollouts: BatchSource {
                     if link.buffer.isEmpty { usleep(500) }
                 }
             }
-            payload = GroupsMessage.encode(picked, trailer: [dropped, link.buffer.receivedTokens])
+            payload = GroupsMessage.encode(picked, trailer: [dropped, link.buffer.receivedTokens, link.buffer.truncatedEpisodes,
+                                                             link.buffer.abandonedEpisodes])
             link.buffer.receivedTokens = 0
+            link.buffer.truncatedEpisodes = 0
+            link.buffer.abandonedEpisodes = 0
         }
         let message: (groups: [[Trajectory]], trailer: [Int])
         do { message = try GroupsMessage.decodeWithTrailer(try collective.broadcast(bytes: payload, root: 0)) } catch let e as TrajectoryCodec.DecodeError {
             throw RunError.badMessage(rank: 0, reason: "\(e)")
         }
-        guard message.trailer.count == 2 else { throw RunError.badMessage(rank: 0, reason: "batch message without its counts") }
+        guard message.trailer.count == 4 else { throw RunError.badMessage(rank: 0, reason: "batch message without its counts") }
         var batch = CollectedBatch(groups: message.groups)
         batch.droppedStale = message.trailer[0]
         batch.generatedTokens = message.trailer[1]
+        batch.truncatedEpisodes = message.trailer[2]
+        batch.abandonedEpisodes = message.trailer[3]
         batch.waitSeconds = monotonicSeconds() - t0
         return batch
     }
@@ -269,7 +285,9 @@ final class RolloutRankLoop {
                 ready = try generator.generate(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
                 counter += 1
             }
-            pending = try world.isend(TrajectoryCodec.encode(ready.removeFirst()), to: 0, tag: Tag.group, synchronous: true)
+            // The episode counts travel with the group that follows them.
+            let message = GroupsMessage.encode([ready.removeFirst()], trailer: generator.takeEpisodeCounts())
+            pending = try world.isend(message, to: 0, tag: Tag.group, synchronous: true)
         }
         // Finish the group in flight (trainer 0 drains it), say done, and wait for goodbye.
         while let p = pending, try !world.test(p) {

@@ -18,10 +18,15 @@ struct CollectedBatch {
     var droppedStale = 0
     var generatedTokens: Int?
     var epoch: Int?
+    /// Episodes cut by the context length, and abandoned for an environment failure,
+    /// while this batch was generated.
+    var truncatedEpisodes = 0
+    var abandonedEpisodes = 0
 
+    /// A batch of `list`'s groups (empty groups, whose every episode was abandoned, are left out).
     init(groups list: [[Trajectory]], advantages: [Double]? = nil) {
         var trajs: [Trajectory] = [], idx: [[Int]] = []
-        for g in list { idx.append(Array(trajs.count..<(trajs.count + g.count))); trajs += g }
+        for g in list where !g.isEmpty { idx.append(Array(trajs.count..<(trajs.count + g.count))); trajs += g }
         trajectories = trajs
         groups = idx
         self.advantages = advantages
@@ -149,12 +154,21 @@ final class SynchronousRollouts: BatchSource {
         let n = collective.size
         let mine = try generator.generate(step: s, indices: Array(stride(from: collective.rank, to: fresh, by: n)), version: version)
         var perRank: [[[Trajectory]]] = []
-        for (r, bytes) in try collective.allgather(bytes: GroupsMessage.encode(mine)).enumerated() {
-            do { perRank.append(try GroupsMessage.decode(bytes)) } catch {
+        var counts = [0, 0]
+        let message = GroupsMessage.encode(mine, trailer: generator.takeEpisodeCounts())
+        for (r, bytes) in try collective.allgather(bytes: message).enumerated() {
+            do {
+                let m = try GroupsMessage.decodeWithTrailer(bytes)
+                guard m.trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
+                perRank.append(m.groups)
+                counts = zip(counts, m.trailer).map { $0 + $1 }
+            } catch {
                 throw RunError.badMessage(rank: r, reason: "\(error)")
             }
         }
         var batch = CollectedBatch(groups: old.groups + (0..<fresh).map { perRank[$0 % n][$0 / n] })
+        batch.truncatedEpisodes = counts[0]
+        batch.abandonedEpisodes = counts[1]
         batch.droppedStale = old.dropped
         batch.waitSeconds = monotonicSeconds() - t0
         return batch

@@ -30,8 +30,9 @@ struct EnvironmentSource {
         case let .external(cmd):
             task = nil
             name = "environment \(cmd)"
-            let timeout = settings.envTimeout
-            make = { ExternalEnvironment(command: cmd, timeout: timeout) }
+            let pool = ExternalEnvironmentPool(command: cmd, timeout: settings.envTimeout, workers: settings.envWorkers,
+                                               guardian: settings.environmentGuardian)
+            make = { pool.environment() }
         case .trajectories:
             throw .settings(key: "data.trajectories", reason: "offline training has no environment")
         }
@@ -94,6 +95,14 @@ final class GroupGenerator {
                                               sampleSeed: mix.next())
         }
         return try worker.rolloutGroups(requests)
+    }
+
+    /// Episodes truncated by the context and abandoned since the last call; the cause of
+    /// each abandoned episode is printed on standard error.
+    func takeEpisodeCounts() -> [Int] {
+        let c = worker.takeEpisodeCounts()
+        for f in c.failures { FileHandle.standardError.write(Data("kat-dist: rank \(LaunchEnvironment.worldRank): \(f); episode abandoned\n".utf8)) }
+        return [c.truncated, c.abandoned]
     }
 }
 

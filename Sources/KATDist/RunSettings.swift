@@ -85,6 +85,12 @@ public struct RunSettings: Sendable {
     public var prompts = 16
     /// Seconds an external environment may take to reply.
     public var envTimeout = 10.0
+    /// External environment processes per rank, each living for the whole run.
+    public var envWorkers = 1
+    /// The command line of kat-dist's environment guardian (`kat-dist env-guardian`),
+    /// which ends an environment's descendants even when kat-dist dies; set by the
+    /// command line, nil elsewhere (the process group alone is then ended).
+    public var environmentGuardian: [String]?
     /// The resolved config as nested JSON (what RUN/config.json records).
     public var json: JSON = .object([])
 
@@ -163,6 +169,7 @@ public struct RunSettings: Sendable {
         offlineBatch = c.int("batch.trajectories")
         prompts = c.int("batch.prompts")
         envTimeout = c.double("env.timeout_s")
+        envWorkers = c.int("env.workers")
         json = c.json
     }
 

@@ -42,6 +42,7 @@ final class TrainerLoop {
     var notes: [String] = []
     /// Set when a resumed run has nothing left to train: said, and nothing is changed.
     var nothingToDo: String?
+    var reportedTruncation = false
 
     /// Consecutive non-finite updates after which the run stops with an error.
     static let nonFiniteLimit = 5
@@ -199,6 +200,15 @@ final class TrainerLoop {
         m.droppedStale = batch.droppedStale
         m.generatedTokens = batch.generatedTokens
         m.epoch = batch.epoch
+        m.truncatedEpisodes = batch.truncatedEpisodes
+        m.abandonedEpisodes = batch.abandonedEpisodes
+        if batch.truncatedEpisodes > 0, !reportedTruncation {
+            reportedTruncation = true
+            console.line("episodes cut short by the context length (model.n_positions) are trained with the reward they earned; metrics.jsonl counts them in truncated_episodes")
+        }
+        if batch.abandonedEpisodes > 0 {
+            console.line("\(batch.abandonedEpisodes) episodes abandoned after an environment failure (see the messages above; abandoned_episodes in metrics.jsonl)")
+        }
         m.tokensPerS = Double(stats.tokensFlat) / max(monotonicSeconds() - t0, 1e-9)
 
         let tSync = monotonicSeconds()

@@ -21,6 +21,11 @@ public enum EnvironmentError: Error, CustomStringConvertible, Equatable {
     case badReply(command: String, reason: String, reply: String)
     /// A prompt (plus the answer room) longer than the model's context.
     case promptTooLong(source: String, tokens: Int, limit: Int)
+    /// Exchanges failed this many times in a row; the run cannot go on.
+    case repeatedFailures(command: String, count: Int, last: String)
+
+    /// Whether the run must stop (otherwise only the episode is abandoned).
+    public var endsTheRun: Bool { if case .repeatedFailures = self { return true } else { return false } }
 
     public var description: String {
         switch self {
@@ -29,6 +34,7 @@ public enum EnvironmentError: Error, CustomStringConvertible, Equatable {
         case let .timeout(c, s, m): return "environment \(c): no reply within \(s) s to \(m)"
         case let .badReply(c, reason, reply): return "environment \(c): \(reason): \(reply.prefix(200))"
         case let .promptTooLong(src, n, limit): return "environment \(src): \(n) tokens of prompt plus rollout.max_new_tokens exceed model.n_positions (\(limit))"
+        case let .repeatedFailures(c, n, last): return "environment \(c): \(n) failures in a row; the last: \(last)"
         }
     }
 }

@@ -4,24 +4,34 @@ import KATSupport
 import Glibc
 #endif
 
-/// An environment in another process speaking JSON lines over stdin/stdout (SPEC
-/// section 11). A reply that is not JSON, lacks a field or takes longer than the time-out
-/// is an error naming the command and the message; the process is restarted once (and
-/// the episode replayed), then the error stands.
+/// An environment in another process speaking JSON lines over stdin/stdout:
+///
+///     -> {"op": "reset", "seed": 17, "split": "train"}   <- {"prompt": "text", ...}
+///     -> {"op": "step", "action": "text"}                <- {"observation": "text", "reward": 0.5, "done": false}
+///
+/// One process lives for many episodes, run in turn (a reset starts the next). A reply
+/// that is not JSON, lacks a field, or takes longer than the time-out fails the episode:
+/// the process and everything it started are ended, and the next episode starts a fresh
+/// one. After `maxFailuresInARow` failed exchanges in a row the error is
+/// `EnvironmentError.repeatedFailures`, which ends the run.
 public final class ExternalEnvironment: Environment {
     public let command: String
     public let timeout: Double
-    var process: Process?
-    var toChild: FileHandle?
-    var fromChild: Int32 = -1
+    /// kat-dist's guardian command line, which ends the command's descendants even when
+    /// kat-dist dies; nil: the process group alone is ended.
+    public let guardian: [String]?
+    public static let maxFailuresInARow = 3
+    var process: EnvironmentProcess?
     var pending: [UInt8] = []
-    /// The episode so far (reset message, then actions), replayed after a restart.
-    var episode: [JSON] = []
-    var restarted = false
+    /// Failed exchanges since the last good reply.
+    public private(set) var failuresInARow = 0
+    /// Processes started so far (restarts included).
+    public private(set) var starts = 0
 
-    public init(command: String, timeout: Double) {
+    public init(command: String, timeout: Double, guardian: [String]? = nil) {
         self.command = command
         self.timeout = timeout
+        self.guardian = guardian
     }
 
     deinit { stop() }
@@ -30,45 +40,47 @@ public final class ExternalEnvironment: Environment {
         // A child that exits makes our next write fail with EPIPE; without this the
         // signal would kill the trainer instead of giving the clear error.
         signal(SIGPIPE, SIG_IGN)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        let inPipe = Pipe(), outPipe = Pipe()
-        p.standardInput = inPipe
-        p.standardOutput = outPipe
-        p.standardError = FileHandle.standardError
-        do { try p.run() } catch { throw EnvironmentError.start(command: command, cause: error.localizedDescription) }
-        process = p
-        toChild = inPipe.fileHandleForWriting
-        // Keep the read end's FileHandle alive: it owns the descriptor polled below.
-        readHandle = outPipe.fileHandleForReading
-        fromChild = outPipe.fileHandleForReading.fileDescriptor
+        process = try EnvironmentProcess(command: command, guardian: guardian)
+        starts += 1
         pending = []
     }
-    var readHandle: FileHandle?
 
-    func stop() {
-        if let p = process, p.isRunning {
-            p.terminate()
-            usleep(10_000)
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        }
-        try? toChild?.close()
+    /// Ends the process and everything it started.
+    public func stop() {
+        process?.end()
         process = nil
-        toChild = nil
-        readHandle = nil
-        fromChild = -1
     }
 
-    /// Sends one message and reads one reply line, within the time-out.
+    /// Sends one message and reads one reply line, within the time-out. A failure ends
+    /// the process (the next exchange starts a new one) and is counted.
     func exchange(_ message: JSON) throws -> JSON {
+        do {
+            let reply = try exchangeOnce(message)
+            failuresInARow = 0
+            return reply
+        } catch let e as EnvironmentError {
+            stop()
+            failuresInARow += 1
+            if failuresInARow >= ExternalEnvironment.maxFailuresInARow {
+                throw EnvironmentError.repeatedFailures(command: command, count: failuresInARow, last: e.description)
+            }
+            throw e
+        }
+    }
+
+    private func exchangeOnce(_ message: JSON) throws -> JSON {
         if process == nil { try start() }
-        guard let out = toChild else { throw EnvironmentError.closed(command: command, message: message.serialized) }
-        let line = Data((message.serialized + "\n").utf8)
-        do { try out.write(contentsOf: line) } catch {
-            throw EnvironmentError.closed(command: command, message: message.serialized)
+        guard let p = process else { throw EnvironmentError.closed(command: command, message: message.serialized) }
+        let line = Array((message.serialized + "\n").utf8)
+        var sent = 0
+        while sent < line.count {
+            let n = line[sent...].withUnsafeBytes { write(p.input, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw EnvironmentError.closed(command: command, message: message.serialized) }
+            sent += n
         }
         let deadline = monotonicSeconds() + timeout
+        var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             if let nl = pending.firstIndex(of: 0x0A) {
                 let text = String(decoding: pending[..<nl], as: UTF8.self)
@@ -79,63 +91,73 @@ public final class ExternalEnvironment: Environment {
             }
             let left = deadline - monotonicSeconds()
             if left <= 0 { throw EnvironmentError.timeout(command: command, seconds: timeout, message: message.serialized) }
-            var pfd = pollfd(fd: fromChild, events: Int16(POLLIN), revents: 0)
+            var pfd = pollfd(fd: p.output, events: Int16(POLLIN), revents: 0)
             let r = poll(&pfd, 1, Int32(max(1, min(left * 1000, 1e9))))
             if r < 0 && errno == EINTR { continue }
             if r <= 0 { continue }
-            var buf = [UInt8](repeating: 0, count: 65536)
-            let n = read(fromChild, &buf, buf.count)
+            let n = read(p.output, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { throw EnvironmentError.closed(command: command, message: message.serialized) }
             pending.append(contentsOf: buf[0..<n])
-            if pending.count > 16_000_000 { throw EnvironmentError.badReply(command: command, reason: "reply longer than 16 MB without a newline", reply: "") }
-        }
-    }
-
-    /// Runs `op`; on failure restarts the process once, replays the episode, and retries.
-    func withRestart<T>(_ op: () throws -> T) throws -> T {
-        do { return try op() } catch let first as EnvironmentError {
-            guard !restarted else { throw first }
-            restarted = true
-            FileHandle.standardError.write(Data("kat-dist: \(first); restarting it once\n".utf8))
-            stop()
-            let history = episode
-            episode = []
-            for m in history {
-                _ = try exchange(m)
-                episode.append(m)
+            if pending.count > 16_000_000 {
+                throw EnvironmentError.badReply(command: command, reason: "reply longer than 16 MB without a newline", reply: "")
             }
-            return try op()
         }
     }
 
     public func reset(seed: UInt64, split: String) throws -> String {
         let msg: JSON = ["op": "reset", "seed": JSON(Int(truncatingIfNeeded: seed & 0x7fff_ffff_ffff)), "split": .string(split)]
-        episode = []
-        return try withRestart {
-            let reply = try exchange(msg)
-            guard let prompt = reply["prompt"]?.stringValue else {
-                throw EnvironmentError.badReply(command: command, reason: "reply to reset lacks a string \"prompt\"", reply: reply.serialized)
-            }
-            episode = [msg]
-            return prompt
+        let reply = try exchange(msg)
+        guard let prompt = reply["prompt"]?.stringValue else {
+            throw fail(.badReply(command: command, reason: "reply to reset lacks a string \"prompt\"", reply: reply.serialized))
         }
+        return prompt
     }
 
     public func step(action: String) throws -> EnvReply {
         let msg: JSON = ["op": "step", "action": .string(action)]
-        return try withRestart {
-            let reply = try exchange(msg)
-            guard let obs = reply["observation"]?.stringValue else {
-                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a string \"observation\"", reply: reply.serialized)
-            }
-            guard let reward = reply["reward"]?.doubleValue, reward.isFinite else {
-                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a finite number \"reward\"", reply: reply.serialized)
-            }
-            guard let done = reply["done"]?.boolValue else {
-                throw EnvironmentError.badReply(command: command, reason: "reply to step lacks a boolean \"done\"", reply: reply.serialized)
-            }
-            episode.append(msg)
-            return EnvReply(observation: obs, reward: reward, done: done)
+        let reply = try exchange(msg)
+        guard let obs = reply["observation"]?.stringValue else {
+            throw fail(.badReply(command: command, reason: "reply to step lacks a string \"observation\"", reply: reply.serialized))
         }
+        guard let reward = reply["reward"]?.doubleValue, reward.isFinite else {
+            throw fail(.badReply(command: command, reason: "reply to step lacks a finite number \"reward\"", reply: reply.serialized))
+        }
+        guard let done = reply["done"]?.boolValue else {
+            throw fail(.badReply(command: command, reason: "reply to step lacks a boolean \"done\"", reply: reply.serialized))
+        }
+        return EnvReply(observation: obs, reward: reward, done: done)
     }
+
+    /// A reply that parsed but breaks the protocol counts as a failed exchange too.
+    private func fail(_ error: EnvironmentError) -> EnvironmentError {
+        stop()
+        failuresInARow += 1
+        if failuresInARow >= ExternalEnvironment.maxFailuresInARow {
+            return .repeatedFailures(command: command, count: failuresInARow, last: error.description)
+        }
+        return error
+    }
+}
+
+/// The processes of an external environment on one rank: `workers` processes for the
+/// life of the run, handed out in turn to episodes.
+public final class ExternalEnvironmentPool {
+    public let workers: [ExternalEnvironment]
+    var next = 0
+
+    public init(command: String, timeout: Double, workers: Int, guardian: [String]?) {
+        self.workers = (0..<max(1, workers)).map { _ in ExternalEnvironment(command: command, timeout: timeout, guardian: guardian) }
+    }
+
+    /// The process for the next episode.
+    public func environment() -> Environment {
+        defer { next = (next + 1) % workers.count }
+        return workers[next]
+    }
+
+    /// Ends every process.
+    public func stop() { for w in workers { w.stop() } }
+
+    deinit { stop() }
 }

@@ -29,6 +29,31 @@ public final class RolloutWorker {
     public let sampler: Sampler
     public let makeEnvironment: () -> Environment
     public var config: RolloutConfig
+    /// Episodes cut short because the next turn would not fit the model's context; they
+    /// are trained with the reward earned so far.
+    public private(set) var truncatedEpisodes = 0
+    /// Episodes abandoned because their environment failed (the failure is not counted
+    /// as a reward; the sample is left out of its group).
+    public private(set) var abandonedEpisodes = 0
+
+    /// What made each abandoned episode fail.
+    public private(set) var failures: [String] = []
+
+    /// The counters and failures since the last call, which resets them.
+    public func takeEpisodeCounts() -> (truncated: Int, abandoned: Int, failures: [String]) {
+        defer { truncatedEpisodes = 0; abandonedEpisodes = 0; failures = [] }
+        return (truncatedEpisodes, abandonedEpisodes, failures)
+    }
+
+    /// Runs `body`; an environment failure that does not end the run abandons the episode
+    /// (nil), counted; one that ends the run is thrown.
+    func episode<T>(_ body: () throws -> T) throws -> T? {
+        do { return try body() } catch let e as EnvironmentError where !e.endsTheRun {
+            abandonedEpisodes += 1
+            failures.append(e.description)
+            return nil
+        }
+    }
 
     public init(model: GPT2, seed: UInt64, config: RolloutConfig, makeEnvironment: @escaping () -> Environment) {
         sampler = Sampler(model: model, seed: seed)
@@ -76,57 +101,76 @@ public final class RolloutWorker {
     /// continue each sample from its own cache rows.
     public func rolloutGroups(_ requests: [GroupRequest]) throws -> [[Trajectory]] {
         sampler.cache.reset()
-        var firstEnvs: [Environment] = [], prompts: [[Int32]] = [], starts: [Sampler.GenerationStart] = []
+        // Every episode starts with its own reset, so that episodes never interleave on
+        // an environment process: first each group's prompt, then each sample's episode.
+        var prompts: [[Int32]?] = [], starts: [Sampler.GenerationStart] = []
         let forks = config.branchPoints.filter { $0 < config.maxNewTokens }.count
         let fanOut = Int(pow(Double(max(1, config.branchFactor)), Double(forks)))
         let streams = max(1, config.groupSize / max(1, fanOut))
         for req in requests {
-            let env = makeEnvironment()
-            let ptoks = promptTokens(try env.reset(seed: req.seed, split: req.split))
+            guard let prompt = try episode({ try makeEnvironment().reset(seed: req.seed, split: req.split) }) else {
+                prompts.append(nil)
+                continue
+            }
+            let ptoks = promptTokens(prompt)
             guard fits(ptoks.count) else {
                 throw EnvironmentError.promptTooLong(source: "prompt of seed \(req.seed)", tokens: ptoks.count, limit: sampler.cache.model.config.nPositions)
             }
             let (row, logits) = try sampler.prefill(ptoks)
-            firstEnvs.append(env); prompts.append(ptoks)
+            prompts.append(ptoks)
             starts.append(Sampler.GenerationStart(row: row, logits: logits, streams: streams, seed: req.sampleSeed))
         }
         var cfg = samplingConfig
         cfg.branchPoints = config.branchPoints
         cfg.branchFactor = config.branchFactor
-        let leavesPerGroup = try sampler.generate(starts: starts, config: cfg)
+        var leavesPerGroup = try sampler.generate(starts: starts, config: cfg)[...]
         var out: [[Trajectory]] = []
         for (g, req) in requests.enumerated() {
+            guard let prompt = prompts[g] else { out.append([]); continue }
+            let leaves = leavesPerGroup.removeFirst()
             var group: [Trajectory] = []
             var turnSeed = SplitMix64(seed: req.sampleSeed ^ 0x5EED)
-            for (k, leaf) in leavesPerGroup[g].prefix(config.groupSize).enumerated() {
-                let env = k == 0 ? firstEnvs[g] : makeEnvironment()
-                if k > 0 { _ = try env.reset(seed: req.seed, split: req.split) }
-                var tokens = prompts[g], mask = [UInt8](repeating: 0, count: prompts[g].count)
-                var lps = [Float](repeating: .nan, count: prompts[g].count)
-                var ents: [Float] = []
-                var reward = 0.0
-                var cont = leaf
-                var turn = 0
-                while true {
-                    turn += 1
-                    for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
-                    let reply = try env.step(action: ByteTokenizer.decode(cont.tokens.map(\.token)))
-                    reward += reply.reward
-                    if reply.done || turn >= config.turns { break }
-                    let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
-                    guard fits(tokens.count + obs.count) else { break }
-                    let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
-                    tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
-                    cont = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
-                                                config: samplingConfig)[0][0]
-                }
-                let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
-                group.append(Trajectory(id: "\(req.idPrefix)-\(k)", group: req.groupID, tokens: tokens, lossMask: mask, logprobs: lps,
-                                        reward: reward, entropy: h, policyVersion: req.policyVersion, source: "rollout \(req.idPrefix)-\(k)"))
+            for (k, leaf) in leaves.prefix(config.groupSize).enumerated() {
+                let seed = turnSeed.next()
+                guard let t = try episode({ try runEpisode(req, k: k, prompt: prompt, first: leaf, turnSeed: seed) }) else { continue }
+                group.append(t)
             }
             out.append(group)
         }
         return out
+    }
+
+    /// One sample's episode: its first answer was decoded with the group; later turns
+    /// continue from its own cache rows.
+    func runEpisode(_ req: GroupRequest, k: Int, prompt: [Int32], first leaf: Continuation, turnSeed seed: UInt64) throws -> Trajectory {
+        let env = makeEnvironment()
+        _ = try env.reset(seed: req.seed, split: req.split)
+        var turnSeed = SplitMix64(seed: seed)
+        var tokens = prompt, mask = [UInt8](repeating: 0, count: prompt.count)
+        var lps = [Float](repeating: .nan, count: prompt.count)
+        var ents: [Float] = []
+        var reward = 0.0
+        var cont = leaf
+        var turn = 0
+        while true {
+            turn += 1
+            for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
+            let reply = try env.step(action: ByteTokenizer.decode(cont.tokens.map(\.token)))
+            reward += reply.reward
+            if reply.done || turn >= config.turns { break }
+            let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+            guard fits(tokens.count + obs.count) else {
+                truncatedEpisodes += 1
+                break
+            }
+            let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
+            tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
+            cont = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
+                                        config: samplingConfig)[0][0]
+        }
+        let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
+        return Trajectory(id: "\(req.idPrefix)-\(k)", group: req.groupID, tokens: tokens, lossMask: mask, logprobs: lps,
+                          reward: reward, entropy: h, policyVersion: req.policyVersion, source: "rollout \(req.idPrefix)-\(k)")
     }
 
     /// Greedy episodes on the held-out prompts `seeds` of `split`.
@@ -134,7 +178,8 @@ public final class RolloutWorker {
     public func evaluate(seeds: some Sequence<Int>, split: String = "test") throws -> (solved: Int, rewardSum: Double) {
         var solved = 0, total = 0.0
         for i in seeds {
-            let r = try greedyEpisode(seed: UInt64(i), split: split)
+            // An abandoned episode counts as unsolved with no reward.
+            guard let r = try episode({ try greedyEpisode(seed: UInt64(i), split: split) }) else { continue }
             total += r.reward
             if r.reward >= 1 - 1e-9 { solved += 1 }
         }

@@ -56,7 +56,11 @@ enum TrainCommand {
         if resume != nil, a.value("run-dir") == nil {
             throw UsageError(description: "kat-dist train: --resume needs --run-dir (the run to continue)")
         }
-        let settings = RunSettings(config)
+        var settings = RunSettings(config)
+        // Environment processes run under this executable's guardian mode.
+        if let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            settings.environmentGuardian = [me, "env-guardian"]
+        }
         do { try Training.check(settings, worldSize: LaunchEnvironment.worldSize) } catch {
             throw UsageError(description: "kat-dist train: \(error)")
         }

@@ -1,10 +1,15 @@
 import Foundation
 import KATDist
+import KATEnv
 import KATModel
 
 // kat-dist's command line: parse, validate, dispatch. A usage error is one line on
 // stderr and exit code 2; a run-time failure is a message and exit code 1.
 
+// An environment's guardian process (started by kat-dist itself) does nothing else.
+if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "env-guardian" {
+    EnvironmentGuardian.run(Array(CommandLine.arguments.dropFirst(2)))
+}
 // First thing: from the first line kat-dist prints, SIGUSR1 asks for a checkpoint and a
 // clean stop, and never kills the process.
 Preemption.install()

@@ -106,15 +106,54 @@ final class ExternalEnvironmentTests: XCTestCase {
         XCTAssertThrowsError(try dies.reset(seed: 1, split: "train")) { XCTAssertTrue("\($0)".contains("environment exit 3"), "\($0)") }
     }
 
-    /// After one failure the process is restarted and the episode replayed.
-    func testRestartsOnceAndReplaysTheEpisode() throws {
+    /// A failed exchange ends the process and fails that episode; the next episode starts
+    /// a fresh process and works.
+    func testAFailureEndsTheEpisodeAndTheNextOneStartsAFreshProcess() throws {
         let marker = NSTemporaryDirectory() + "env-\(UUID().uuidString)"
-        // First run: answers reset, then dies on the first step. Second run: works.
+        // First process: answers reset, then dies on the first step. Second process: works.
         let script = "if [ -e \(marker) ]; then exec python3 \(example); else touch \(marker); read l; echo '{\"prompt\": \"reverse: ab\"}'; exit 1; fi"
         defer { try? FileManager.default.removeItem(atPath: marker) }
         let env = ExternalEnvironment(command: script, timeout: 10)
         _ = try env.reset(seed: 4, split: "train")
-        let r = try env.step(action: "zz")
-        XCTAssertFalse(r.done)
+        XCTAssertThrowsError(try env.step(action: "zz")) { XCTAssertFalse(($0 as? EnvironmentError)?.endsTheRun ?? true) }
+        XCTAssertEqual(env.failuresInARow, 1)
+        XCTAssertTrue(try env.reset(seed: 4, split: "train").hasPrefix("reverse: "))
+        XCTAssertEqual(env.failuresInARow, 0)
+        XCTAssertEqual(env.starts, 2)
+    }
+
+    /// Three failures in a row end the run, with the last failure's message.
+    func testThreeFailuresInARowEndTheRun() {
+        let env = ExternalEnvironment(command: "exit 3", timeout: 5)
+        for k in 1...3 {
+            XCTAssertThrowsError(try env.reset(seed: 1, split: "train")) { e in
+                XCTAssertEqual((e as? EnvironmentError)?.endsTheRun, k == 3, "\(k): \(e)")
+                if k == 3 { XCTAssertTrue("\(e)".contains("3 failures in a row"), "\(e)") }
+            }
+        }
+    }
+
+    /// Ending an environment ends every process it started, also one that left its
+    /// process group.
+    func testEndingTheEnvironmentEndsItsDescendants() throws {
+        let tag = "7\(Int.random(in: 100_000...999_999)).5"
+        let env = ExternalEnvironment(command: "sleep \(tag) & setsid sleep \(tag) & sleep \(tag)", timeout: 0.3)
+        XCTAssertThrowsError(try env.reset(seed: 1, split: "train"))
+        usleep(100_000)
+        // Without the guardian, the group is ended: the process that left it (setsid)
+        // survives, which is why kat-dist runs environments under its guardian.
+        let left = try pgrep(tag)
+        XCTAssertLessThanOrEqual(left.count, 1, "only the setsid escapee may survive without a guardian: \(left)")
+        for p in left { kill(p, SIGKILL) }
+    }
+}
+
+/// Pids of processes whose command line contains `text`.
+func pgrep(_ text: String) throws -> [pid_t] {
+    let entries = try FileManager.default.contentsOfDirectory(atPath: "/proc")
+    return entries.compactMap { name -> pid_t? in
+        guard let p = pid_t(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
+        let cmd = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        return cmd.contains(text) && !cmd.contains("pgrep") ? p : nil
     }
 }
