@@ -19,6 +19,46 @@ enum Tag {
     static let done = 13
     /// trainer 0 -> rollout: every message has been drained; exit.
     static let bye = 14
+    /// rollout -> trainer 0: alive.
+    static let rolloutHeartbeat = 15
+    /// trainer 0 -> rollout: alive.
+    static let trainerHeartbeat = 16
+}
+
+/// Heartbeats between two sides: when to send the next one, and when the other side was
+/// last heard from. A side silent for `watchdog` seconds is named in an error that ends
+/// the job.
+struct Liveness {
+    let watchdog: Double
+    /// Seconds between heartbeats: often enough that a few may be lost within the watchdog.
+    let interval: Double
+    var lastSent = -Double.infinity
+    var lastHeard: [Int: Double]
+
+    init(watchdog: Double, peers: [Int]) {
+        self.watchdog = watchdog
+        interval = min(5, watchdog / 4)
+        let now = monotonicSeconds()
+        lastHeard = Dictionary(uniqueKeysWithValues: peers.map { ($0, now) })
+    }
+
+    mutating func heard(_ rank: Int) { lastHeard[rank] = monotonicSeconds() }
+
+    /// Whether a heartbeat is due now (and, when it is, the clock restarts).
+    mutating func beatDue() -> Bool {
+        let now = monotonicSeconds()
+        guard now - lastSent >= interval else { return false }
+        lastSent = now
+        return true
+    }
+
+    /// Throws for the first peer silent longer than the watchdog.
+    func check() throws {
+        let now = monotonicSeconds()
+        for (rank, t) in lastHeard.sorted(by: { $0.key < $1.key }) where now - t > watchdog {
+            throw RunError.silentRank(rank: rank, seconds: watchdog)
+        }
+    }
 }
 
 /// The trainers' buffer of finished groups, in arrival order, bounded by `capacity`
@@ -65,16 +105,32 @@ final class RolloutLink {
     let rollouts: [Int]
     var buffer: RolloutBuffer
     var weightSends: [Int: MPICollective.PendingSend] = [:]
+    var beats: [Int: MPICollective.PendingSend] = [:]
+    var liveness: Liveness
 
-    init(world: MPICollective, rollouts: [Int], capacity: Int) {
+    init(world: MPICollective, rollouts: [Int], capacity: Int, watchdog: Double) {
         self.world = world; self.rollouts = rollouts
         buffer = RolloutBuffer(capacity: capacity)
+        liveness = Liveness(watchdog: watchdog, peers: rollouts)
     }
 
-    /// Receives waiting groups while the buffer has room, and advances weight sends.
+    /// Receives waiting groups while the buffer has room and every heartbeat, advances
+    /// weight sends, sends a heartbeat when one is due, and checks that every rollout rank
+    /// was heard from within the watchdog.
+    /// - Throws: `RunError.silentRank` naming a rollout rank silent for too long.
     func poll() throws {
+        while let m = try world.probe(source: nil, tag: Tag.rolloutHeartbeat) {
+            _ = try world.receive(from: m.source, tag: Tag.rolloutHeartbeat)
+            liveness.heard(m.source)
+        }
+        if liveness.beatDue() {
+            for rank in rollouts where try beats[rank].map({ try world.test($0) }) ?? true {
+                beats[rank] = try world.isend([], to: rank, tag: Tag.trainerHeartbeat)
+            }
+        }
         while !buffer.isFull, let m = try world.probe(source: nil, tag: Tag.group) {
             let bytes = try world.receive(from: m.source, tag: Tag.group)
+            liveness.heard(m.source)
             do {
                 let message = try GroupsMessage.decodeWithTrailer(bytes)
                 guard message.trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
@@ -86,6 +142,7 @@ final class RolloutLink {
             }
         }
         for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
+        try liveness.check()
     }
 
     /// Sends the weights of `version` to every rollout rank whose previous copy arrived.
@@ -99,18 +156,31 @@ final class RolloutLink {
         }
     }
 
-    /// Tells every rollout rank to stop, drains their last groups and lets every weight
-    /// send finish (the rollout ranks keep receiving until told goodbye), then says goodbye.
+    /// Tells every rollout rank to stop, drains their last groups and heartbeats, lets
+    /// every weight send finish (the rollout ranks keep receiving until told goodbye),
+    /// then says goodbye.
+    /// - Throws: `RunError.silentRank` when a rollout rank does not answer within the
+    ///   watchdog (the job then ends without it).
     func shutdown() throws {
-        for rank in rollouts { try world.send([], to: rank, tag: Tag.stop) }
+        for rank in rollouts { _ = try world.isend([], to: rank, tag: Tag.stop) }
         var done = Set<Int>()
         while done.count < rollouts.count || !weightSends.isEmpty {
             if let m = try world.probe(source: nil, tag: Tag.done) {
                 _ = try world.receive(from: m.source, tag: Tag.done)
                 done.insert(m.source)
+                liveness.heard(m.source)
             }
-            while let m = try world.probe(source: nil, tag: Tag.group) { _ = try world.receive(from: m.source, tag: Tag.group) }
+            while let m = try world.probe(source: nil, tag: Tag.group) { _ = try world.receive(from: m.source, tag: Tag.group); liveness.heard(m.source) }
+            while let m = try world.probe(source: nil, tag: Tag.rolloutHeartbeat) {
+                _ = try world.receive(from: m.source, tag: Tag.rolloutHeartbeat)
+                liveness.heard(m.source)
+            }
             for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
+            for rank in rollouts where !done.contains(rank) {
+                if monotonicSeconds() - (liveness.lastHeard[rank] ?? 0) > liveness.watchdog {
+                    throw RunError.silentRank(rank: rank, seconds: liveness.watchdog)
+                }
+            }
             usleep(200)
         }
         for rank in rollouts { try world.send([], to: rank, tag: Tag.bye) }
@@ -148,17 +218,26 @@ final class AsynchronousRollouts: BatchSource {
         if let link {
             var picked: [[Trajectory]] = []
             var dropped = 0
+            var interrupted = 0
             while picked.count < prompts {
                 let taken = link.buffer.take(prompts - picked.count, version: version, maxStaleness: maxStaleness)
                 picked += taken.groups
                 dropped += taken.dropped
                 if picked.count < prompts {
+                    // A stop request while waiting for data ends the wait: the step is not
+                    // taken, and the groups already picked go back to the buffer.
+                    if Preemption.requested {
+                        link.buffer.groups.insert(contentsOf: picked, at: 0)
+                        picked = []
+                        interrupted = 1
+                        break
+                    }
                     try link.poll()
                     if link.buffer.isEmpty { usleep(500) }
                 }
             }
             payload = GroupsMessage.encode(picked, trailer: [dropped, link.buffer.receivedTokens, link.buffer.truncatedEpisodes,
-                                                             link.buffer.abandonedEpisodes])
+                                                             link.buffer.abandonedEpisodes, interrupted])
             link.buffer.receivedTokens = 0
             link.buffer.truncatedEpisodes = 0
             link.buffer.abandonedEpisodes = 0
@@ -167,8 +246,9 @@ final class AsynchronousRollouts: BatchSource {
         do { message = try GroupsMessage.decodeWithTrailer(try collective.broadcast(bytes: payload, root: 0)) } catch let e as TrajectoryCodec.DecodeError {
             throw RunError.badMessage(rank: 0, reason: "\(e)")
         }
-        guard message.trailer.count == 4 else { throw RunError.badMessage(rank: 0, reason: "batch message without its counts") }
+        guard message.trailer.count == 5 else { throw RunError.badMessage(rank: 0, reason: "batch message without its counts") }
         var batch = CollectedBatch(groups: message.groups)
+        batch.interrupted = message.trailer[4] != 0
         batch.droppedStale = message.trailer[0]
         batch.generatedTokens = message.trailer[1]
         batch.truncatedEpisodes = message.trailer[2]
@@ -176,8 +256,6 @@ final class AsynchronousRollouts: BatchSource {
         batch.waitSeconds = monotonicSeconds() - t0
         return batch
     }
-
-    func service() throws { try link?.poll() }
 
     func stepDone(version: Int, updated: Bool) throws {
         if updated { try link?.publish(model, version: version) }
@@ -216,9 +294,26 @@ final class RolloutRankLoop {
         generator = GroupGenerator(model: model, settings: settings, environments: try EnvironmentSource(settings))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         faults = FaultInjection(worldRank: world.rank)
+        liveness = Liveness(watchdog: settings.watchdog, peers: [0])
     }
 
     var version = -1
+    var liveness: Liveness
+    var beat: MPICollective.PendingSend?
+
+    /// Takes trainer 0's heartbeats, sends ours when due, and checks that trainer 0 was
+    /// heard from within the watchdog.
+    /// - Throws: `RunError.silentRank` naming trainer 0 when it was silent too long.
+    func keepAlive() throws {
+        while try world.probe(source: 0, tag: Tag.trainerHeartbeat) != nil {
+            _ = try world.receive(from: 0, tag: Tag.trainerHeartbeat)
+            liveness.heard(0)
+        }
+        if liveness.beatDue(), try beat.map({ try world.test($0) }) ?? true {
+            beat = try world.isend([], to: 0, tag: Tag.rolloutHeartbeat)
+        }
+        try liveness.check()
+    }
 
     /// Installs every weights message waiting (the newest wins). A message is complete
     /// before anything is copied: sampling never sees half of it.
@@ -228,6 +323,7 @@ final class RolloutRankLoop {
             guard bytes.count == 8 + 4 * model.params.count, m.bytes == bytes.count else {
                 throw RunError.badMessage(rank: 0, reason: "weights message of \(bytes.count) bytes, expected \(8 + 4 * model.params.count)")
             }
+            liveness.heard(0)
             bytes.withUnsafeBytes { raw in
                 version = Int(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
                 UnsafeMutableRawBufferPointer(model.params.buffer).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[8...]))
@@ -236,6 +332,7 @@ final class RolloutRankLoop {
     }
 
     func stopRequested() throws -> Bool {
+        try keepAlive()
         guard try world.probe(source: 0, tag: Tag.stop) != nil else { return false }
         _ = try world.receive(from: 0, tag: Tag.stop)
         return true
@@ -245,7 +342,8 @@ final class RolloutRankLoop {
     /// sides completes.
     func drainUntilBye() throws {
         while try world.probe(source: 0, tag: Tag.bye) == nil {
-            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights) }
+            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights); liveness.heard(0) }
+            try keepAlive()
             usleep(200)
         }
         _ = try world.receive(from: 0, tag: Tag.bye)
@@ -291,7 +389,8 @@ final class RolloutRankLoop {
         }
         // Finish the group in flight (trainer 0 drains it), say done, and wait for goodbye.
         while let p = pending, try !world.test(p) {
-            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights) }
+            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights); liveness.heard(0) }
+            try keepAlive()
             usleep(200)
         }
         try world.send([], to: 0, tag: Tag.done)

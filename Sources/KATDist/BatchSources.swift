@@ -22,6 +22,8 @@ struct CollectedBatch {
     /// while this batch was generated.
     var truncatedEpisodes = 0
     var abandonedEpisodes = 0
+    /// A stop was asked while the batch was awaited: there is no batch, the step is not taken.
+    var interrupted = false
 
     /// A batch of `list`'s groups (empty groups, whose every episode was abandoned, are left out).
     init(groups list: [[Trajectory]], advantages: [Double]? = nil) {

@@ -97,11 +97,14 @@ final class GroupGenerator {
         return try worker.rolloutGroups(requests)
     }
 
-    /// Episodes truncated by the context and abandoned since the last call; the cause of
-    /// each abandoned episode is printed on standard error.
+    /// Episodes truncated by the context and abandoned since the last call; abandoned
+    /// episodes are reported in one line on standard error, with the last failure.
     func takeEpisodeCounts() -> [Int] {
         let c = worker.takeEpisodeCounts()
-        for f in c.failures { FileHandle.standardError.write(Data("kat-dist: rank \(LaunchEnvironment.worldRank): \(f); episode abandoned\n".utf8)) }
+        if let last = c.failures.last {
+            let line = "kat-dist: rank \(LaunchEnvironment.worldRank): \(c.abandoned) episodes abandoned after environment failures; the last: \(last)\n"
+            FileHandle.standardError.write(Data(line.utf8))
+        }
         return [c.truncated, c.abandoned]
     }
 }
@@ -118,10 +121,17 @@ final class Evaluator {
         prompts = settings.run.evalPrompts
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward.
-    func evaluate(_ collective: Collective) throws -> (success: Double, reward: Double) {
-        let mine = try worker.evaluate(seeds: stride(from: collective.rank, to: prompts, by: collective.size))
-        var tally = [Double(mine.solved), mine.rewardSum]
+    /// Share of held-out prompts solved (full reward) and their mean reward; `between`
+    /// runs between episodes (the runtime's heartbeats).
+    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> (success: Double, reward: Double) {
+        var solved = 0, rewardSum = 0.0
+        for i in stride(from: collective.rank, to: prompts, by: collective.size) {
+            try between()
+            let r = try worker.evaluate(seeds: [i])
+            solved += r.solved
+            rewardSum += r.rewardSum
+        }
+        var tally = [Double(solved), rewardSum]
         try collective.allreduceSum(&tally)
         return (tally[0] / Double(prompts), tally[1] / Double(prompts))
     }

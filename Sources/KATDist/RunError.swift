@@ -17,6 +17,10 @@ public enum RunError: Error, CustomStringConvertible {
     case trainersDiverged(step: Int, low: Double, high: Double)
     /// A message from another rank that does not decode.
     case badMessage(rank: Int, reason: String)
+    /// Every episode of a step was abandoned: there is nothing to train.
+    case emptyBatch(step: Int, abandoned: Int)
+    /// A rank sent nothing for longer than the watchdog.
+    case silentRank(rank: Int, seconds: Double)
 
     public var description: String {
         switch self {
@@ -29,6 +33,10 @@ public enum RunError: Error, CustomStringConvertible {
         case let .trainersDiverged(step, low, high):
             return "weights diverged across trainer ranks after step \(step) (checksums \(low) and \(high))"
         case let .badMessage(rank, reason): return "a message from rank \(rank) does not decode: \(reason)"
+        case let .emptyBatch(step, abandoned):
+            return "step \(step) has no trajectory: all \(abandoned) episodes were abandoned after environment failures (see the messages above)"
+        case let .silentRank(rank, seconds):
+            return "rank \(rank) sent nothing for \(Int(seconds)) s (watchdog_s): it is stopped, hung or unreachable; ending the job"
         }
     }
 }

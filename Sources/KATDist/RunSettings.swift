@@ -87,6 +87,8 @@ public struct RunSettings: Sendable {
     public var envTimeout = 10.0
     /// External environment processes per rank, each living for the whole run.
     public var envWorkers = 1
+    /// Seconds a rank may stay silent before the job ends naming it.
+    public var watchdog = 300.0
     /// The command line of kat-dist's environment guardian (`kat-dist env-guardian`),
     /// which ends an environment's descendants even when kat-dist dies; set by the
     /// command line, nil elsewhere (the process group alone is then ended).
@@ -170,6 +172,7 @@ public struct RunSettings: Sendable {
         prompts = c.int("batch.prompts")
         envTimeout = c.double("env.timeout_s")
         envWorkers = c.int("env.workers")
+        watchdog = c.double("watchdog_s")
         json = c.json
     }
 

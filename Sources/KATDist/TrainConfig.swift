@@ -113,6 +113,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "max_staleness", kind: .int(0...1_000_000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
         ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out, seconds"),
+        ConfigKey(name: "watchdog_s", kind: .double(1...1_000_000), defaultValue: 300.0, help: "seconds a rank may stay silent (no heartbeat) before the job ends naming it"),
         ConfigKey(name: "env.workers", kind: .int(1...4096), defaultValue: 1, help: "external environment processes per rank, each living for the whole run"),
         ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
         ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),

@@ -25,6 +25,9 @@ final class TrainerLoop {
     let step: TrainStep
     let phases: [BatchSource]
     let evaluator: Evaluator?
+    /// Trainer 0's link to the rollout ranks (heartbeats, intake), served between
+    /// micro-batches and evaluation episodes in every phase.
+    let link: RolloutLink?
     /// The run directory; only the first trainer writes one.
     let directory: RunDirectory?
     let title: String
@@ -51,13 +54,14 @@ final class TrainerLoop {
     /// (config.json written) or the checkpoint to continue from (weights, optimizer,
     /// version, each phase's own state; metrics cut back to the checkpoint).
     init(settings: RunSettings, collective: Collective, isLeader: Bool, worldRank: Int, console: Console, model: GPT2,
-         phases: [BatchSource], evaluator: Evaluator?, runDirectory: String, resume: String?, title: String) throws {
+         phases: [BatchSource], evaluator: Evaluator?, link: RolloutLink? = nil, runDirectory: String, resume: String?, title: String) throws {
         self.settings = settings
         self.collective = collective
         self.console = console
         self.model = model
         self.phases = phases
         self.evaluator = evaluator
+        self.link = link
         self.title = title
         faults = FaultInjection(worldRank: worldRank)
         optimizer = Optimizer(config: settings.optimizer, layout: model.layout)
@@ -157,7 +161,7 @@ final class TrainerLoop {
 
     func runPhases() throws {
         if !resumed, settings.run.evalEvery > 0, let evaluator {
-            let e = try evaluator.evaluate(collective)
+            let e = try evaluator.evaluate(collective) { try self.link?.poll() }
             note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
         }
         for (p, source) in phases.enumerated() where p >= startAt.phase {
@@ -179,6 +183,15 @@ final class TrainerLoop {
         let t0 = monotonicSeconds()
         let isLast = s + 1 == source.steps
         let batch = try source.collect(step: s, version: version)
+        if batch.interrupted {
+            // Stopped while waiting for data: checkpoint the state as it is and stop.
+            if s > 0 || stepIndex > 0 { try writeCheckpoint(source, phaseStep: s) }
+            console.line("stopping at step \(stepIndex) on request (SIGUSR1) while waiting for rollouts; resume with --resume auto")
+            return true
+        }
+        guard !batch.trajectories.isEmpty else {
+            throw RunError.emptyBatch(step: stepIndex + 1, abandoned: batch.abandonedEpisodes)
+        }
         let advantages = try batch.advantages ?? computeAdvantages(batch.trajectories, config: settings.advantage)
         var m = StepMetrics()
         m.phase = source.phase
@@ -206,9 +219,7 @@ final class TrainerLoop {
             reportedTruncation = true
             console.line("episodes cut short by the context length (model.n_positions) are trained with the reward they earned; metrics.jsonl counts them in truncated_episodes")
         }
-        if batch.abandonedEpisodes > 0 {
-            console.line("\(batch.abandonedEpisodes) episodes abandoned after an environment failure (see the messages above; abandoned_episodes in metrics.jsonl)")
-        }
+
         m.tokensPerS = Double(stats.tokensFlat) / max(monotonicSeconds() - t0, 1e-9)
 
         let tSync = monotonicSeconds()
@@ -216,7 +227,7 @@ final class TrainerLoop {
         m.tWeightSync = monotonicSeconds() - tSync
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
-            let e = try evaluator.evaluate(collective)
+            let e = try evaluator.evaluate(collective) { try self.link?.poll() }
             m.evalSuccess = e.success
             m.evalReward = e.reward
             if isLast {
@@ -268,6 +279,7 @@ final class TrainerLoop {
             var tally = UpdateTally()
             for mb in update.microBatches {
                 try source.service()
+                try link?.poll()
                 tally += try step.accumulate(mb, of: update)
                 faults.killIfDue(stepIndex + 1)
             }

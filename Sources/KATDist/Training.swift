@@ -97,21 +97,21 @@ public enum Training {
         let model = try settings.initialModel()
         let plan = try phases(settings, model: model, collective: collective, world: world, layout: layout, worldRank: worldRank)
         let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: worldRank,
-                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator,
+                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, link: plan.link,
                                    runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
         try loop.run()
     }
 
-    /// A trainer's phases in order (warm start then RL, or offline), its evaluator, and a
-    /// title naming the data.
+    /// A trainer's phases in order (warm start then RL, or offline), its evaluator, trainer
+    /// 0's link to the rollout ranks, and a title naming the data.
     static func phases(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, layout: Layout,
-                       worldRank: Int) throws -> (phases: [BatchSource], evaluator: Evaluator?, title: String) {
+                       worldRank: Int) throws -> (phases: [BatchSource], evaluator: Evaluator?, link: RolloutLink?, title: String) {
         switch settings.data {
         case let .trajectories(path):
             let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
             // The estimator's fields are checked on the whole file before the first step.
             _ = try computeAdvantages(trajs, config: settings.advantage)
-            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, "offline training on \(path)")
+            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, nil, "offline training on \(path)")
         case .task, .external:
             guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
                 throw RunError.settings(key: "model.vocab_size", reason: "built-in and external environments use the byte tokenizer: the vocabulary must be at least \(GPT2Config.byteVocabSize)")
@@ -122,17 +122,18 @@ public enum Training {
             if let task = environments.task, settings.warmStart.steps > 0 {
                 phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
             }
+            var link: RolloutLink?
             if layout.rollouts == 0 {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
             } else {
-                let link = worldRank == 0 ? world.map {
+                link = worldRank == 0 ? world.map {
                     RolloutLink(world: $0, rollouts: Array(layout.trainers..<(layout.trainers + layout.rollouts)),
-                                capacity: settings.ranks.bufferGroups)
+                                capacity: settings.ranks.bufferGroups, watchdog: settings.watchdog)
                 } : nil
                 phases.append(AsynchronousRollouts(link: link, collective: collective, model: model, settings: settings))
             }
-            return (phases, Evaluator(model: model, settings: settings, environments: environments), environments.name)
+            return (phases, Evaluator(model: model, settings: settings, environments: environments), link, environments.name)
         }
     }
 }

@@ -12,8 +12,8 @@ import Glibc
 /// One process lives for many episodes, run in turn (a reset starts the next). A reply
 /// that is not JSON, lacks a field, or takes longer than the time-out fails the episode:
 /// the process and everything it started are ended, and the next episode starts a fresh
-/// one. After `maxFailuresInARow` failed exchanges in a row the error is
-/// `EnvironmentError.repeatedFailures`, which ends the run.
+/// one. After `maxFailuresInARow` failures with no good step reply between them the error
+/// is `EnvironmentError.repeatedFailures`, which ends the run.
 public final class ExternalEnvironment: Environment {
     public let command: String
     public let timeout: Double
@@ -23,7 +23,7 @@ public final class ExternalEnvironment: Environment {
     public static let maxFailuresInARow = 3
     var process: EnvironmentProcess?
     var pending: [UInt8] = []
-    /// Failed exchanges since the last good reply.
+    /// Failed exchanges since the last good reply to a step.
     public private(set) var failuresInARow = 0
     /// Processes started so far (restarts included).
     public private(set) var starts = 0
@@ -55,9 +55,7 @@ public final class ExternalEnvironment: Environment {
     /// the process (the next exchange starts a new one) and is counted.
     func exchange(_ message: JSON) throws -> JSON {
         do {
-            let reply = try exchangeOnce(message)
-            failuresInARow = 0
-            return reply
+            return try exchangeOnce(message)
         } catch let e as EnvironmentError {
             stop()
             failuresInARow += 1
@@ -126,6 +124,7 @@ public final class ExternalEnvironment: Environment {
         guard let done = reply["done"]?.boolValue else {
             throw fail(.badReply(command: command, reason: "reply to step lacks a boolean \"done\"", reply: reply.serialized))
         }
+        failuresInARow = 0
         return EnvReply(observation: obs, reward: reward, done: done)
     }
 

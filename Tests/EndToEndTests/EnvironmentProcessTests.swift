@@ -30,8 +30,8 @@ final class EnvironmentProcessTests: TemporaryDirectoryTestCase {
     }
 
     /// An environment that hangs (and started other processes, one of which left its
-    /// process group) times out three times, ends the run with the message, and leaves no
-    /// process behind: in one process and under mpirun with a rollout rank.
+    /// process group) times out, ends the run with the message, and leaves no process
+    /// behind: in one process and under mpirun with a rollout rank.
     func testAHangingEnvironmentLeavesNoProcessBehind() throws {
         for np in [1, 2] {
             let t = tag()
@@ -47,7 +47,7 @@ final class EnvironmentProcessTests: TemporaryDirectoryTestCase {
                 XCTAssertNotEqual(r.code, 0)
                 out = r.output
             }
-            XCTAssertTrue(out.contains("3 failures in a row") && out.contains("no reply within 0.3 s"), out)
+            XCTAssertTrue(out.contains("no reply within 0.3 s"), out)
             assertNoneLeft(t, "np=\(np)")
         }
     }

@@ -223,7 +223,7 @@ final class BatchAssemblyTests: XCTestCase {
         }
         let peerGroups = try GroupGenerator(model: model, settings: s, environments: env).generate(step: 3, indices: [1, 3], version: 0)
         let source = SynchronousRollouts(generator: GroupGenerator(model: model, settings: s, environments: env),
-                                         collective: TwoTrainers(peer: GroupsMessage.encode(peerGroups)), settings: s)
+                                         collective: TwoTrainers(peer: GroupsMessage.encode(peerGroups, trailer: [0, 0])), settings: s)
         let batch = try source.collect(step: 3, version: 0)
         XCTAssertEqual(batch.groups.map { g in batch.trajectories[g[0]].group }, (0..<5).map { "s3-g\($0)" })
         XCTAssertEqual(batch.groups.flatMap { $0 }, Array(0..<batch.trajectories.count))

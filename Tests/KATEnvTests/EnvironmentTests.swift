@@ -118,7 +118,8 @@ final class ExternalEnvironmentTests: XCTestCase {
         XCTAssertThrowsError(try env.step(action: "zz")) { XCTAssertFalse(($0 as? EnvironmentError)?.endsTheRun ?? true) }
         XCTAssertEqual(env.failuresInARow, 1)
         XCTAssertTrue(try env.reset(seed: 4, split: "train").hasPrefix("reverse: "))
-        XCTAssertEqual(env.failuresInARow, 0)
+        XCTAssertEqual(try env.step(action: "zz").done, false)
+        XCTAssertEqual(env.failuresInARow, 0, "a good step reply clears the count")
         XCTAssertEqual(env.starts, 2)
     }
 

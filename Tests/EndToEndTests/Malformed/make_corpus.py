@@ -97,6 +97,9 @@ cases.append(("trajectories entropy missing", f"train --set data.trajectories={{
 
 # --- model directories (kat-dist logprobs) ---
 write("ok.jsonl", '{"id": "a", "tokens": [256, 1, 2]}\n')
+# A trajectory that trains: checkpoint cases resume an offline run on it, so that their
+# fault is the first thing found.
+write("ok-given.jsonl", '{"id": "a", "tokens": [256, 1, 2], "loss_mask": [0, 1, 1], "advantage": 1.0}\n')
 cfg = {"model_type": "gpt2", "vocab_size": 260, "n_positions": 8, "n_embd": 4, "n_layer": 1, "n_head": 2}
 def tensors(cfg):
     c, v, p = cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"]
@@ -155,7 +158,7 @@ def checkpoint(name, files, frag):
     if name != "no-manifest":
         with open(os.path.join(d, "MANIFEST"), "w") as f:
             f.write(manifest)
-    cases.append((f"checkpoint {name}", f"train --set model.n_positions=8 --set model.n_embd=4 --set model.n_layer=1 --set model.n_head=2 --run-dir {{t}}/run --resume {{c}}/checkpoints/{name}", frag))
+    cases.append((f"checkpoint {name}", f"train --set data.trajectories={{c}}/ok-given.jsonl --set advantage.estimator=given --set model.n_positions=8 --set model.n_embd=4 --set model.n_layer=1 --set model.n_head=2 --run-dir {{t}}/run --resume {{c}}/checkpoints/{name}", frag))
 hf = dict(cfg, activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True)
 base = {"config.json": json.dumps(hf).encode(), "model.safetensors": safetensors(ts), "state.json": b'{"step": 1}'}
 opt_header = {"__metadata__": {"format": "pt", "t": "1", "optimizer": "adamw"}}
@@ -179,8 +182,9 @@ cases.append(("resume without run-dir", "train --resume auto", "--resume needs -
 envs = [
     ("garbage", "while read l; do echo 'hello'; done", "reply is not JSON: hello"),
     ("no-prompt", "while read l; do echo '{\"p\": 1}'; done", "lacks a string \"prompt\""),
-    ("bad-reward", "read l; echo '{\"prompt\": \"x\"}'; while read l; do echo '{\"observation\": \"\", \"reward\": \"a lot\", \"done\": true}'; done", "lacks a finite number \"reward\""),
-    ("no-done", "read l; echo '{\"prompt\": \"x\"}'; while read l; do echo '{\"observation\": \"\", \"reward\": 1}'; done", "lacks a boolean \"done\""),
+    # These two answer every reset (a process runs many episodes) and break the step reply.
+    ("bad-reward", "while read l; do case \"$l\" in *reset*) echo '{\"prompt\": \"x\"}';; *) echo '{\"observation\": \"\", \"reward\": \"a lot\", \"done\": true}';; esac; done", "lacks a finite number \"reward\""),
+    ("no-done", "while read l; do case \"$l\" in *reset*) echo '{\"prompt\": \"x\"}';; *) echo '{\"observation\": \"\", \"reward\": 1}';; esac; done", "lacks a boolean \"done\""),
     ("exits", "exit 0", "closed its"),
     ("silent", "sleep 30", "no reply within 0.3 s"),
 ]
