@@ -82,6 +82,9 @@ public final class RunDirectory {
     /// a checkpoint) and new lines append. Call it with the run's lock already held.
     static func resume(at path: String, lock: RunLock, step: Int) throws(RunError) -> RunDirectory {
         removeLeftovers(path)
+        do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
+            throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
+        }
         do {
             try truncateLines(path + "/metrics.jsonl", upToStep: step)
             try truncateLines(path + "/trained_ids.jsonl", upToStep: step)

@@ -76,11 +76,21 @@ final class TrainerLoop {
             }
             return
         }
-        if spec == "auto", !FileManager.default.fileExists(atPath: runDirectory) {
-            throw RunError.runDirectory(path: runDirectory, reason: "no such run directory to resume")
-        }
         // The leader holds the run's lock before reading or changing anything in it.
         let lock = isLeader ? try RunLock(directory: runDirectory) : nil
+        if spec == "auto", Checkpoint.names(in: runDirectory + "/checkpoints").isEmpty {
+            // `--resume auto` always continues or begins: a run that never wrote a
+            // checkpoint (killed early, or not started yet) starts from the beginning.
+            console.line("resume: \(runDirectory) holds no checkpoint yet; starting the run from the beginning")
+            if let lock {
+                let r = try RunDirectory.resume(at: runDirectory, lock: lock, step: 0)
+                try r.writeConfig(settings.json)
+                directory = r
+            } else {
+                directory = nil
+            }
+            return
+        }
         let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: isLeader ? console.line : { _ in })
         let state = try Checkpoint.restore(dir, model: model, optimizer: optimizer)
         stepIndex = state["step"]?.intValue ?? 0

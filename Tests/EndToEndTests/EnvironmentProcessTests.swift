@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import KATSupport
 import KATTestSupport
+import KATDist
 
 /// Pids of processes whose command line contains `text`.
 func processes(matching text: String) -> [pid_t] {
@@ -82,5 +83,68 @@ final class EnvironmentProcessTests: TemporaryDirectoryTestCase {
             let count = try String(contentsOfFile: starts, encoding: .utf8).split(separator: "\n").count
             XCTAssertEqual(count, workers, "2 steps of 2 groups x 4 samples and 3 evaluations")
         }
+    }
+}
+
+/// The pid of the kat-dist process of `run` that has world rank `rank` under mpirun.
+func rankProcess(_ run: String, rank: Int) -> pid_t? {
+    for p in processes(matching: run) {
+        guard let env = FileManager.default.contents(atPath: "/proc/\(p)/environ") else { continue }
+        let vars = env.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if vars.contains("OMPI_COMM_WORLD_RANK=\(rank)"), let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
+           String(decoding: cmd, as: UTF8.self).contains("kat-dist") { return p }
+    }
+    return nil
+}
+
+final class WatchdogTests: TemporaryDirectoryTestCase {
+    let base = ["train", "--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2", "--set", "warmstart.steps=2",
+                "--set", "warmstart.batch=8", "--set", "batch.prompts=2", "--set", "rollout.group_size=4", "--set", "eval.every=0",
+                "--set", "ranks.trainers=1", "--set", "watchdog_s=4", "--set", "buffer.max_groups=2"]
+
+    /// A rollout rank stopped with SIGSTOP: the job ends, naming it, soon after the
+    /// watchdog, instead of waiting silently.
+    func testAStoppedRolloutRankIsNamedAndEndsTheJob() throws {
+        let run = dir + "/stopped"
+        var stopped: pid_t?
+        let r = try mpirun(3, [katDist()] + base + ["--run-dir", run, "--set", "steps=100000"], timeout: 90, whileRunning: { _ in
+            guard stopped == nil, FileManager.default.fileExists(atPath: run + "/checkpoints/step-000002"),
+                  let p = rankProcess(run, rank: 2) else { return }
+            kill(p, SIGSTOP)
+            stopped = p
+        })
+        if let stopped { kill(stopped, SIGKILL) }
+        XCTAssertNotNil(stopped)
+        XCTAssertNotEqual(r.code, 0)
+        XCTAssertTrue(r.output.contains("rank 2 sent nothing for 4 s (watchdog_s)"), r.output)
+        XCTAssertLessThan(r.seconds, 60)
+    }
+
+    /// A pre-emption while a rollout rank is stopped: the trainer writes its checkpoint
+    /// and the job ends within the watchdog, naming the silent rank; the checkpoint resumes.
+    func testPreemptionWithASilentRankCheckpointsAndEnds() throws {
+        let run = dir + "/preempt"
+        var stopped: pid_t?, signalled: Date?
+        let r = try mpirun(3, [katDist()] + base + ["--run-dir", run, "--set", "steps=100000", "--set", "watchdog_s=30"], timeout: 120,
+                           whileRunning: { p in
+            if stopped == nil, FileManager.default.fileExists(atPath: run + "/checkpoints/step-000002"),
+               let q = rankProcess(run, rank: 1) {
+                // Both rollout ranks stop: the trainer waits for data with nothing coming.
+                kill(q, SIGSTOP)
+                if let q2 = rankProcess(run, rank: 2) { kill(q2, SIGSTOP) }
+                stopped = q
+            } else if stopped != nil, signalled == nil {
+                usleep(500_000)
+                kill(p.processIdentifier, SIGUSR1)
+                signalled = Date()
+            }
+        })
+        for rank in [1, 2] { if let q = rankProcess(run, rank: rank) { kill(q, SIGKILL) } }
+        XCTAssertNotNil(signalled)
+        XCTAssertTrue(r.output.contains("stopping at step") || r.output.contains("stopping after step"), r.output)
+        XCTAssertTrue(r.output.contains("sent nothing for 30 s"), r.output)
+        if let t = signalled { XCTAssertLessThan(Date().timeIntervalSince(t), 45, "ends within the watchdog") }
+        let latest = try String(contentsOfFile: run + "/checkpoints/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertNil(Checkpoint.verify(run + "/checkpoints/" + latest))
     }
 }
