@@ -23,3 +23,7 @@ static inline int kat_mpi_success(void) { return MPI_SUCCESS; }
 static inline int kat_mpi_status_source(const MPI_Status *s) { return s->MPI_SOURCE; }
 static inline int kat_mpi_status_tag(const MPI_Status *s) { return s->MPI_TAG; }
 static inline MPI_Errhandler kat_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
+static inline MPI_Info kat_mpi_info_null(void) { return MPI_INFO_NULL; }
+static inline int kat_mpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
+static inline MPI_Win kat_mpi_win_null(void) { return MPI_WIN_NULL; }
+static inline MPI_Datatype kat_mpi_int(void) { return MPI_INT; }

@@ -9,19 +9,19 @@ import Glibc
 
 /// Message tags between trainers and rollout ranks on the world communicator.
 enum Tag {
-    /// rollout -> trainer 0: one finished group.
+    /// rollout -> its home trainer: one finished group.
     static let group = 10
-    /// trainer 0 -> rollout: version (UInt64) and the weights.
+    /// tree parent -> leader: a weights message (64-byte header with the version, then the parameters).
     static let weights = 11
-    /// trainer 0 -> rollout: stop generating.
+    /// home trainer -> rollout: stop generating (payload: the last published version).
     static let stop = 12
-    /// rollout -> trainer 0: stopped, last group sent.
+    /// rollout -> home trainer: stopped, last group sent, last weights passed on.
     static let done = 13
-    /// trainer 0 -> rollout: every message has been drained; exit.
+    /// home trainer -> rollout: every message has been drained; exit.
     static let bye = 14
-    /// rollout -> trainer 0: alive.
+    /// rollout -> home trainer: alive.
     static let rolloutHeartbeat = 15
-    /// trainer 0 -> rollout: alive.
+    /// home trainer -> rollout: alive.
     static let trainerHeartbeat = 16
 }
 
@@ -61,12 +61,22 @@ struct Liveness {
     }
 }
 
-/// The trainers' buffer of finished groups, in arrival order, bounded by `capacity`
-/// (a full buffer stops intake, which pushes back on the rollout ranks).
+/// A finished group waiting to be trained, with where it came from. Oldest first orders
+/// groups by policy version, then source rank, then that rank's sequence number.
+struct BufferedGroup {
+    var trajectories: [Trajectory]
+    var source: Int
+    var sequence: Int
+    var version: Int { trajectories.first?.policyVersion ?? 0 }
+    var key: (Int, Int, Int) { (version, source, sequence) }
+}
+
+/// A trainer's buffer of finished groups, bounded by `capacity` (a full buffer stops
+/// intake, which pushes back on the rollout ranks).
 struct RolloutBuffer {
     let capacity: Int
-    var groups: [[Trajectory]] = []
-    /// Flat tokens of the groups received since the counter was last reset.
+    var groups: [BufferedGroup] = []
+    /// Flat tokens of the groups received since the counters were last reset.
     var receivedTokens = 0
     /// Episodes truncated and abandoned by the senders since the counters were last reset.
     var truncatedEpisodes = 0
@@ -77,34 +87,41 @@ struct RolloutBuffer {
     var isFull: Bool { groups.count >= capacity }
     var isEmpty: Bool { groups.isEmpty }
 
-    mutating func append(_ group: [Trajectory]) {
+    mutating func append(_ group: [Trajectory], source: Int = 0, sequence: Int = 0) {
+        guard !group.isEmpty else { return }
         receivedTokens += group.reduce(0) { $0 + $1.tokens.count }
-        groups.append(group)
+        groups.append(BufferedGroup(trajectories: group, source: source, sequence: sequence))
     }
 
-    /// Takes groups oldest first for the step that turns `version` into the next one:
-    /// a group sampled more than `maxStaleness` versions before is dropped and counted.
-    /// Stops when `count` groups are taken or the buffer is empty.
-    /// - Returns: the groups taken and the trajectories dropped.
-    mutating func take(_ count: Int, version: Int, maxStaleness: Int) -> (groups: [[Trajectory]], dropped: Int) {
-        var picked: [[Trajectory]] = [], dropped = 0
-        while picked.count < count, !groups.isEmpty {
-            let g = groups.removeFirst()
-            let v = g.first?.policyVersion ?? version
-            if version - v > maxStaleness { dropped += g.count; continue }
-            picked.append(g)
+    /// Removes the groups more than `maxStaleness` versions behind `version`.
+    /// - Returns: the trajectories dropped.
+    mutating func dropStale(version: Int, maxStaleness: Int) -> Int {
+        var dropped = 0
+        groups.removeAll { g in
+            let stale = version - g.version > maxStaleness
+            if stale { dropped += g.trajectories.count }
+            return stale
         }
-        return (picked, dropped)
+        return dropped
+    }
+
+    /// Takes up to `count` groups oldest first for the step that turns `version` into the
+    /// next one, dropping (and counting) stale ones first.
+    mutating func take(_ count: Int, version: Int, maxStaleness: Int) -> (groups: [[Trajectory]], dropped: Int) {
+        let dropped = dropStale(version: version, maxStaleness: maxStaleness)
+        groups.sort { $0.key < $1.key }
+        let taken = groups.prefix(count).map(\.trajectories)
+        groups.removeFirst(taken.count)
+        return (Array(taken), dropped)
     }
 }
 
-/// Trainer 0's side of the rollout ranks: the buffer of received groups, and the
-/// versioned weights it sends them.
+/// A trainer's link to its rollout ranks (those it is home to): their groups, their
+/// heartbeats, and the end of the run.
 final class RolloutLink {
     let world: MPICollective
     let rollouts: [Int]
     var buffer: RolloutBuffer
-    var weightSends: [Int: MPICollective.PendingSend] = [:]
     var beats: [Int: MPICollective.PendingSend] = [:]
     var liveness: Liveness
 
@@ -114,9 +131,9 @@ final class RolloutLink {
         liveness = Liveness(watchdog: watchdog, peers: rollouts)
     }
 
-    /// Receives waiting groups while the buffer has room and every heartbeat, advances
-    /// weight sends, sends a heartbeat when one is due, and checks that every rollout rank
-    /// was heard from within the watchdog.
+    /// Receives every heartbeat and the waiting groups while the buffer has room, sends a
+    /// heartbeat when one is due, and checks that every rollout rank was heard from
+    /// within the watchdog.
     /// - Throws: `RunError.silentRank` naming a rollout rank silent for too long.
     func poll() throws {
         while let m = try world.probe(source: nil, tag: Tag.rolloutHeartbeat) {
@@ -133,38 +150,30 @@ final class RolloutLink {
             liveness.heard(m.source)
             do {
                 let message = try GroupsMessage.decodeWithTrailer(bytes)
-                guard message.trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
-                for g in message.groups where !g.isEmpty { buffer.append(g) }
+                guard message.trailer.count == 3 else { throw TrajectoryCodec.DecodeError() }
+                for g in message.groups { buffer.append(g, source: m.source, sequence: message.trailer[2]) }
                 buffer.truncatedEpisodes += message.trailer[0]
                 buffer.abandonedEpisodes += message.trailer[1]
             } catch {
                 throw RunError.badMessage(rank: m.source, reason: "\(error)")
             }
         }
-        for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
         try liveness.check()
     }
 
-    /// Sends the weights of `version` to every rollout rank whose previous copy arrived.
-    func publish(_ model: GPT2, version: Int) throws {
-        try poll()
-        var bytes = [UInt8]()
-        withUnsafeBytes(of: UInt64(version).littleEndian) { bytes += $0 }
-        bytes += UnsafeRawBufferPointer(model.params.buffer)
-        for rank in rollouts where weightSends[rank] == nil {
-            weightSends[rank] = try world.isend(bytes, to: rank, tag: Tag.weights)
-        }
-    }
-
-    /// Tells every rollout rank to stop, drains their last groups and heartbeats, lets
-    /// every weight send finish (the rollout ranks keep receiving until told goodbye),
-    /// then says goodbye.
+    /// Tells every rollout rank to stop (and the last weights version it must pass on),
+    /// drains their last groups and heartbeats until each says done, then says goodbye.
+    /// - Parameter serve: run while waiting (trainer 0's weight sends must progress).
     /// - Throws: `RunError.silentRank` when a rollout rank does not answer within the
     ///   watchdog (the job then ends without it).
-    func shutdown() throws {
-        for rank in rollouts { _ = try world.isend([], to: rank, tag: Tag.stop) }
+    func shutdown(lastVersion: Int, serve: () throws -> Void) throws {
+        var v = [UInt8]()
+        withUnsafeBytes(of: Int64(lastVersion).littleEndian) { v += $0 }
+        var stops: [MPICollective.PendingSend] = []
+        for rank in rollouts { stops.append(try world.isend(v, to: rank, tag: Tag.stop)) }
         var done = Set<Int>()
-        while done.count < rollouts.count || !weightSends.isEmpty {
+        while done.count < rollouts.count {
+            try serve()
             if let m = try world.probe(source: nil, tag: Tag.done) {
                 _ = try world.receive(from: m.source, tag: Tag.done)
                 done.insert(m.source)
@@ -175,7 +184,6 @@ final class RolloutLink {
                 _ = try world.receive(from: m.source, tag: Tag.rolloutHeartbeat)
                 liveness.heard(m.source)
             }
-            for (rank, send) in weightSends where try world.test(send) { weightSends[rank] = nil }
             for rank in rollouts where !done.contains(rank) {
                 if monotonicSeconds() - (liveness.lastHeard[rank] ?? 0) > liveness.watchdog {
                     throw RunError.silentRank(rank: rank, seconds: liveness.watchdog)
@@ -187,190 +195,412 @@ final class RolloutLink {
     }
 }
 
-/// Rollouts from rollout ranks that generate continuously with the newest weights they
-/// hold. Trainer 0 takes groups from its buffer oldest first, drops those more than
-/// `max_staleness` versions behind, and broadcasts the step's batch to the other trainers.
-final class AsynchronousRollouts: BatchSource {
-    /// Trainer 0's link to the rollout ranks; nil on the other trainers.
+/// Trainer 0's side of weight sync: new weights go into its node's shared memory (read
+/// there by the rollout ranks of that node) and, from that same memory, to its children in
+/// the tree of node leaders.
+final class WeightPublisher {
+    let world: MPICollective
+    let node: NodeWeights
+    let children: [Int]
+    /// Sends in flight from each pinned slot.
+    var sends: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+    /// The newest version published (-1: none yet).
+    private(set) var lastVersion = -1
+    /// Updates skipped because every free slot was still being sent from.
+    private(set) var skipped = 0
+
+    init(world: MPICollective, node: NodeWeights, tree: WeightTree) {
+        self.world = world
+        self.node = node
+        children = tree.children(of: world.rank)
+    }
+
+    /// Completes the sends that are done and unpins their slots.
+    func poll() throws {
+        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+        for entry in sends {
+            var pending: [MPICollective.PendingSend] = []
+            for s in entry.sends where try !world.test(s) { pending.append(s) }
+            if pending.isEmpty { node.unpin(entry.slot) } else { left.append((entry.slot, pending)) }
+        }
+        sends = left
+    }
+
+    /// Publishes the weights of `version`.
+    /// - Returns: the bytes this rank sent for it (one message per tree child).
+    func publish(_ params: FloatBuffer, version: Int) throws -> Int {
+        try poll()
+        guard let slot = node.publish(params.pointer, version: version) else {
+            skipped += 1
+            return 0
+        }
+        lastVersion = version
+        guard !children.isEmpty else { return 0 }
+        node.pin(slot)
+        var out: [MPICollective.PendingSend] = []
+        for c in children { out += try world.isend(from: node.message(slot), bytes: node.messageBytes, to: c, tag: Tag.weights) }
+        sends.append((slot, out))
+        return children.count * node.messageBytes
+    }
+}
+
+/// What a trainer serves between micro-batches and evaluation episodes in every phase:
+/// its rollout ranks (heartbeats, intake) and, on trainer 0, weight sends.
+final class RolloutPeers {
     let link: RolloutLink?
+    let publisher: WeightPublisher?
+
+    init(link: RolloutLink?, publisher: WeightPublisher?) {
+        self.link = link
+        self.publisher = publisher
+    }
+
+    func poll() throws {
+        try link?.poll()
+        try publisher?.poll()
+    }
+}
+
+/// Rollouts from rollout ranks that generate continuously with the newest weights they
+/// hold, each sending its groups to its home trainer. For every step the trainers agree
+/// on the batch from their buffers' metadata: the oldest `batch.prompts` groups over all
+/// trainers, stale ones dropped. When there are not enough and `ranks.multiplex` is on,
+/// every trainer generates groups itself with the current weights instead of waiting.
+final class AsynchronousRollouts: BatchSource {
+    let peers: RolloutPeers
     let collective: Collective
     let model: GPT2
+    /// Generates groups on this trainer while it would wait (multiplexing); nil when off.
+    let generator: GroupGenerator?
     let prompts: Int
     let maxStaleness: Int
     let schedule: PhaseSchedule
+    var sequence = 0
+    /// The groups of every trainer, gathered for the checkpoint trainer 0 writes.
+    var checkpointGroups: [[Trajectory]] = []
 
-    init(link: RolloutLink?, collective: Collective, model: GPT2, settings: RunSettings) {
-        self.link = link
+    init(peers: RolloutPeers, collective: Collective, model: GPT2, generator: GroupGenerator?, settings: RunSettings) {
+        self.peers = peers
         self.collective = collective
         self.model = model
+        self.generator = generator
         prompts = settings.prompts
         maxStaleness = settings.ranks.maxStaleness
         schedule = PhaseSchedule(steps: settings.run.steps, optimizer: settings.optimizer)
     }
 
     var phase: Phase { .rl }
+    var buffer: RolloutBuffer {
+        get { peers.link?.buffer ?? localBuffer }
+        set { if let link = peers.link { link.buffer = newValue } else { localBuffer = newValue } }
+    }
+    /// The buffer of a trainer that is home to no rollout rank (its multiplexed groups).
+    var localBuffer = RolloutBuffer(capacity: Int.max)
 
-    func begin(version: Int) throws { try link?.publish(model, version: version) }
+    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version) }
+
+    /// One trainer's view of its buffer, as exchanged to agree on a batch.
+    struct Offer {
+        var interrupted: Bool
+        var keys: [(version: Int, source: Int, sequence: Int)]
+
+        var bytes: [UInt8] {
+            var words = [Int64(interrupted ? 1 : 0), Int64(keys.count)]
+            for k in keys { words += [Int64(k.version), Int64(k.source), Int64(k.sequence)] }
+            return words.withUnsafeBytes { Array($0) }
+        }
+
+        init(interrupted: Bool, keys: [(version: Int, source: Int, sequence: Int)]) { self.interrupted = interrupted; self.keys = keys }
+
+        init(_ bytes: [UInt8], rank: Int) throws {
+            guard bytes.count % 8 == 0, bytes.count >= 16 else { throw RunError.badMessage(rank: rank, reason: "batch offer of \(bytes.count) bytes") }
+            let w = bytes.withUnsafeBytes { raw in (0..<(bytes.count / 8)).map { Int(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) } }
+            guard w[1] >= 0, w.count == 2 + 3 * w[1] else { throw RunError.badMessage(rank: rank, reason: "batch offer does not decode") }
+            interrupted = w[0] != 0
+            keys = (0..<w[1]).map { (w[2 + 3 * $0], w[3 + 3 * $0], w[4 + 3 * $0]) }
+        }
+    }
 
     func collect(step: Int, version: Int) throws -> CollectedBatch {
         let t0 = monotonicSeconds()
-        var payload: [UInt8] = []
-        if let link {
-            var picked: [[Trajectory]] = []
-            var dropped = 0
-            var interrupted = 0
-            while picked.count < prompts {
-                let taken = link.buffer.take(prompts - picked.count, version: version, maxStaleness: maxStaleness)
-                picked += taken.groups
-                dropped += taken.dropped
-                if picked.count < prompts {
-                    // A stop request while waiting for data ends the wait: the step is not
-                    // taken, and the groups already picked go back to the buffer.
-                    if Preemption.requested {
-                        link.buffer.groups.insert(contentsOf: picked, at: 0)
-                        picked = []
-                        interrupted = 1
-                        break
-                    }
-                    try link.poll()
-                    if link.buffer.isEmpty { usleep(500) }
-                }
+        var idle = 0.0, generating = 0.0, dropped = 0
+        while true {
+            try peers.poll()
+            dropped += buffer.dropStale(version: version, maxStaleness: maxStaleness)
+            buffer.groups.sort { $0.key < $1.key }
+            let mine = Offer(interrupted: Preemption.requested, keys: buffer.groups.map { ($0.version, $0.source, $0.sequence) })
+            var offers: [Offer] = []
+            for (r, bytes) in try collective.allgather(bytes: mine.bytes).enumerated() { offers.append(try Offer(bytes, rank: r)) }
+            let all = offers.enumerated().flatMap { (t, o) in o.keys.map { (key: $0, trainer: t) } }
+                .sorted { ($0.key.version, $0.key.source, $0.key.sequence, $0.trainer) < ($1.key.version, $1.key.source, $1.key.sequence, $1.trainer) }
+            if offers.contains(where: \.interrupted) {
+                var batch = CollectedBatch(groups: [])
+                batch.interrupted = true
+                return batch
             }
-            payload = GroupsMessage.encode(picked, trailer: [dropped, link.buffer.receivedTokens, link.buffer.truncatedEpisodes,
-                                                             link.buffer.abandonedEpisodes, interrupted])
-            link.buffer.receivedTokens = 0
-            link.buffer.truncatedEpisodes = 0
-            link.buffer.abandonedEpisodes = 0
+            if all.count >= prompts {
+                let chosen = all.prefix(prompts)
+                let myCount = chosen.filter { $0.trainer == collective.rank }.count
+                let taken = Array(buffer.groups.prefix(myCount))
+                buffer.groups.removeFirst(myCount)
+                return try assemble(chosen: Array(chosen), mine: taken.map(\.trajectories), dropped: dropped, idle: idle,
+                                    generating: generating, started: t0)
+            }
+            if let generator {
+                // Multiplexing: make a group here instead of waiting.
+                let t = monotonicSeconds()
+                let name = "m\(collective.rank)-v\(version)-c\(sequence)"
+                let groups = try generator.generate(step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
+                                                    indices: [2_000_000 + collective.rank], version: version, names: [name])
+                let counts = generator.takeEpisodeCounts()
+                for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
+                buffer.truncatedEpisodes += counts[0]
+                buffer.abandonedEpisodes += counts[1]
+                sequence += 1
+                generating += monotonicSeconds() - t
+            } else {
+                let t = monotonicSeconds()
+                usleep(1000)
+                idle += monotonicSeconds() - t
+            }
         }
-        let message: (groups: [[Trajectory]], trailer: [Int])
-        do { message = try GroupsMessage.decodeWithTrailer(try collective.broadcast(bytes: payload, root: 0)) } catch let e as TrajectoryCodec.DecodeError {
-            throw RunError.badMessage(rank: 0, reason: "\(e)")
+    }
+
+    /// Every trainer's chosen groups, in the agreed order, on every trainer.
+    func assemble(chosen: [(key: (version: Int, source: Int, sequence: Int), trainer: Int)], mine: [[Trajectory]], dropped: Int,
+                  idle: Double, generating: Double, started: Double) throws -> CollectedBatch {
+        let b = buffer
+        let trailer = [dropped, b.receivedTokens, b.truncatedEpisodes, b.abandonedEpisodes, Int(idle * 1e6), Int(generating * 1e6)]
+        buffer.receivedTokens = 0
+        buffer.truncatedEpisodes = 0
+        buffer.abandonedEpisodes = 0
+        var perTrainer: [[[Trajectory]]] = []
+        var sums = [Int](repeating: 0, count: trailer.count)
+        for (r, bytes) in try collective.allgather(bytes: GroupsMessage.encode(mine, trailer: trailer)).enumerated() {
+            let m: (groups: [[Trajectory]], trailer: [Int])
+            do { m = try GroupsMessage.decodeWithTrailer(bytes) } catch { throw RunError.badMessage(rank: r, reason: "\(error)") }
+            guard m.trailer.count == trailer.count else { throw RunError.badMessage(rank: r, reason: "batch message without its counts") }
+            perTrainer.append(m.groups)
+            sums = zip(sums, m.trailer).map { $0 + $1 }
         }
-        guard message.trailer.count == 5 else { throw RunError.badMessage(rank: 0, reason: "batch message without its counts") }
-        var batch = CollectedBatch(groups: message.groups)
-        batch.interrupted = message.trailer[4] != 0
-        batch.droppedStale = message.trailer[0]
-        batch.generatedTokens = message.trailer[1]
-        batch.truncatedEpisodes = message.trailer[2]
-        batch.abandonedEpisodes = message.trailer[3]
-        batch.waitSeconds = monotonicSeconds() - t0
+        var next = [Int](repeating: 0, count: perTrainer.count)
+        var groups: [[Trajectory]] = []
+        for c in chosen {
+            guard next[c.trainer] < perTrainer[c.trainer].count else { throw RunError.badMessage(rank: c.trainer, reason: "fewer groups than offered") }
+            groups.append(perTrainer[c.trainer][next[c.trainer]])
+            next[c.trainer] += 1
+        }
+        var batch = CollectedBatch(groups: groups)
+        batch.droppedStale = sums[0]
+        batch.generatedTokens = sums[1]
+        batch.truncatedEpisodes = sums[2]
+        batch.abandonedEpisodes = sums[3]
+        // Trainers' idle and generation time: the mean over trainers.
+        batch.idleSeconds = Double(sums[4]) / 1e6 / Double(collective.size)
+        batch.generateSeconds = Double(sums[5]) / 1e6 / Double(collective.size)
+        batch.waitSeconds = monotonicSeconds() - started
         return batch
     }
 
-    func stepDone(version: Int, updated: Bool) throws {
-        if updated { try link?.publish(model, version: version) }
+    func stepDone(version: Int, updated: Bool) throws -> Int {
+        guard updated, let publisher = peers.publisher else { return 0 }
+        return try publisher.publish(model.params, version: version)
+    }
+
+    func prepareCheckpoint() throws {
+        // Trainer 0 writes the checkpoint: it gathers every trainer's buffered groups.
+        var all: [[Trajectory]] = []
+        for (r, bytes) in try collective.allgather(bytes: GroupsMessage.encode(buffer.groups.map(\.trajectories))).enumerated() {
+            do { all += try GroupsMessage.decode(bytes) } catch { throw RunError.badMessage(rank: r, reason: "\(error)") }
+        }
+        checkpointGroups = all
     }
 
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) {
-        guard let link else { return ([], [:]) }
-        return BufferedRollouts.checkpoint(link.buffer.groups)
+        checkpointGroups.isEmpty ? ([], [:]) : BufferedRollouts.checkpoint(checkpointGroups)
     }
 
     func restore(state: JSON, directory: String) throws {
-        guard let link else { return }
-        for g in try BufferedRollouts.load(state: state, directory: directory) { link.buffer.append(g) }
-        link.buffer.receivedTokens = 0
+        // Trainer 0 takes the buffered groups back; they are offered like any others.
+        guard collective.rank == 0 else { return }
+        for (k, g) in try BufferedRollouts.load(state: state, directory: directory).enumerated() {
+            buffer.append(g, source: -1, sequence: k)
+        }
+        buffer.receivedTokens = 0
     }
 
-    func finish() throws { try link?.shutdown() }
+    func finish() throws {
+        // Trainer 0 tells every trainer the last version it published; each stops its
+        // rollout ranks, which pass that version down the tree before they say done.
+        var last = [Double(peers.publisher?.lastVersion ?? -1)]
+        if collective.rank != 0 { last = [0] }
+        try collective.allreduceSum(&last)
+        try peers.link?.shutdown(lastVersion: Int(last[0])) { try peers.publisher?.poll() }
+        while let p = peers.publisher, !p.sends.isEmpty { try p.poll(); usleep(200) }
+    }
 }
 
 // MARK: - Rollout ranks
 
 /// The loop of a rollout rank: wait for weights, then generate groups with the newest
-/// weights held and send them to trainer 0, one at a time with a synchronous send (a
-/// full buffer at trainer 0 pushes back), until told to stop. Built from the sampler and
-/// the environments only: no optimizer, no run directory.
+/// weights its node holds and send them to its home trainer, one at a time with a
+/// synchronous send (a full buffer there pushes back), until told to stop. A node leader
+/// also receives each new version from its tree parent into its node's shared memory and
+/// passes it on to its children. Built from the sampler and the environments only: no
+/// optimizer, no run directory.
 final class RolloutRankLoop {
     let world: MPICollective
     let model: GPT2
     let generator: GroupGenerator
     let perBatch: Int
     let faults: FaultInjection
+    let home: Int
+    let node: NodeWeights
+    let parent: Int?
+    let children: [Int]
+    /// Where a message goes when no node slot is free to take it.
+    var scratch: UnsafeMutableRawPointer?
+    /// Forwarding sends in flight: the slot they read (-1: scratch) and the requests.
+    var forwards: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+    var lastReceived = -1
 
-    init(world: MPICollective, settings: RunSettings) throws {
+    init(world: MPICollective, model: GPT2, node: NodeWeights, tree: WeightTree, trainers: Int, settings: RunSettings) throws {
         self.world = world
-        model = try settings.initialModel()
+        self.model = model
+        self.node = node
         generator = GroupGenerator(model: model, settings: settings, environments: try EnvironmentSource(settings))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         faults = FaultInjection(worldRank: world.rank)
-        liveness = Liveness(watchdog: settings.watchdog, peers: [0])
+        home = (world.rank - trainers) % trainers
+        parent = tree.parent(of: world.rank)
+        children = tree.children(of: world.rank)
+        liveness = Liveness(watchdog: settings.watchdog, peers: [home])
     }
+
+    deinit { scratch?.deallocate() }
 
     var version = -1
     var liveness: Liveness
     var beat: MPICollective.PendingSend?
 
-    /// Takes trainer 0's heartbeats, sends ours when due, and checks that trainer 0 was
+    /// Takes the home trainer's heartbeats, sends ours when due, and checks that it was
     /// heard from within the watchdog.
-    /// - Throws: `RunError.silentRank` naming trainer 0 when it was silent too long.
+    /// - Throws: `RunError.silentRank` naming the home trainer when it was silent too long.
     func keepAlive() throws {
-        while try world.probe(source: 0, tag: Tag.trainerHeartbeat) != nil {
-            _ = try world.receive(from: 0, tag: Tag.trainerHeartbeat)
-            liveness.heard(0)
+        while try world.probe(source: home, tag: Tag.trainerHeartbeat) != nil {
+            _ = try world.receive(from: home, tag: Tag.trainerHeartbeat)
+            liveness.heard(home)
         }
         if liveness.beatDue(), try beat.map({ try world.test($0) }) ?? true {
-            beat = try world.isend([], to: 0, tag: Tag.rolloutHeartbeat)
+            beat = try world.isend([], to: home, tag: Tag.rolloutHeartbeat)
         }
         try liveness.check()
     }
 
-    /// Installs every weights message waiting (the newest wins). A message is complete
-    /// before anything is copied: sampling never sees half of it.
-    func takeWeights() throws {
-        while let m = try world.probe(source: 0, tag: Tag.weights) {
-            let bytes = try world.receive(from: 0, tag: Tag.weights)
-            guard bytes.count == 8 + 4 * model.params.count, m.bytes == bytes.count else {
-                throw RunError.badMessage(rank: 0, reason: "weights message of \(bytes.count) bytes, expected \(8 + 4 * model.params.count)")
+    /// A leader receives every weights message from its parent, into a free node slot
+    /// (else into scratch memory), and passes each on to its children.
+    func relayWeights() throws {
+        guard let parent else { return }
+        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+        for f in forwards {
+            var pending: [MPICollective.PendingSend] = []
+            for s in f.sends where try !world.test(s) { pending.append(s) }
+            if pending.isEmpty { if f.slot >= 0 { node.unpin(f.slot) } } else { left.append((f.slot, pending)) }
+        }
+        forwards = left
+        while let m = try world.probe(source: parent, tag: Tag.weights) {
+            _ = m
+            let slot = node.beginWrite()
+            let target: UnsafeMutableRawPointer
+            if let slot { target = node.message(slot) } else {
+                // Every slot is in use (readers, or earlier forwards): scratch memory, and
+                // the earlier forwards from it must be done first.
+                while forwards.contains(where: { $0.slot < 0 }) { try relayDrain() }
+                if scratch == nil { scratch = UnsafeMutableRawPointer.allocate(byteCount: node.messageBytes, alignment: 64) }
+                target = scratch ?? node.message(0)
             }
-            liveness.heard(0)
-            bytes.withUnsafeBytes { raw in
-                version = Int(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
-                UnsafeMutableRawBufferPointer(model.params.buffer).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[8...]))
+            try world.receive(into: target, bytes: node.messageBytes, from: parent, tag: Tag.weights)
+            lastReceived = Int(target.loadUnaligned(as: UInt64.self))
+            if let slot { node.finishWrite(slot) }
+            if !children.isEmpty {
+                if let slot { node.pin(slot) }
+                var sends: [MPICollective.PendingSend] = []
+                for c in children { sends += try world.isend(from: target, bytes: node.messageBytes, to: c, tag: Tag.weights) }
+                forwards.append((slot ?? -1, sends))
             }
         }
     }
 
-    func stopRequested() throws -> Bool {
-        try keepAlive()
-        guard try world.probe(source: 0, tag: Tag.stop) != nil else { return false }
-        _ = try world.receive(from: 0, tag: Tag.stop)
-        return true
+    /// Advances forwarding sends once.
+    func relayDrain() throws {
+        for f in forwards { for s in f.sends { _ = try world.test(s) } }
+        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+        for f in forwards {
+            var pending: [MPICollective.PendingSend] = []
+            for s in f.sends where try !world.test(s) { pending.append(s) }
+            if pending.isEmpty { if f.slot >= 0 { node.unpin(f.slot) } } else { left.append((f.slot, pending)) }
+        }
+        forwards = left
+        usleep(100)
     }
 
-    /// Drops weights messages until trainer 0 says goodbye, so that every send of both
-    /// sides completes.
-    func drainUntilBye() throws {
-        while try world.probe(source: 0, tag: Tag.bye) == nil {
-            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights); liveness.heard(0) }
+    /// Copies the node's newest weights when they are newer than ours. The slot is pinned
+    /// while copying, so it is never overwritten under us.
+    func installWeights() {
+        guard let (slot, v) = node.pinNewer(than: version) else { return }
+        model.params.pointer.update(from: node.parameters(slot), count: node.floats)
+        node.unpin(slot)
+        version = v
+    }
+
+    func serve() throws {
+        try keepAlive()
+        try relayWeights()
+        installWeights()
+    }
+
+    /// The stop message's last published version, or nil when no stop came.
+    func stopRequested() throws -> Int? {
+        try serve()
+        guard try world.probe(source: home, tag: Tag.stop) != nil else { return nil }
+        let bytes = try world.receive(from: home, tag: Tag.stop)
+        liveness.heard(home)
+        guard bytes.count == 8 else { throw RunError.badMessage(rank: home, reason: "stop message of \(bytes.count) bytes") }
+        return bytes.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) }
+    }
+
+    /// After a stop: a leader takes every version up to the last one published and passes
+    /// it on, so that no weights message is left unreceived; then done, then goodbye.
+    func finish(lastVersion: Int) throws {
+        if parent != nil {
+            while lastReceived < lastVersion { try serve(); usleep(200) }
+            while !forwards.isEmpty { try keepAlive(); try relayDrain() }
+        }
+        try world.send([], to: home, tag: Tag.done)
+        while try world.probe(source: home, tag: Tag.bye) == nil {
             try keepAlive()
             usleep(200)
         }
-        _ = try world.receive(from: 0, tag: Tag.bye)
+        _ = try world.receive(from: home, tag: Tag.bye)
     }
 
     func run() throws {
         // The first weights come after the trainers' warm start.
         while version < 0 {
-            if try stopRequested() {
-                try world.send([], to: 0, tag: Tag.done)
-                try drainUntilBye()
-                return
-            }
-            try takeWeights()
+            if let last = try stopRequested() { try finish(lastVersion: last); return }
             if version < 0 { usleep(1000) }
         }
         // Groups are decoded several at a time (one cache call per token for all their
         // samples) and sent one by one; a new batch starts when the last one is on its way.
         var firstVersion = -1
-        var counter = 0
+        var counter = 0, sequence = 0
         var ready: [[Trajectory]] = []
         var pending: MPICollective.PendingSend?
+        var lastVersion = -1
         while true {
-            if try stopRequested() { break }
-            try takeWeights()
+            if let last = try stopRequested() { lastVersion = last; break }
             if let p = pending, try !world.test(p) {
-                usleep(200) // back-pressure: trainer 0's buffer is full
+                usleep(200) // back-pressure: the home trainer's buffer is full
                 continue
             }
             pending = nil
@@ -381,19 +611,21 @@ final class RolloutRankLoop {
                 let indices = (0..<perBatch).map { 1_000_000 + world.rank * 64 + $0 }
                 let names = (0..<perBatch).map { "v\(firstVersion)-r\(world.rank)-c\(counter)-\($0)" }
                 ready = try generator.generate(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
+                    .filter { !$0.isEmpty }
                 counter += 1
+                if ready.isEmpty { continue }
             }
             // The episode counts travel with the group that follows them.
-            let message = GroupsMessage.encode([ready.removeFirst()], trailer: generator.takeEpisodeCounts())
-            pending = try world.isend(message, to: 0, tag: Tag.group, synchronous: true)
+            let message = GroupsMessage.encode([ready.removeFirst()], trailer: generator.takeEpisodeCounts() + [sequence])
+            sequence += 1
+            pending = try world.isend(message, to: home, tag: Tag.group, synchronous: true)
         }
-        // Finish the group in flight (trainer 0 drains it), say done, and wait for goodbye.
+        // Finish the group in flight (the home trainer drains it), pass on the last
+        // weights, say done, and wait for goodbye.
         while let p = pending, try !world.test(p) {
-            while try world.probe(source: 0, tag: Tag.weights) != nil { _ = try world.receive(from: 0, tag: Tag.weights); liveness.heard(0) }
-            try keepAlive()
+            try serve()
             usleep(200)
         }
-        try world.send([], to: 0, tag: Tag.done)
-        try drainUntilBye()
+        try finish(lastVersion: lastVersion)
     }
 }

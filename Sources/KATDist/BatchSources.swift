@@ -24,6 +24,10 @@ struct CollectedBatch {
     var abandonedEpisodes = 0
     /// A stop was asked while the batch was awaited: there is no batch, the step is not taken.
     var interrupted = false
+    /// Seconds the trainers (on average) waited with nothing to do, and spent generating
+    /// rollouts themselves (multiplexing), while the batch was gathered.
+    var idleSeconds = 0.0
+    var generateSeconds = 0.0
 
     /// A batch of `list`'s groups (empty groups, whose every episode was abandoned, are left out).
     init(groups list: [[Trajectory]], advantages: [Double]? = nil) {
@@ -64,8 +68,11 @@ protocol BatchSource: AnyObject {
     /// Called between micro-batches of a step: keeps data moving while the step computes.
     func service() throws
     /// Called after each step with the weights' version, and whether the step changed them.
-    func stepDone(version: Int, updated: Bool) throws
-    /// State fields and files this source adds to a checkpoint.
+    /// - Returns: the bytes of weights this rank sent for the update.
+    func stepDone(version: Int, updated: Bool) throws -> Int
+    /// Called on every trainer before a checkpoint is written (a collective point).
+    func prepareCheckpoint() throws
+    /// State fields and files this source adds to a checkpoint (on the trainer that writes it).
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data])
     /// Restores what `checkpoint` saved, from the checkpoint's state and directory.
     func restore(state: JSON, directory: String) throws
@@ -77,7 +84,8 @@ extension BatchSource {
     var steps: Int { schedule.steps }
     func begin(version: Int) throws {}
     func service() throws {}
-    func stepDone(version: Int, updated: Bool) throws {}
+    func stepDone(version: Int, updated: Bool) throws -> Int { 0 }
+    func prepareCheckpoint() throws {}
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) { ([], [:]) }
     func restore(state: JSON, directory: String) throws {}
     func finish() throws {}
@@ -177,7 +185,7 @@ final class SynchronousRollouts: BatchSource {
     }
 
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) {
-        carried.isEmpty ? ([], [:]) : BufferedRollouts.checkpoint(carried.groups)
+        carried.isEmpty ? ([], [:]) : BufferedRollouts.checkpoint(carried.groups.map(\.trajectories))
     }
 
     func restore(state: JSON, directory: String) throws {

@@ -148,8 +148,77 @@ public final class MPICollective: Collective, @unchecked Sendable {
 
     /// Every rank's bytes, in rank order, on every rank.
     public func allgather(bytes: [UInt8]) throws -> [[UInt8]] {
-        var out: [[UInt8]] = []
-        for r in 0..<size { out.append(try broadcast(bytes: bytes, root: r)) }
+        var mine = Int64(bytes.count)
+        var counts = [Int64](repeating: 0, count: size)
+        try counts.withUnsafeMutableBufferPointer { c in
+            try check(MPI_Allgather(&mine, 1, kat_mpi_int64(), c.baseAddress, 1, kat_mpi_int64(), comm), "MPI_Allgather")
+        }
+        let total = counts.reduce(0, +)
+        guard total <= Int64(Int32.max) else {
+            // Counts of Allgatherv are C ints: larger messages go one broadcast at a time.
+            var out: [[UInt8]] = []
+            for r in 0..<size { out.append(try broadcast(bytes: bytes, root: r)) }
+            return out
+        }
+        var sizes = counts.map { Int32($0) }
+        var offsets = [Int32](repeating: 0, count: size)
+        for r in 1..<max(1, size) { offsets[r] = offsets[r - 1] + sizes[r - 1] }
+        var all = [UInt8](repeating: 0, count: Int(total))
+        try bytes.withUnsafeBufferPointer { b in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check(MPI_Allgatherv(b.baseAddress, Int32(bytes.count), kat_mpi_byte(), a.baseAddress, &sizes, &offsets, kat_mpi_byte(), comm),
+                          "MPI_Allgatherv")
+            }
+        }
+        return (0..<size).map { r in Array(all[Int(offsets[r])..<Int(offsets[r] + sizes[r])]) }
+    }
+
+    /// The ranks of this communicator that share memory with this one (one node).
+    public func splitShared() throws -> MPICollective {
+        var out: MPI_Comm? = kat_mpi_comm_null()
+        try check(MPI_Comm_split_type(comm, kat_mpi_comm_type_shared(), Int32(rank), kat_mpi_info_null(), &out), "MPI_Comm_split_type")
+        guard let c = out else { throw MPIError.call("MPI_Comm_split_type", code: -1, rank: rank) }
+        return MPICollective(comm: c, owns: false)
+    }
+
+    /// A window of memory shared by the ranks of this (node) communicator: rank 0 of it
+    /// allocates `bytes`, the others nothing, and every rank gets the address of rank 0's
+    /// part in its own address space. Collective over the communicator. The window lives
+    /// until MPI is finalised.
+    public func sharedMemory(bytes: Int) throws -> UnsafeMutableRawPointer {
+        var base: UnsafeMutableRawPointer?
+        var win: MPI_Win? = kat_mpi_win_null()
+        let mine = rank == 0 ? bytes : 0
+        try check(MPI_Win_allocate_shared(MPI_Aint(mine), 1, kat_mpi_info_null(), comm, &base, &win), "MPI_Win_allocate_shared")
+        var size: MPI_Aint = 0, unit: Int32 = 0
+        var root: UnsafeMutableRawPointer?
+        try check(MPI_Win_shared_query(win, 0, &size, &unit, &root), "MPI_Win_shared_query")
+        guard let root, Int(size) >= bytes else { throw MPIError.call("MPI_Win_shared_query", code: -1, rank: rank) }
+        return root
+    }
+
+    /// Receives a message of exactly `bytes` bytes from `source` into `buffer` (blocking).
+    public func receive(into buffer: UnsafeMutableRawPointer, bytes: Int, from source: Int, tag: Int) throws {
+        var off = 0
+        repeat {
+            let n = min(MPICollective.maxChunk, bytes - off)
+            try check(MPI_Recv(buffer + off, Int32(n), kat_mpi_byte(), Int32(source), Int32(tag), comm, kat_mpi_status_ignore()), "MPI_Recv")
+            off += n
+        } while off < bytes
+    }
+
+    /// Starts sending `bytes` bytes at `buffer`, which the caller keeps unchanged until the
+    /// send completes (`test`); messages larger than the chunk size go as several.
+    public func isend(from buffer: UnsafeRawPointer, bytes: Int, to dest: Int, tag: Int) throws -> [PendingSend] {
+        var out: [PendingSend] = []
+        var off = 0
+        repeat {
+            let n = min(MPICollective.maxChunk, bytes - off)
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Isend(buffer + off, Int32(n), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Isend")
+            out.append(PendingSend(request: req, buffer: nil))
+            off += n
+        } while off < bytes
         return out
     }
 
@@ -167,9 +236,10 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// A non-blocking send that owns its buffer until it completes.
     public final class PendingSend {
         var request: MPI_Request?
-        let buffer: UnsafeMutableRawBufferPointer
-        init(request: MPI_Request?, buffer: UnsafeMutableRawBufferPointer) { self.request = request; self.buffer = buffer }
-        deinit { buffer.deallocate() }
+        /// The copy of the message this send owns, if it made one.
+        let buffer: UnsafeMutableRawBufferPointer?
+        init(request: MPI_Request?, buffer: UnsafeMutableRawBufferPointer?) { self.request = request; self.buffer = buffer }
+        deinit { buffer?.deallocate() }
     }
 
     /// Starts sending `bytes` to `dest`; poll the result with `test`. With `synchronous`,

@@ -56,6 +56,8 @@ public struct RanksConfig: Sendable, Equatable {
     public var maxStaleness = 4
     /// Groups the trainers buffer before rollout ranks are pushed back.
     public var bufferGroups = 16
+    /// Trainers generate rollouts themselves when they would wait for data.
+    public var multiplex = true
     public init() {}
 }
 
@@ -159,6 +161,7 @@ public struct RunSettings: Sendable {
         ranks.rollouts = c.optionalInt("ranks.rollouts")
         ranks.maxStaleness = c.int("max_staleness")
         ranks.bufferGroups = c.int("buffer.max_groups")
+        ranks.multiplex = c.bool("ranks.multiplex")
 
         if let t = c.string("data.trajectories") {
             data = .trajectories(t)

@@ -110,6 +110,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "advantage.entropy_scope", kind: .choice(["group", "batch"]), defaultValue: "group", help: "mean over the group or the batch"),
         ConfigKey(name: "ranks.trainers", kind: .int(1...1_000_000), defaultValue: 1, help: "trainer ranks T"),
         ConfigKey(name: "ranks.rollouts", kind: .optionalInt(0...1_000_000), defaultValue: .null, help: "rollout ranks R (null: world size - T)"),
+        ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data"),
         ConfigKey(name: "max_staleness", kind: .int(0...1_000_000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
         ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out, seconds"),

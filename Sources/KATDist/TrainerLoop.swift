@@ -25,9 +25,9 @@ final class TrainerLoop {
     let step: TrainStep
     let phases: [BatchSource]
     let evaluator: Evaluator?
-    /// Trainer 0's link to the rollout ranks (heartbeats, intake), served between
-    /// micro-batches and evaluation episodes in every phase.
-    let link: RolloutLink?
+    /// This trainer's rollout ranks and weight sends, served between micro-batches and
+    /// evaluation episodes in every phase.
+    let peers: RolloutPeers?
     /// The run directory; only the first trainer writes one.
     let directory: RunDirectory?
     let title: String
@@ -54,14 +54,14 @@ final class TrainerLoop {
     /// (config.json written) or the checkpoint to continue from (weights, optimizer,
     /// version, each phase's own state; metrics cut back to the checkpoint).
     init(settings: RunSettings, collective: Collective, isLeader: Bool, worldRank: Int, console: Console, model: GPT2,
-         phases: [BatchSource], evaluator: Evaluator?, link: RolloutLink? = nil, runDirectory: String, resume: String?, title: String) throws {
+         phases: [BatchSource], evaluator: Evaluator?, peers: RolloutPeers? = nil, runDirectory: String, resume: String?, title: String) throws {
         self.settings = settings
         self.collective = collective
         self.console = console
         self.model = model
         self.phases = phases
         self.evaluator = evaluator
-        self.link = link
+        self.peers = peers
         self.title = title
         faults = FaultInjection(worldRank: worldRank)
         optimizer = Optimizer(config: settings.optimizer, layout: model.layout)
@@ -158,12 +158,9 @@ final class TrainerLoop {
             return
         }
         defer { writeReport() }
-        do {
-            try runPhases()
-        } catch {
-            for source in phases { try? source.finish() }
-            throw error
-        }
+        // On an error the run ends here: the job is ended as a whole (finishing sources
+        // would wait on ranks that are not coming).
+        try runPhases()
         for source in phases { try source.finish() }
         for n in notes { console.line(n) }
         if let directory { console.line(String(format: "done in %.0f s; report %@/report.html", runTime, directory.path as NSString)) }
@@ -171,7 +168,7 @@ final class TrainerLoop {
 
     func runPhases() throws {
         if !resumed, settings.run.evalEvery > 0, let evaluator {
-            let e = try evaluator.evaluate(collective) { try self.link?.poll() }
+            let e = try evaluator.evaluate(collective) { try self.peers?.poll() }
             note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
         }
         for (p, source) in phases.enumerated() where p >= startAt.phase {
@@ -195,7 +192,10 @@ final class TrainerLoop {
         let batch = try source.collect(step: s, version: version)
         if batch.interrupted {
             // Stopped while waiting for data: checkpoint the state as it is and stop.
-            if s > 0 || stepIndex > 0 { try writeCheckpoint(source, phaseStep: s) }
+            if s > 0 || stepIndex > 0 {
+                try source.prepareCheckpoint()
+                try writeCheckpoint(source, phaseStep: s)
+            }
             console.line("stopping at step \(stepIndex) on request (SIGUSR1) while waiting for rollouts; resume with --resume auto")
             return true
         }
@@ -233,11 +233,14 @@ final class TrainerLoop {
         m.tokensPerS = Double(stats.tokensFlat) / max(monotonicSeconds() - t0, 1e-9)
 
         let tSync = monotonicSeconds()
-        try source.stepDone(version: version, updated: stats.updates > 0)
+        m.weightBytesRoot = try source.stepDone(version: version, updated: stats.updates > 0)
         m.tWeightSync = monotonicSeconds() - tSync
+        let wall = monotonicSeconds() - t0
+        m.trainerIdle = wall > 0 ? min(1, batch.idleSeconds / wall) : 0
+        m.tGenerateTrainers = batch.generateSeconds
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
-            let e = try evaluator.evaluate(collective) { try self.link?.poll() }
+            let e = try evaluator.evaluate(collective) { try self.peers?.poll() }
             m.evalSuccess = e.success
             m.evalReward = e.reward
             if isLast {
@@ -258,6 +261,7 @@ final class TrainerLoop {
         let stop = try collective.anyTrue(Preemption.requested)
         let every = settings.run.checkpointEvery
         if isLast || stop || (every > 0 && (s + 1) % every == 0) {
+            try source.prepareCheckpoint()
             try writeCheckpoint(source, phaseStep: s + 1)
         }
         if stop && !(isLast && lastPhase) {
@@ -289,7 +293,7 @@ final class TrainerLoop {
             var tally = UpdateTally()
             for mb in update.microBatches {
                 try source.service()
-                try link?.poll()
+                try peers?.poll()
                 tally += try step.accumulate(mb, of: update)
                 faults.killIfDue(stepIndex + 1)
             }

@@ -59,8 +59,8 @@ public enum Training {
         guard LaunchEnvironment.launchedByMPI else {
             try check(settings, worldSize: 1)
             if settings.run.deterministic { BLASRuntime.setThreads(1) }
-            try trainer(settings, collective: LocalCollective(), world: nil, layout: Layout(trainers: 1, rollouts: 0), worldRank: 0,
-                        runDirectory: runDirectory, resume: resume, console: console)
+            try trainer(settings, model: try settings.initialModel(), collective: LocalCollective(), world: nil, topology: nil,
+                        layout: Layout(trainers: 1, rollouts: 0), runDirectory: runDirectory, resume: resume, console: console)
             return 0
         }
         let world: MPICollective
@@ -78,11 +78,14 @@ public enum Training {
         do {
             let isTrainer = world.rank < layout.trainers
             let trainers = try world.split(color: isTrainer ? 0 : 1, key: world.rank)
+            let model = try settings.initialModel()
+            let topology = layout.rollouts > 0 ? try Topology(world: world, layout: layout, floats: model.params.count) : nil
             if isTrainer {
-                try trainer(settings, collective: trainers, world: world, layout: layout, worldRank: world.rank,
+                try trainer(settings, model: model, collective: trainers, world: world, topology: topology, layout: layout,
                             runDirectory: runDirectory, resume: resume, console: world.rank == 0 ? console : SilentConsole())
-            } else {
-                try RolloutRankLoop(world: world, settings: settings).run()
+            } else if let topology {
+                try RolloutRankLoop(world: world, model: model, node: topology.node, tree: topology.tree, trainers: layout.trainers,
+                                    settings: settings).run()
             }
         } catch {
             world.abort("\(error)")
@@ -91,21 +94,37 @@ public enum Training {
         return 0
     }
 
+    /// The shape of an asynchronous job: each node's shared weights, and the tree of node
+    /// leaders that new weights travel along.
+    struct Topology {
+        let node: NodeWeights
+        let tree: WeightTree
+
+        /// Collective over the world: finds each rank's node and allocates the node's slots.
+        init(world: MPICollective, layout: Layout, floats: Int) throws {
+            let nodeComm = try world.splitShared()
+            // A node is named by the world rank of its first rank.
+            let first = try nodeComm.broadcast(bytes: withUnsafeBytes(of: Int64(world.rank).littleEndian) { Array($0) }, root: 0)
+            let nodeOf = try world.allgather(bytes: first).map { b in b.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) } }
+            node = try NodeWeights(node: nodeComm, floats: floats)
+            tree = WeightTree(nodeOf: nodeOf, rollouts: Array(layout.trainers..<(layout.trainers + layout.rollouts)))
+        }
+    }
+
     /// Builds a trainer's phases and runs its loop.
-    static func trainer(_ settings: RunSettings, collective: Collective, world: MPICollective?, layout: Layout, worldRank: Int,
-                        runDirectory: String, resume: String?, console: Console) throws {
-        let model = try settings.initialModel()
-        let plan = try phases(settings, model: model, collective: collective, world: world, layout: layout, worldRank: worldRank)
-        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: worldRank,
-                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, link: plan.link,
+    static func trainer(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, topology: Topology?,
+                        layout: Layout, runDirectory: String, resume: String?, console: Console) throws {
+        let plan = try phases(settings, model: model, collective: collective, world: world, topology: topology, layout: layout)
+        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
+                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
                                    runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
         try loop.run()
     }
 
-    /// A trainer's phases in order (warm start then RL, or offline), its evaluator, trainer
-    /// 0's link to the rollout ranks, and a title naming the data.
-    static func phases(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, layout: Layout,
-                       worldRank: Int) throws -> (phases: [BatchSource], evaluator: Evaluator?, link: RolloutLink?, title: String) {
+    /// A trainer's phases in order (warm start then RL, or offline), its evaluator, its
+    /// rollout ranks and weight sends, and a title naming the data.
+    static func phases(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, topology: Topology?,
+                       layout: Layout) throws -> (phases: [BatchSource], evaluator: Evaluator?, peers: RolloutPeers?, title: String) {
         switch settings.data {
         case let .trajectories(path):
             let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
@@ -122,18 +141,22 @@ public enum Training {
             if let task = environments.task, settings.warmStart.steps > 0 {
                 phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
             }
-            var link: RolloutLink?
-            if layout.rollouts == 0 {
+            var peers: RolloutPeers?
+            if let world, let topology, layout.rollouts > 0 {
+                // Rollout rank r sends its groups to trainer (r - T) mod T.
+                let mine = (layout.trainers..<(layout.trainers + layout.rollouts)).filter { ($0 - layout.trainers) % layout.trainers == world.rank }
+                let link = mine.isEmpty ? nil : RolloutLink(world: world, rollouts: mine, capacity: settings.ranks.bufferGroups,
+                                                            watchdog: settings.watchdog)
+                let publisher = world.rank == 0 ? WeightPublisher(world: world, node: topology.node, tree: topology.tree) : nil
+                let p = RolloutPeers(link: link, publisher: publisher)
+                peers = p
+                let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
+                phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, settings: settings))
+            } else {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
-            } else {
-                link = worldRank == 0 ? world.map {
-                    RolloutLink(world: $0, rollouts: Array(layout.trainers..<(layout.trainers + layout.rollouts)),
-                                capacity: settings.ranks.bufferGroups, watchdog: settings.watchdog)
-                } : nil
-                phases.append(AsynchronousRollouts(link: link, collective: collective, model: model, settings: settings))
             }
-            return (phases, Evaluator(model: model, settings: settings, environments: environments), link, environments.name)
+            return (phases, Evaluator(model: model, settings: settings, environments: environments), peers, environments.name)
         }
     }
 }

@@ -47,7 +47,8 @@ final class PreemptAt: BatchSource {
         return try inner.collect(step: s, version: version)
     }
     func service() throws { try inner.service() }
-    func stepDone(version: Int, updated: Bool) throws { try inner.stepDone(version: version, updated: updated) }
+    func stepDone(version: Int, updated: Bool) throws -> Int { try inner.stepDone(version: version, updated: updated) }
+    func prepareCheckpoint() throws { try inner.prepareCheckpoint() }
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) { inner.checkpoint() }
     func restore(state: JSON, directory: String) throws { try inner.restore(state: state, directory: directory) }
     func finish() throws { try inner.finish() }
@@ -88,8 +89,8 @@ final class TrainerLoopTests: TemporaryDirectoryTestCase {
                  wrap: ([BatchSource]) -> [BatchSource] = { $0 }) throws -> RecordingConsole {
         let console = RecordingConsole()
         let model = try settings.initialModel()
-        let plan = try Training.phases(settings, model: model, collective: collective, world: nil,
-                                       layout: Training.Layout(trainers: 1, rollouts: 0), worldRank: 0)
+        let plan = try Training.phases(settings, model: model, collective: collective, world: nil, topology: nil,
+                                       layout: Training.Layout(trainers: 1, rollouts: 0))
         let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: true, worldRank: 0, console: console, model: model,
                                    phases: wrap(plan.phases), evaluator: plan.evaluator, runDirectory: dir, resume: resume, title: "test")
         try loop.run()
@@ -191,8 +192,55 @@ final class BatchAssemblyTests: XCTestCase {
         let taken = b.take(2, version: 7, maxStaleness: 2)
         XCTAssertEqual(taken.groups.map { $0[0].group }, ["b", "c"])
         XCTAssertEqual(taken.dropped, 2, "group a (lag 6) is dropped")
-        XCTAssertEqual(b.groups.map { $0[0].group }, ["d"])
+        XCTAssertEqual(b.groups.map { $0.trajectories[0].group }, ["d"])
         XCTAssertEqual(b.receivedTokens, 4 * 2 * 3)
+    }
+
+    /// Oldest first is by policy version, then source rank, then that rank's sequence
+    /// number, whatever the arrival order.
+    func testOldestFirstOrdersByVersionRankAndSequence() {
+        var b = RolloutBuffer(capacity: 10)
+        b.append(group("v5-r3-s0", version: 5), source: 3, sequence: 0)
+        b.append(group("v4-r3-s1", version: 4), source: 3, sequence: 1)
+        b.append(group("v4-r2-s7", version: 4), source: 2, sequence: 7)
+        b.append(group("v4-r3-s0", version: 4), source: 3, sequence: 0)
+        let taken = b.take(4, version: 5, maxStaleness: 4)
+        XCTAssertEqual(taken.groups.map { $0[0].group }, ["v4-r2-s7", "v4-r3-s0", "v4-r3-s1", "v5-r3-s0"])
+    }
+
+    /// A trainer's offer of its buffer round-trips through its bytes; a garbled one is an
+    /// error naming the rank.
+    func testBatchOffersRoundTrip() throws {
+        let offer = AsynchronousRollouts.Offer(interrupted: true, keys: [(3, 5, 1), (4, 2, 0)])
+        let back = try AsynchronousRollouts.Offer(offer.bytes, rank: 1)
+        XCTAssertTrue(back.interrupted)
+        XCTAssertEqual(back.keys.map { [$0.version, $0.source, $0.sequence] }, [[3, 5, 1], [4, 2, 0]])
+        XCTAssertThrowsError(try AsynchronousRollouts.Offer(Array(offer.bytes.dropLast(8)), rank: 1)) {
+            XCTAssertTrue("\($0)".contains("rank 1"), "\($0)")
+        }
+    }
+
+    /// Weights travel along a binary tree of node leaders rooted at trainer 0: one leader
+    /// per node with rollout ranks (its lowest rollout rank), at most two children each, so
+    /// trainer 0 sends at most two copies whatever the number of rollout ranks and nodes.
+    func testWeightTreeHasOneLeaderPerNodeAndBoundedFanOut() {
+        // 4 nodes of 4 ranks; 2 trainers (ranks 0, 1) on node 0.
+        let nodeOf = (0..<16).map { $0 / 4 }
+        let tree = WeightTree(nodeOf: nodeOf, rollouts: Array(2..<16))
+        XCTAssertEqual(tree.leaders, [0, 4, 8, 12])
+        XCTAssertEqual(tree.children(of: 0), [4, 8])
+        XCTAssertEqual(tree.children(of: 4), [12])
+        XCTAssertEqual(tree.parent(of: 12), 4)
+        XCTAssertNil(tree.parent(of: 0))
+        XCTAssertFalse(tree.isLeader(5), "rank 5 reads its node's shared memory")
+        // One node: trainer 0 alone sends nothing; its node's ranks read its shared memory.
+        let one = WeightTree(nodeOf: [0, 0, 0, 0], rollouts: [1, 2, 3])
+        XCTAssertEqual(one.leaders, [0])
+        XCTAssertEqual(one.children(of: 0), [])
+        // Many nodes: the root's fan-out stays two.
+        let many = WeightTree(nodeOf: (0..<512).map { $0 / 2 }, rollouts: Array(1..<512))
+        XCTAssertEqual(many.leaders.count, 256)
+        XCTAssertLessThanOrEqual(many.leaders.map { many.children(of: $0).count }.max() ?? 0, 2)
     }
 
     /// A full buffer takes no more groups.
