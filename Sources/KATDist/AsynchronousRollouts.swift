@@ -291,7 +291,8 @@ final class RolloutRankLoop {
     init(world: MPICollective, settings: RunSettings) throws {
         self.world = world
         model = try settings.initialModel()
-        generator = GroupGenerator(model: model, settings: settings, environments: try EnvironmentSource(settings))
+        generator = GroupGenerator(model: model, settings: settings,
+                                   environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         faults = FaultInjection(worldRank: world.rank)
         liveness = Liveness(watchdog: settings.watchdog, peers: [0])

@@ -117,6 +117,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "env.workers", kind: .int(1...4096), defaultValue: 1, help: "external environment processes per rank, each living for the whole run"),
         ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
         ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),
+        ConfigKey(name: "checkpoint.dtype", kind: .choice(["f32", "bf16"]), defaultValue: "f32", help: "element type of checkpoint weights (bf16 halves them; a resume then starts from rounded weights; optimizer state stays f32)"),
         ConfigKey(name: "check.flat_every", kind: .int(0...100_000_000), defaultValue: 0, help: "trie-vs-flat drift check every N steps"),
         ConfigKey(name: "log.trained_ids", kind: .bool, defaultValue: false, help: "write RUN/trained_ids.jsonl: the trajectory ids trained at each step"),
         ConfigKey(name: "warmstart.steps", kind: .int(0...100_000_000), defaultValue: 400, help: "supervised steps on the task's reference answers before RL"),
