@@ -67,6 +67,17 @@ public enum TokenizerLoader {
         return vocabSize >= ByteTokenizer.size ? ByteTokenizer.huggingFaceFiles() : [:]
     }
 
+    /// The `vocab_size` of the directory's `config.json`, whatever the model family.
+    /// - Throws: `TokenizerError.badFile` naming config.json when it is missing or lacks it.
+    public static func modelVocabularySize(directory: String) throws(TokenizerError) -> Int {
+        let path = directory + "/config.json"
+        guard exists(path) else { throw .badFile(path: path, reason: "no such file") }
+        guard let v = try readJSON(path)["vocab_size"]?.intValue, v > 0 else {
+            throw .badFile(path: path, reason: "needs a positive integer vocab_size")
+        }
+        return v
+    }
+
     static func exists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
 
     static func readJSON(_ path: String) throws(TokenizerError) -> JSON {

@@ -1,6 +1,5 @@
 import Foundation
 import KATEnv
-import KATModel
 import KATSupport
 
 /// `kat-dist tokenize`: text to token ids with a model directory's tokenizer, and back.
@@ -44,7 +43,7 @@ enum TokenizeCommand {
         }
         let tokenizer: any Tokenizer, vocabSize: Int
         do {
-            vocabSize = try ModelDirectory.loadConfig(dir).vocabSize
+            vocabSize = try TokenizerLoader.modelVocabularySize(directory: dir)
             tokenizer = try TokenizerLoader.load(directory: dir)
             try tokenizer.check(fitsVocabularySize: vocabSize, model: "the model \(dir)")
         } catch { throw CommandFailure(description: "\(error)") }
