@@ -43,7 +43,7 @@ public enum ConfigKind: Sendable {
     case intList(ClosedRange<Int>)
 }
 
-/// One key of SPEC section 9, with its default and what it means.
+/// One configuration key, with its default and what it means.
 public struct ConfigKey: Sendable {
     public var name: String
     public var kind: ConfigKind
@@ -51,7 +51,7 @@ public struct ConfigKey: Sendable {
     public var help: String
 }
 
-/// The resolved configuration of a run: every key of SPEC section 9 with its value.
+/// The resolved configuration of a run: every key with its value.
 ///
 /// Read from one JSON file of nested objects, then `--set key=value` overrides by dotted
 /// key. Unknown keys and out-of-range values are errors that name the key.

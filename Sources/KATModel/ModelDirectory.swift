@@ -1,7 +1,8 @@
 import Foundation
 import KATSupport
 
-/// A Hugging Face model directory: `config.json` + `model.safetensors` (SPEC section 1).
+/// A Hugging Face model directory: `config.json` and the weights (`model.safetensors`, or
+/// shards listed in `model.safetensors.index.json`; see `ModelWeights`).
 public enum ModelDirectory {
     /// Writes the model's config and weights into `dir` (created if needed), each file
     /// through a temporary name and a rename.

@@ -4,7 +4,7 @@ import KATEnv
 import KATSupport
 import KATTrie
 
-/// Rollout settings (SPEC section 9, rollout.*).
+/// Rollout settings (the `rollout.*` config keys).
 public struct RolloutConfig: Sendable {
     public var groupSize = 8
     public var temperature: Float = 1
