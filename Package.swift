@@ -42,7 +42,7 @@ let package = Package(
         .testTarget(name: "KATSupportTests", dependencies: ["KATSupport"]),
         .testTarget(name: "KATModelTests", dependencies: ["KATModel", "KATSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "KATTrieTests", dependencies: ["KATTrie", "KATRL", "KATModel", "KATSupport"]),
-        .testTarget(name: "KATEnvTests", dependencies: ["KATEnv", "KATSupport"]),
+        .testTarget(name: "KATEnvTests", dependencies: ["KATEnv", "KATSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // Helpers shared by the test targets that run the executables.
         .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),

@@ -468,7 +468,8 @@ final class RolloutRankLoop {
         self.world = world
         self.model = model
         self.node = node
-        generator = GroupGenerator(model: model, settings: settings, environments: try EnvironmentSource(settings))
+        generator = GroupGenerator(model: model, settings: settings,
+                                   environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         faults = FaultInjection(worldRank: world.rank)
         home = (world.rank - trainers) % trainers

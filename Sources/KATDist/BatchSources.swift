@@ -100,10 +100,12 @@ final class WarmStartSource: BatchSource {
     let task: Task
     let config: WarmStartConfig
     var rng: SplitMix64
+    let tokenizer: any Tokenizer
 
-    init(task: Task, config: WarmStartConfig, seed: Int) {
+    init(task: Task, config: WarmStartConfig, seed: Int, tokenizer: any Tokenizer) {
         self.task = task
         self.config = config
+        self.tokenizer = tokenizer
         rng = SplitMix64(seed: UInt64(seed) &+ 3)
     }
 
@@ -116,8 +118,8 @@ final class WarmStartSource: BatchSource {
             let seed = rng.next() % UInt64(task.promptCount(split: "train"))
             let ref = rng.nextDouble() < config.flawed ? task.flawedDemonstration(seed: seed, split: "train")
                                                        : task.reference(seed: seed, split: "train")
-            let p = [ByteTokenizer.bos] + ByteTokenizer.encode(ref.prompt) + [ByteTokenizer.sep]
-            let a = ByteTokenizer.encode(ref.answer) + [ByteTokenizer.eos]
+            let p = tokenizer.promptTokens(ref.prompt)
+            let a = tokenizer.answerTokens(ref.answer)
             trajs.append(Trajectory(id: "w\(w)-\(k)", group: "w\(w)-\(k)", tokens: p + a,
                                     lossMask: [UInt8](repeating: 0, count: p.count) + [UInt8](repeating: 1, count: a.count),
                                     advantage: 1, source: "warm start"))

@@ -18,8 +18,12 @@ struct EnvironmentSource {
     /// "task code", "environment python3 env.py".
     let name: String
     let make: () -> Environment
+    /// The model's tokenizer: turns the environments' text into tokens and answers back into text.
+    let tokenizer: any Tokenizer
 
-    init(_ settings: RunSettings) throws(RunError) {
+    /// - Parameter vocabSize: the model's vocabulary, which must cover the tokenizer's ids.
+    init(_ settings: RunSettings, vocabSize: Int) throws(RunError) {
+        tokenizer = try settings.tokenizer(vocabSize: vocabSize)
         let turns = settings.rollout.turns
         switch settings.data {
         case let .task(taskName):
@@ -41,12 +45,12 @@ struct EnvironmentSource {
 
 extension EnvironmentSource {
     /// Checks before anything is computed that episodes fit the model's context: a prompt
-    /// (BOS, its tokens, SEP) plus `rollout.max_new_tokens`, and for a built-in task every
+    /// (BOS, its tokens, the separator) plus `rollout.max_new_tokens`, and for a built-in task every
     /// prompt of both splits and every warm-start example.
     /// - Throws: `RunError.settings` naming the keys in conflict.
     func checkFits(contextLength p: Int, settings: RunSettings) throws(RunError) {
         let answer = settings.rollout.maxNewTokens
-        guard answer + 2 < p else {
+        guard answer + tokenizer.promptTokens("").count < p else {
             throw .settings(key: "rollout.max_new_tokens", reason: "\(answer) new tokens plus a prompt do not fit model.n_positions (\(p))")
         }
         guard let task else { return }
@@ -55,9 +59,10 @@ extension EnvironmentSource {
             for i in 0..<task.promptCount(split: split) {
                 let r = task.reference(seed: UInt64(i), split: split)
                 let f = task.flawedDemonstration(seed: UInt64(i), split: split)
-                longestPrompt = max(longestPrompt, ByteTokenizer.encode(r.prompt).count + 2)
-                longestExample = max(longestExample, ByteTokenizer.encode(r.prompt).count + 3 + max(ByteTokenizer.encode(r.answer).count,
-                                                                                                    ByteTokenizer.encode(f.answer).count))
+                let prompt = tokenizer.promptTokens(r.prompt).count
+                longestPrompt = max(longestPrompt, prompt)
+                longestExample = max(longestExample, prompt + max(tokenizer.answerTokens(r.answer).count,
+                                                                  tokenizer.answerTokens(f.answer).count))
             }
         }
         if longestPrompt + answer > p {
@@ -80,7 +85,8 @@ final class GroupGenerator {
 
     init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
         seed = UInt64(settings.run.seed)
-        worker = RolloutWorker(model: model, seed: seed &+ 1, config: settings.rollout, makeEnvironment: environments.make)
+        worker = RolloutWorker(model: model, seed: seed &+ 1, config: settings.rollout, tokenizer: environments.tokenizer,
+                               makeEnvironment: environments.make)
         trainPrompts = UInt64(environments.task?.promptCount(split: "train") ?? Int(Int32.max))
     }
 
@@ -117,7 +123,7 @@ final class Evaluator {
 
     init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
         worker = RolloutWorker(model: model, seed: UInt64(settings.run.seed) &+ 2, config: settings.rollout,
-                               makeEnvironment: environments.make)
+                               tokenizer: environments.tokenizer, makeEnvironment: environments.make)
         prompts = settings.run.evalPrompts
     }
 

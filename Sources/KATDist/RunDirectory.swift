@@ -243,16 +243,18 @@ public final class RunDirectory {
     /// Writes a checkpoint under a temporary name, syncs every file, writes MANIFEST
     /// last, renames the directory into place, then moves `latest`, and keeps the newest
     /// `keep` checkpoints.
-    /// - Parameter extras: further files (buffered rollouts), listed in MANIFEST too.
+    /// - Parameters:
+    ///   - extras: further files (buffered rollouts, the tokenizer's files), listed in MANIFEST too.
+    ///   - dtype: element type of the weights (F32 or BF16); the optimizer state is F32.
     public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int,
-                                extras: [String: Data] = [:]) throws(RunError) {
+                                extras: [String: Data] = [:], dtype: SafetensorsDType = .F32) throws(RunError) {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
         let fm = FileManager.default
         try? fm.removeItem(atPath: tmp)
         do {
-            try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)])
+            try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)], dtype: dtype)
             let tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = [
                 ("adam.m", [optimizer.m.count], UnsafeBufferPointer(optimizer.m.buffer)),
                 ("adam.v", [optimizer.v.count], UnsafeBufferPointer(optimizer.v.buffer)),

@@ -26,6 +26,8 @@ public struct RunOptions: Sendable, Equatable {
     /// Checkpoint every N steps of a phase (0: only the final one).
     public var checkpointEvery = 0
     public var checkpointKeep = 3
+    /// Element type of the weights in checkpoints (F32 or BF16); optimizer state stays F32.
+    public var checkpointDType: SafetensorsDType = .F32
     /// Trie-vs-flat drift check every N steps (0: never).
     public var flatCheckEvery = 0
     /// Evaluate every N RL steps (0: never).
@@ -107,6 +109,7 @@ public struct RunSettings: Sendable {
         run.deterministic = c.bool("deterministic")
         run.checkpointEvery = c.int("checkpoint.every")
         run.checkpointKeep = c.int("checkpoint.keep")
+        run.checkpointDType = c.string("checkpoint.dtype") == "bf16" ? .BF16 : .F32
         run.flatCheckEvery = c.int("check.flat_every")
         run.evalEvery = c.int("eval.every")
         run.evalPrompts = c.int("eval.prompts")
@@ -190,6 +193,34 @@ public struct RunSettings: Sendable {
             m.initialize(seed: UInt64(run.seed))
             return m
         }
+    }
+
+    /// The tokenizer of the model the run starts from (the byte tokenizer for a model made
+    /// from scratch), checked against the model's vocabulary and able to frame episodes.
+    /// - Throws: `RunError.settings` naming `model.init` (or `model.vocab_size`) and the fault.
+    public func tokenizer(vocabSize: Int) throws(RunError) -> any Tokenizer {
+        let key: String, model: String, t: any Tokenizer
+        switch self.model {
+        case let .directory(dir):
+            key = "model.init"
+            model = "the model \(dir)"
+            do { t = try TokenizerLoader.load(directory: dir) } catch { throw .settings(key: key, reason: "\(error)") }
+        case .random:
+            key = "model.vocab_size"
+            model = "the configured model"
+            t = ByteTokenizer()
+        }
+        do {
+            try t.check(fitsVocabularySize: vocabSize, model: model)
+            try t.checkEpisodeSpecials()
+        } catch { throw .settings(key: key, reason: "\(error)") }
+        return t
+    }
+
+    /// The tokenizer files every checkpoint of the run carries (see `TokenizerLoader.checkpointFiles`).
+    public func tokenizerFiles(vocabSize: Int) -> [String: Data] {
+        if case let .directory(dir) = model { return TokenizerLoader.checkpointFiles(directory: dir, vocabSize: vocabSize) }
+        return TokenizerLoader.checkpointFiles(directory: nil, vocabSize: vocabSize)
     }
 
     /// The built-in task the run uses, if any.

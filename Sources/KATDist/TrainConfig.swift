@@ -43,7 +43,7 @@ public enum ConfigKind: Sendable {
     case intList(ClosedRange<Int>)
 }
 
-/// One key of SPEC section 9, with its default and what it means.
+/// One configuration key, with its default and what it means.
 public struct ConfigKey: Sendable {
     public var name: String
     public var kind: ConfigKind
@@ -51,7 +51,7 @@ public struct ConfigKey: Sendable {
     public var help: String
 }
 
-/// The resolved configuration of a run: every key of SPEC section 9 with its value.
+/// The resolved configuration of a run: every key with its value.
 ///
 /// Read from one JSON file of nested objects, then `--set key=value` overrides by dotted
 /// key. Unknown keys and out-of-range values are errors that name the key.
@@ -118,6 +118,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "env.workers", kind: .int(1...4096), defaultValue: 1, help: "external environment processes per rank, each living for the whole run"),
         ConfigKey(name: "checkpoint.every", kind: .int(0...100_000_000), defaultValue: 0, help: "checkpoint every N steps (0: final only)"),
         ConfigKey(name: "checkpoint.keep", kind: .int(1...1_000_000), defaultValue: 3, help: "newest checkpoints kept"),
+        ConfigKey(name: "checkpoint.dtype", kind: .choice(["f32", "bf16"]), defaultValue: "f32", help: "element type of checkpoint weights (bf16 halves them; a resume then starts from rounded weights; optimizer state stays f32)"),
         ConfigKey(name: "check.flat_every", kind: .int(0...100_000_000), defaultValue: 0, help: "trie-vs-flat drift check every N steps"),
         ConfigKey(name: "log.trained_ids", kind: .bool, defaultValue: false, help: "write RUN/trained_ids.jsonl: the trajectory ids trained at each step"),
         ConfigKey(name: "warmstart.steps", kind: .int(0...100_000_000), defaultValue: 400, help: "supervised steps on the task's reference answers before RL"),

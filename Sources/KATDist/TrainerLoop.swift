@@ -49,6 +49,8 @@ final class TrainerLoop {
 
     /// Consecutive non-finite updates after which the run stops with an error.
     static let nonFiniteLimit = 5
+    /// The tokenizer files every checkpoint carries, read once at the start.
+    let tokenizerFiles: [String: Data]
 
     /// Sets up the run: the optimizer and step maths, then either a new run directory
     /// (config.json written) or the checkpoint to continue from (weights, optimizer,
@@ -66,6 +68,7 @@ final class TrainerLoop {
         faults = FaultInjection(worldRank: worldRank)
         optimizer = Optimizer(config: settings.optimizer, layout: model.layout)
         step = TrainStep(model: model, optimizer: optimizer, loss: settings.loss, config: settings.step)
+        tokenizerFiles = settings.tokenizerFiles(vocabSize: model.config.vocabSize)
         guard let spec = resume else {
             if isLeader {
                 let r = try RunDirectory.create(newRunAt: runDirectory)
@@ -330,7 +333,8 @@ final class TrainerLoop {
         let extra = source.checkpoint()
         state += extra.fields
         try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
-                                keep: settings.run.checkpointKeep, extras: extra.files)
+                                keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
+                                dtype: settings.run.checkpointDType)
         console.line("checkpoint \(directory.checkpointsPath)/\(Checkpoint.name(step: stepIndex))")
     }
 

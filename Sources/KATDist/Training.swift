@@ -132,14 +132,12 @@ public enum Training {
             _ = try computeAdvantages(trajs, config: settings.advantage)
             return ([OfflineSource(trajectories: trajs, settings: settings)], nil, nil, "offline training on \(path)")
         case .task, .external:
-            guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
-                throw RunError.settings(key: "model.vocab_size", reason: "built-in and external environments use the byte tokenizer: the vocabulary must be at least \(GPT2Config.byteVocabSize)")
-            }
-            let environments = try EnvironmentSource(settings)
+            let environments = try EnvironmentSource(settings, vocabSize: model.config.vocabSize)
             try environments.checkFits(contextLength: model.config.nPositions, settings: settings)
             var phases: [BatchSource] = []
             if let task = environments.task, settings.warmStart.steps > 0 {
-                phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed))
+                phases.append(WarmStartSource(task: task, config: settings.warmStart, seed: settings.run.seed,
+                                              tokenizer: environments.tokenizer))
             }
             var peers: RolloutPeers?
             if let world, let topology, layout.rollouts > 0 {

@@ -1,11 +1,15 @@
 import Foundation
 import KATSupport
 
-/// A Hugging Face model directory: `config.json` + `model.safetensors` (SPEC section 1).
+/// A Hugging Face model directory: `config.json` and the weights (`model.safetensors`, or
+/// shards listed in `model.safetensors.index.json`; see `ModelWeights`).
 public enum ModelDirectory {
     /// Writes the model's config and weights into `dir` (created if needed), each file
     /// through a temporary name and a rename.
-    public static func save(_ model: GPT2, to dir: String, metadata: [String: String] = [:]) throws(ModelError) {
+    /// - Parameter dtype: element type of the weights: F32, or BF16 (rounded to nearest
+    ///   even; `torch_dtype` in config.json says `bfloat16`).
+    public static func save(_ model: GPT2, to dir: String, metadata: [String: String] = [:],
+                            dtype: SafetensorsDType = .F32) throws(ModelError) {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw .io(path: dir, reason: "cannot create the directory")
         }
@@ -13,10 +17,14 @@ public enum ModelDirectory {
         let tensors = model.layout.tensors.map { t in
             (name: t.name, shape: t.shape, values: UnsafeBufferPointer(rebasing: p[t.offset..<(t.offset + t.count)]))
         }
-        let data = SafetensorsFile.serialize(tensors, metadata: metadata)
+        let data = SafetensorsFile.serialize(tensors, metadata: metadata, dtype: dtype)
+        var config = model.config.huggingFaceJSON()
+        if dtype == .BF16, case let .object(members) = config {
+            config = .object(members.map { $0.0 == "torch_dtype" ? ($0.0, "bfloat16") : $0 })
+        }
         do {
             try FileWriting.writeAtomically(data, to: dir + "/model.safetensors")
-            try FileWriting.writeAtomically(Data((model.config.huggingFaceJSON().pretty + "\n").utf8), to: dir + "/config.json")
+            try FileWriting.writeAtomically(Data((config.pretty + "\n").utf8), to: dir + "/config.json")
         } catch { throw .file(error) }
     }
 
@@ -47,34 +55,34 @@ public enum ModelDirectory {
             }
             config.bosTokenId = config.bosTokenId ?? expect.bosTokenId
         }
-        let path = dir + "/model.safetensors"
-        let file = try SafetensorsFile.read(path: path)
+        let weights = try ModelWeights.open(directory: dir)
+        let path = weights.source
         let model = try GPT2(config: config)
-        var byName: [String: SafetensorsEntry] = [:]
-        var lmHead: SafetensorsEntry?
-        for e in file.entries {
+        var byName: [String: ModelWeights.Tensor] = [:]
+        var lmHead: ModelWeights.Tensor?
+        for e in weights.tensors {
             var name = e.name
             if name == "lm_head.weight" { lmHead = e; continue }
             if name.hasSuffix(".attn.bias") || name.hasSuffix(".attn.masked_bias") { continue }
             if !name.hasPrefix("transformer.") { name = "transformer." + name }
-            if byName[name] != nil { throw .badSafetensors(path: path, reason: "tensor \(e.name) appears twice (with and without the transformer. prefix)") }
+            if byName[name] != nil { throw .badSafetensors(path: e.file.path, reason: "tensor \(e.name) appears twice (with and without the transformer. prefix)") }
             byName[name] = e
         }
         for t in model.layout.tensors {
             guard let e = byName.removeValue(forKey: t.name) else { throw .missingTensor(path: path, name: t.name) }
-            guard e.shape == t.shape else { throw .shapeMismatch(path: path, name: t.name, expected: t.shape, found: e.shape) }
-            try file.copyFloats(e, into: model.params.pointer + t.offset)
+            guard e.entry.shape == t.shape else { throw .shapeMismatch(path: e.file.path, name: t.name, expected: t.shape, found: e.entry.shape) }
+            try e.copyFloats(into: model.params.pointer + t.offset)
         }
         if let extra = byName.keys.sorted().first {
             throw .badSafetensors(path: path, reason: "unexpected tensor \(extra) (not part of GPT-2)")
         }
         if let lm = lmHead {
             guard let wte = model.layout.tensor(named: "transformer.wte.weight") else { throw .missingTensor(path: path, name: "transformer.wte.weight") }
-            guard lm.shape == wte.shape else { throw .shapeMismatch(path: path, name: "lm_head.weight", expected: wte.shape, found: lm.shape) }
-            let values = try file.floats(lm.name)
+            guard lm.entry.shape == wte.shape else { throw .shapeMismatch(path: lm.file.path, name: "lm_head.weight", expected: wte.shape, found: lm.entry.shape) }
+            let values = try lm.floats()
             let w = model.params.pointer + wte.offset
             for i in 0..<values.count where values[i] != w[i] {
-                throw .badSafetensors(path: path, reason: "lm_head.weight differs from transformer.wte.weight; kat-dist needs tied embeddings")
+                throw .badSafetensors(path: lm.file.path, reason: "lm_head.weight differs from transformer.wte.weight; kat-dist needs tied embeddings")
             }
         }
         for i in 0..<model.params.count where !model.params[i].isFinite {

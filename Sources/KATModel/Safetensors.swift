@@ -24,7 +24,7 @@ public struct SafetensorsEntry: Equatable, Sendable {
     public var end: Int
 }
 
-/// A safetensors file read and validated in full (SPEC section 2).
+/// A safetensors file read and validated in full (Docs/formats.md lists the faults).
 public struct SafetensorsFile: Sendable {
     public let path: String
     /// Entries in data order.
@@ -157,17 +157,23 @@ public struct SafetensorsFile: Sendable {
 
     // MARK: - Writing
 
-    /// Serialises F32 tensors, in the order given, with `"format": "pt"` metadata.
+    /// Serialises tensors, in the order given, with `"format": "pt"` metadata.
+    /// - Parameter dtype: F32 (the values as they are) or BF16 (each value rounded to the
+    ///   nearest bfloat16, ties to even, as PyTorch converts; NaN becomes 0x7FC0). Other
+    ///   element types are written as F32.
     public static func serialize(_ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)],
-                                 metadata: [String: String] = [:]) -> Data {
+                                 metadata: [String: String] = [:], dtype: SafetensorsDType = .F32) -> Data {
+        let bf16 = dtype == .BF16
+        let width = bf16 ? 2 : 4
         var members: [(String, JSON)] = []
         var meta: [(String, JSON)] = [("format", "pt")]
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }) where k != "format" { meta.append((k, .string(v))) }
         members.append(("__metadata__", .object(meta)))
         var off = 0
         for t in tensors {
-            let bytes = t.values.count * 4
-            members.append((t.name, .object([("dtype", "F32"), ("shape", JSON(t.shape)), ("data_offsets", JSON([off, off + bytes]))])))
+            let bytes = t.values.count * width
+            members.append((t.name, .object([("dtype", .string(bf16 ? "BF16" : "F32")), ("shape", JSON(t.shape)),
+                                             ("data_offsets", JSON([off, off + bytes]))])))
             off += bytes
         }
         var header = Array(JSON.object(members).serialized.utf8)
@@ -177,6 +183,12 @@ public struct SafetensorsFile: Sendable {
         withUnsafeBytes(of: &len) { out.append(contentsOf: $0) }
         out.append(contentsOf: header)
         for t in tensors {
+            if bf16 {
+                var half = [UInt16](repeating: 0, count: t.values.count)
+                for i in 0..<t.values.count { half[i] = bfloat16Bits(t.values[i]).littleEndian }
+                half.withUnsafeBytes { out.append(contentsOf: $0) }
+                continue
+            }
             #if _endian(little)
             out.append(UnsafeBufferPointer(start: t.values.baseAddress, count: t.values.count))
             #else
@@ -184,5 +196,14 @@ public struct SafetensorsFile: Sendable {
             #endif
         }
         return out
+    }
+
+    /// The bfloat16 nearest to `x` (ties to even), as bits; NaN gives 0x7FC0.
+    /// Source: PyTorch's `c10::detail::round_to_nearest_even`.
+    public static func bfloat16Bits(_ x: Float) -> UInt16 {
+        if x.isNaN { return 0x7FC0 }
+        let bits = x.bitPattern
+        let bias = ((bits >> 16) & 1) + 0x7FFF
+        return UInt16(truncatingIfNeeded: (bits &+ bias) >> 16)
     }
 }

@@ -4,7 +4,7 @@ import KATEnv
 import KATSupport
 import KATTrie
 
-/// Rollout settings (SPEC section 9, rollout.*).
+/// Rollout settings (the `rollout.*` config keys).
 public struct RolloutConfig: Sendable {
     public var groupSize = 8
     public var temperature: Float = 1
@@ -55,9 +55,14 @@ public final class RolloutWorker {
         }
     }
 
-    public init(model: GPT2, seed: UInt64, config: RolloutConfig, makeEnvironment: @escaping () -> Environment) {
+    /// Turns prompts and observations into tokens and sampled answers into text.
+    public let tokenizer: any Tokenizer
+
+    public init(model: GPT2, seed: UInt64, config: RolloutConfig, tokenizer: any Tokenizer = ByteTokenizer(),
+                makeEnvironment: @escaping () -> Environment) {
         sampler = Sampler(model: model, seed: seed)
         self.config = config
+        self.tokenizer = tokenizer
         self.makeEnvironment = makeEnvironment
     }
 
@@ -66,11 +71,11 @@ public final class RolloutWorker {
         s.temperature = config.temperature
         s.topP = config.topP
         s.maxNewTokens = config.maxNewTokens
-        s.stopTokens = [ByteTokenizer.eos, ByteTokenizer.sep]
+        s.stopTokens = tokenizer.stopTokens
         return s
     }
 
-    func promptTokens(_ prompt: String) -> [Int32] { [ByteTokenizer.bos] + ByteTokenizer.encode(prompt) + [ByteTokenizer.sep] }
+    func promptTokens(_ prompt: String) -> [Int32] { tokenizer.promptTokens(prompt) }
 
     /// Room left under n_positions for an observation and the next answer.
     func fits(_ length: Int) -> Bool { length + config.maxNewTokens < sampler.cache.model.config.nPositions }
@@ -155,10 +160,10 @@ public final class RolloutWorker {
         while true {
             turn += 1
             for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
-            let reply = try env.step(action: ByteTokenizer.decode(cont.tokens.map(\.token)))
+            let reply = try env.step(action: tokenizer.actionText(cont.tokens.map(\.token)))
             reward += reply.reward
             if reply.done || turn >= config.turns { break }
-            let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+            let obs = tokenizer.observationTokens(reply.observation)
             guard fits(tokens.count + obs.count) else {
                 truncatedEpisodes += 1
                 break
@@ -198,13 +203,13 @@ public final class RolloutWorker {
         while true {
             turn += 1
             let cont = try sampler.generate(from: row, logits: logits, streams: 1, config: cfg)[0]
-            let action = ByteTokenizer.decode(cont.tokens.map(\.token))
+            let action = tokenizer.actionText(cont.tokens.map(\.token))
             text += (text.isEmpty ? "" : " | ") + action
             length += cont.tokens.count
             let reply = try env.step(action: action)
             reward += reply.reward
             if reply.done || turn >= config.turns { break }
-            let obs = ByteTokenizer.encode(reply.observation) + [ByteTokenizer.sep]
+            let obs = tokenizer.observationTokens(reply.observation)
             guard fits(length + obs.count) else { break }
             (row, logits) = try sampler.prefill(obs, parent: cont.lastRow)
             length += obs.count

@@ -12,6 +12,18 @@ func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
     do { return try ModelDirectory.load(dir) } catch { throw CommandFailure(description: "\(error)") }
 }
 
+/// The tokenizer of the model directory `--model` names, checked against the model's
+/// vocabulary and able to frame episodes (an EOS and a separator).
+func loadTokenizerOption(_ a: ParsedArguments, model: GPT2, command: String) throws -> any Tokenizer {
+    let dir = try a.required("model", command: command)
+    do {
+        let t = try TokenizerLoader.load(directory: dir)
+        try t.check(fitsVocabularySize: model.config.vocabSize, model: "the model \(dir)")
+        try t.checkEpisodeSpecials()
+        return t
+    } catch { throw CommandFailure(description: "\(error)") }
+}
+
 /// `kat-dist eval`: held-out success (full reward under greedy decoding) and mean reward.
 enum EvalCommand {
     static let usage = """
@@ -41,12 +53,10 @@ enum EvalCommand {
         let turns = try a.int("turns", command: "eval", range: 1...100) ?? 1
         let maxNew = try a.int("max-new-tokens", command: "eval", range: 1...100_000) ?? 16
         let model = try loadModelOption(a, command: "eval")
-        guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
-            throw CommandFailure(description: "built-in tasks use the byte tokenizer; this model's vocabulary has \(model.config.vocabSize) tokens")
-        }
+        let tokenizer = try loadTokenizerOption(a, model: model, command: "eval")
         var rc = RolloutConfig()
         rc.turns = turns; rc.maxNewTokens = maxNew
-        let worker = RolloutWorker(model: model, seed: 1, config: rc) { task.makeEnvironment(maxTurns: turns) }
+        let worker = RolloutWorker(model: model, seed: 1, config: rc, tokenizer: tokenizer) { task.makeEnvironment(maxTurns: turns) }
         let (ok, total) = try worker.evaluate(seeds: 0..<prompts)
         print(String(format: "task %@: held-out success %.3f (%d of %d), mean reward %.3f", name as NSString,
                      Double(ok) / Double(prompts), ok, prompts, total / Double(prompts)))
@@ -58,8 +68,9 @@ enum GenerateCommand {
     static let usage = """
     Usage: kat-dist generate --model DIR --prompt TEXT [--n N] [--temperature T] [--max-new-tokens N] [--seed S]
 
-    Samples N continuations of the prompt (BOS, its bytes, SEP) and prints each, one per
-    line. --temperature 0 decodes greedily.
+    Samples N continuations of the prompt (BOS, its tokens, the separator, with the model
+    directory's tokenizer) and prints each, one per line, without its final EOS or
+    separator and without special tokens. --temperature 0 decodes greedily.
     """
 
     static func run(_ args: [String]) throws {
@@ -74,10 +85,8 @@ enum GenerateCommand {
         let maxNew = try a.int("max-new-tokens", command: "generate", range: 1...100_000) ?? 32
         let seed = try a.int("seed", command: "generate", range: 0...Int(Int32.max)) ?? 1
         let model = try loadModelOption(a, command: "generate")
-        guard model.config.vocabSize >= GPT2Config.byteVocabSize else {
-            throw CommandFailure(description: "generate uses the byte tokenizer; this model's vocabulary has \(model.config.vocabSize) tokens")
-        }
-        let tokens = [ByteTokenizer.bos] + ByteTokenizer.encode(prompt) + [ByteTokenizer.sep]
+        let tokenizer = try loadTokenizerOption(a, model: model, command: "generate")
+        let tokens = tokenizer.promptTokens(prompt)
         guard tokens.count + maxNew <= model.config.nPositions else {
             throw UsageError(description: "kat-dist generate: the prompt (\(tokens.count) tokens) plus --max-new-tokens exceed the model's n_positions (\(model.config.nPositions))")
         }
@@ -86,11 +95,11 @@ enum GenerateCommand {
         cfg.temperature = tau > 0 ? Float(tau) : 1
         cfg.greedy = tau == 0
         cfg.maxNewTokens = maxNew
-        cfg.stopTokens = [ByteTokenizer.eos, ByteTokenizer.sep]
+        cfg.stopTokens = tokenizer.stopTokens
         do {
             let (row, logits) = try sampler.prefill(tokens)
             for c in try sampler.generate(from: row, logits: logits, streams: n, config: cfg) {
-                print(ByteTokenizer.decode(c.tokens.map(\.token)))
+                print(tokenizer.actionText(c.tokens.map(\.token)))
             }
         } catch { throw CommandFailure(description: "\(error)") }
     }

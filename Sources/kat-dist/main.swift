@@ -26,6 +26,7 @@ Usage:
   kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
   kat-dist generate --model DIR --prompt TEXT [--n N] [--temperature T] [--max-new-tokens N]
   kat-dist eval     --model DIR [--task NAME] [--prompts N]
+  kat-dist tokenize --model DIR --input FILE.jsonl [--output FILE] [--decode]
   kat-dist --help | --version
 
 Commands:
@@ -33,6 +34,7 @@ Commands:
   logprobs   score every token of each trajectory with a model directory
   generate   sample continuations of a prompt
   eval       held-out success of a model on a built-in task
+  tokenize   text to token ids with a model directory's tokenizer, and back
 
 Each command has --help. See README.md and Docs/ for training, formats and tuning.
 
@@ -86,6 +88,8 @@ do {
     case "logprobs":
         try checkBLAS()
         try LogprobsCommand.run(rest)
+    case "tokenize":
+        try TokenizeCommand.run(rest)
     default:
         throw UsageError(description: "kat-dist: unknown command '\(command)' (see kat-dist --help)")
     }

@@ -257,7 +257,7 @@ final class BatchAssemblyTests: XCTestCase {
     func testSynchronousBatchReassemblesGroupsInOrder() throws {
         let s = try tinySettings(["batch.prompts=5", "rollout.group_size=2", "rollout.max_new_tokens=4"])
         let model = try s.initialModel()
-        let env = try EnvironmentSource(s)
+        let env = try EnvironmentSource(s, vocabSize: model.config.vocabSize)
         final class TwoTrainers: Collective {
             let peer: [UInt8]
             init(peer: [UInt8]) { self.peer = peer }

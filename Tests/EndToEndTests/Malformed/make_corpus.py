@@ -146,6 +146,46 @@ model_dir("config-not-json", raw_config="{", blob=safetensors(ts), frag="config.
 model_dir("config-activation", config=dict(cfg, activation_function="relu"), blob=safetensors(ts), frag="key activation_function")
 model_dir("config-heads", config=dict(cfg, n_head=3), blob=safetensors(ts), frag="key n_head")
 
+# sharded, BF16 and PyTorch-only weights
+def extra_model(name, files, frag):
+    d = os.path.join(corpus, "models", name)
+    os.makedirs(d)
+    for fname, blob in dict({"config.json": json.dumps(cfg).encode()}, **files).items():
+        with open(os.path.join(d, fname), "wb") as f:
+            f.write(blob)
+    cases.append((f"model {name}", f"logprobs --model {{c}}/models/{name} --input {{c}}/ok.jsonl --output {{t}}/out.jsonl", frag))
+index = {"weight_map": {n: "model-00001-of-00002.safetensors" for n, _ in ts[:2]}}
+index["weight_map"].update({n: "model-00002-of-00002.safetensors" for n, _ in ts[2:]})
+extra_model("sharded-missing-shard", {"model.safetensors.index.json": json.dumps(index).encode(),
+                                      "model-00001-of-00002.safetensors": safetensors(ts[:2])},
+            "model-00002-of-00002.safetensors: no such file (named by model.safetensors.index.json)")
+extra_model("sharded-index-not-json", {"model.safetensors.index.json": b"{"}, "model.safetensors.index.json: not valid JSON")
+extra_model("bf16-span", {"model.safetensors": safetensors(ts, dtype="BF16")}, "of BF16 needs")
+extra_model("torch-only", {"pytorch_model.bin": b"PK"}, "safe_serialization=True")
+
+# --- tokenizers (kat-dist tokenize) ---
+write("text.jsonl", '{"text": "hi"}\n')
+def tokenizer_dir(name, files, frag, config=None):
+    d = os.path.join(corpus, "tokenizers", name)
+    os.makedirs(d)
+    for fname, text in dict({"config.json": json.dumps(config or cfg)}, **files).items():
+        with open(os.path.join(d, fname), "w") as f:
+            f.write(text)
+    cases.append((f"tokenizer {name}", f"tokenize --model {{c}}/tokenizers/{name} --input {{c}}/text.jsonl", frag))
+byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+small_vocab = {"a": 0, "b": 1, "ab": 2, "Ġ": 3, "h": 4, "i": 5, "hi": 6}
+def tokenizer_json(model_type="BPE", pre=byte_level, merges=("a b", "h i")):
+    return json.dumps({"version": "1.0", "added_tokens": [], "normalizer": None, "pre_tokenizer": pre, "post_processor": None,
+                       "decoder": byte_level, "model": {"type": model_type, "vocab": small_vocab, "merges": list(merges)}})
+tokenizer_dir("not-json", {"tokenizer.json": "{"}, "tokenizer.json: not valid JSON")
+tokenizer_dir("unigram", {"tokenizer.json": tokenizer_json("Unigram")}, "model type Unigram")
+tokenizer_dir("metaspace", {"tokenizer.json": tokenizer_json(pre={"type": "Metaspace"})}, "pre_tokenizer Metaspace")
+tokenizer_dir("bad-merge", {"tokenizer.json": tokenizer_json(merges=("a c",))}, "not in the vocabulary")
+tokenizer_dir("merges-only", {"merges.txt": "#version: 0.2\na b\n"}, "vocab.json: missing")
+tokenizer_dir("vocab-too-small", {"tokenizer.json": tokenizer_json()}, "has vocab_size 3", config=dict(cfg, vocab_size=3))
+tokenizer_dir("foreign-specials", {}, "eos_token_id: is 50256, but the directory has no tokenizer files",
+              config=dict(cfg, eos_token_id=50256))
+
 # --- checkpoints (kat-dist train --resume PATH) ---
 def checkpoint(name, files, frag):
     d = os.path.join(corpus, "checkpoints", name)
