@@ -78,7 +78,7 @@ final class RolloutLink {
     }
 
     /// Sends the weights of `version` to every rollout rank whose previous copy arrived.
-    func publish(_ model: GPT2, version: Int) throws {
+    func publish(_ model: any LanguageModel, version: Int) throws {
         try poll()
         var bytes = [UInt8]()
         withUnsafeBytes(of: UInt64(version).littleEndian) { bytes += $0 }
@@ -113,13 +113,13 @@ final class AsynchronousRollouts: BatchSource {
     /// Trainer 0's link to the rollout ranks; nil on the other trainers.
     let link: RolloutLink?
     let collective: Collective
-    let model: GPT2
+    let model: any LanguageModel
     let prompts: Int
     let maxStaleness: Int
     let optimizer: OptimizerConfig
     let totalSteps: Int
 
-    init(link: RolloutLink?, collective: Collective, model: GPT2, settings: RunSettings) {
+    init(link: RolloutLink?, collective: Collective, model: any LanguageModel, settings: RunSettings) {
         self.link = link
         self.collective = collective
         self.model = model
@@ -194,7 +194,7 @@ final class AsynchronousRollouts: BatchSource {
 /// the environments only: no optimizer, no run directory.
 final class RolloutRankLoop {
     let world: MPICollective
-    let model: GPT2
+    let model: any LanguageModel
     let generator: GroupGenerator
     let perBatch: Int
     let faults: FaultInjection

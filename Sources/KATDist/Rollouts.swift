@@ -47,7 +47,7 @@ final class GroupGenerator {
     let seed: UInt64
     let trainPrompts: UInt64
 
-    init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
+    init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         seed = UInt64(settings.run.seed)
         worker = RolloutWorker(model: model, seed: seed &+ 1, config: settings.rollout, makeEnvironment: environments.make)
         trainPrompts = UInt64(environments.task?.promptCount(split: "train") ?? Int(Int32.max))
@@ -73,7 +73,7 @@ final class Evaluator {
     let worker: RolloutWorker
     let prompts: Int
 
-    init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
+    init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         worker = RolloutWorker(model: model, seed: UInt64(settings.run.seed) &+ 2, config: settings.rollout,
                                makeEnvironment: environments.make)
         prompts = settings.run.evalPrompts

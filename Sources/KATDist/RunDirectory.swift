@@ -111,7 +111,7 @@ public final class RunDirectory {
     /// last, renames the directory into place, then moves `latest`, and keeps the newest
     /// `keep` checkpoints.
     /// - Parameter extras: further files (buffered rollouts), listed in MANIFEST too.
-    public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int,
+    public func writeCheckpoint(step: Int, model: any LanguageModel, optimizer: Optimizer, state: JSON, keep: Int,
                                 extras: [String: Data] = [:]) throws(RunError) {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name

@@ -30,7 +30,7 @@ public final class RolloutWorker {
     public let makeEnvironment: () -> Environment
     public var config: RolloutConfig
 
-    public init(model: GPT2, seed: UInt64, config: RolloutConfig, makeEnvironment: @escaping () -> Environment) {
+    public init(model: any LanguageModel, seed: UInt64, config: RolloutConfig, makeEnvironment: @escaping () -> Environment) {
         sampler = Sampler(model: model, seed: seed)
         self.config = config
         self.makeEnvironment = makeEnvironment

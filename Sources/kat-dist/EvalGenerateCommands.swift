@@ -3,7 +3,7 @@ import KATModel
 import KATEnv
 import KATRL
 
-func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
+func loadModelOption(_ a: ParsedArguments, command: String) throws -> any LanguageModel {
     let dir = try a.required("model", command: command)
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
