@@ -335,12 +335,19 @@ do {
                                yRange: 0...1)
         try (svg + "\n").write(toFile: a[3], atomically: true, encoding: .utf8)
     case "init-model":
-        // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
-        let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
+        // kat-bench init-model DIR [--family gpt2|llama|qwen2] [--n-embd 64] [--n-layer 2]: a
+        // seeded random model of the family (NH=4, byte vocabulary; llama and qwen2 with 2
+        // key-value heads, F about 8C/3, tied head).
+        let family = familyOption(), c = option("n-embd", 64), layers = option("n-layer", 2)
+        let cfg: any ModelConfiguration = family == .gpt2
+            ? GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: c, nLayer: layers, nHead: 4)
+            : LlamaConfig(family: family, vocabSize: 260, nPositions: 128, nEmbd: c, nLayer: layers, nHead: 4, nKVHead: 2,
+                          intermediateSize: (8 * c / 3 + 15) / 16 * 16)
+        let m = try cfg.makeModel()
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {
