@@ -76,56 +76,55 @@ func benchConfig(_ family: ModelFamily, positions: Int) -> any ModelConfiguratio
                        intermediateSize: 704)
 }
 
-/// Best-of-`reps` forward+backward of a fresh model of `cfg` on `batch`: (step, forward)
-/// seconds and the activation bytes.
-func timeModel(_ cfg: any ModelConfiguration, _ batch: PackedBatch, _ d: [Float], reps: Int) throws -> (Double, Double, Int) {
-    let model = try cfg.makeModel()
-    model.initialize(seed: 1)
-    // Warm-up pass allocates the workspace.
-    model.zeroGrad(); model.forward(batch); model.backward(dlogprobs: d)
-    var best = Double.infinity, fwdBest = Double.infinity
-    for _ in 0..<reps {
-        model.zeroGrad()
-        let t0 = now()
-        model.forward(batch)
-        let t1 = now()
-        model.backward(dlogprobs: d)
-        let t2 = now()
-        best = min(best, t2 - t0)
-        fwdBest = min(fwdBest, t1 - t0)
-    }
-    return (best, fwdBest, model.workspaceBytes)
-}
-
 func modelBenchmark() throws {
     BLASRuntime.setThreads(1)
     let seqs = option("seqs", 32), len = option("len", 320), reps = option("repeat", 3)
     let family = familyOption()
-    let cfg = benchConfig(family, positions: max(512, len))
+    // The family asked for, and GPT-2 of the same width and depth beside it.
+    let configs = [benchConfig(family, positions: max(512, len))] + (family == .gpt2 ? [] : [benchConfig(.gpt2, positions: max(512, len))])
     var rng = SplitMix64(seed: 2)
     let sequences = (0..<seqs).map { _ in (0..<len).map { _ in Int(rng.next() % 256) } }
-    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: cfg.nPositions)
+    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: configs[0].nPositions)
     let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
     print("# \(BLASRuntime.summary)")
-    print("# model \(cfg.shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
-    let sg = sgemmGFLOPs(n: 1024, reps: 3)
-    let (best, fwdBest, workspace) = try timeModel(cfg, batch, d, reps: reps)
+    print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
+    var sg = sgemmGFLOPs(n: 1024, reps: 3)
+    let models = try configs.map { cfg -> any LanguageModel in
+        let m = try cfg.makeModel()
+        m.initialize(seed: 1)
+        // Warm-up pass allocates the workspace.
+        m.zeroGrad(); m.forward(batch); m.backward(dlogprobs: d)
+        return m
+    }
+    // Rounds of sgemm and each model in turn, best of each, so a change of the machine's
+    // load during the run reaches every side alike.
+    var best = [Double](repeating: .infinity, count: models.count), fwdBest = best
+    for _ in 0..<reps {
+        for (k, model) in models.enumerated() {
+            model.zeroGrad()
+            let t0 = now()
+            model.forward(batch)
+            let t1 = now()
+            model.backward(dlogprobs: d)
+            let t2 = now()
+            best[k] = min(best[k], t2 - t0)
+            fwdBest[k] = min(fwdBest[k], t1 - t0)
+        }
+        sg = max(sg, sgemmGFLOPs(n: 1024, reps: 1))
+    }
     let n = Double(batch.count)
     // Layers per token, head per row with children, attention per (query, key) pair.
-    let flops = cfg.trainingFLOPs(batch)
-    let gf = flops / best / 1e9
-    print(String(format: "tokens/s            %.0f", n / best))
-    print(String(format: "step time (s)       %.3f  (forward %.3f)", best, fwdBest))
-    print(String(format: "model GFLOP/s       %.1f  (%.1f GFLOP per step)", gf, flops / 1e9))
+    let flops = configs.map { $0.trainingFLOPs(batch) }
+    let gf = flops[0] / best[0] / 1e9
+    print(String(format: "tokens/s            %.0f", n / best[0]))
+    print(String(format: "step time (s)       %.3f  (forward %.3f)", best[0], fwdBest[0]))
+    print(String(format: "model GFLOP/s       %.1f  (%.1f GFLOP per step)", gf, flops[0] / 1e9))
     print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
     print(String(format: "ratio model/sgemm   %.2f", gf / sg))
-    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(workspace) / 1048576))
-    if family != .gpt2 {
-        // GPT-2 of the same width and depth on the same batch, in the same run.
-        let g = benchConfig(.gpt2, positions: max(512, len))
-        let (gb, _, _) = try timeModel(g, batch, d, reps: reps)
-        let ggf = g.trainingFLOPs(batch) / gb / 1e9
-        print(String(format: "gpt2 GFLOP/s        %.1f  (%@, same batch)", ggf, g.shapeSummary as NSString))
+    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(models[0].workspaceBytes) / 1048576))
+    if models.count > 1 {
+        let ggf = flops[1] / best[1] / 1e9
+        print(String(format: "gpt2 GFLOP/s        %.1f  (%@, same batch, step %.3f s)", ggf, configs[1].shapeSummary as NSString, best[1]))
         print(String(format: "ratio gpt2/sgemm    %.2f", ggf / sg))
     }
 }
