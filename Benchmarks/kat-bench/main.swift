@@ -15,7 +15,7 @@ import KATRL
 //   kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
-//   kat-bench sampler [--prompt 64] [--new 64] [--group 8]
+//   kat-bench sampler [--family gpt2|llama|qwen2] [--prompt 64] [--new 64] [--group 8]
 //       generated tokens/s with the group's prompt cache shared and with a copy per sample.
 //   kat-bench model [--family gpt2|llama|qwen2] [--seqs 32] [--len 320] [--repeat 3]
 //       forward+backward of the family at C=256 L=4 NH=4 V=260 (llama, qwen2: 2 key-value
@@ -261,15 +261,18 @@ func trieBenchmark() throws {
 func samplerBenchmark() throws {
     BLASRuntime.setThreads(1)
     let promptLen = option("prompt", 64), newTokens = option("new", 64), group = option("group", 8)
-    let cfg = GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
-    let model = try GPT2(config: cfg)
+    let family = familyOption()
+    let cfg: any ModelConfiguration = family == .gpt2
+        ? GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
+        : LlamaConfig(family: family, vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4, nKVHead: 2, intermediateSize: 352)
+    let model = try cfg.makeModel()
     model.initialize(seed: 1)
     var rng = SplitMix64(seed: 4)
     let prompt = (0..<promptLen).map { _ in Int32(rng.next() % 256) }
     var sc = SamplingConfig()
     sc.maxNewTokens = newTokens
     print("# \(BLASRuntime.summary)")
-    print("# model C=128 L=4 NH=4, prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
+    print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
     // Shared: one prefill, every sample continues from it.
     func shared() throws -> Double {
         let s = Sampler(model: model, seed: 1)
