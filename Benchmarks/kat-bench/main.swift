@@ -12,14 +12,15 @@ import KATRL
 //   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
 //       checks an in-place float allreduce exactly and measures its bus bandwidth
 //       against point-to-point bandwidth between ranks 0 and 1 in the same run.
-//   kat-bench trie [--scale 1] [--repeat 2] | kat-bench trie --memory
+//   kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
-//   kat-bench sampler [--prompt 64] [--new 64] [--group 8]
+//   kat-bench sampler [--family gpt2|llama|qwen2] [--prompt 64] [--new 64] [--group 8]
 //       generated tokens/s with the group's prompt cache shared and with a copy per sample.
-//   kat-bench model [--seqs 32] [--len 320] [--repeat 3]
-//       forward+backward of GPT-2 C=256 L=4 NH=4 V=260 on packed flat sequences, one
-//       process, against single-thread sgemm 1024^3 measured in the same run.
+//   kat-bench model [--family gpt2|llama|qwen2] [--seqs 32] [--len 320] [--repeat 3]
+//       forward+backward of the family at C=256 L=4 NH=4 V=260 (llama, qwen2: 2 key-value
+//       heads, F=704) on packed flat sequences, one process, against single-thread sgemm
+//       1024^3 measured in the same run; for llama and qwen2, GPT-2's too.
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
@@ -55,41 +56,77 @@ func sgemmGFLOPs(n: Int, reps: Int) -> Double {
     return best
 }
 
+/// The value of `--family` (default gpt2); exits with a usage message on another name.
+func familyOption() -> ModelFamily {
+    let a = CommandLine.arguments
+    guard let i = a.firstIndex(of: "--family") else { return .gpt2 }
+    guard i + 1 < a.count, let f = ModelFamily(rawValue: a[i + 1]) else {
+        FileHandle.standardError.write(Data("kat-bench: --family must be one of \(ModelFamily.allCases.map(\.rawValue).joined(separator: ", "))\n".utf8))
+        exit(2)
+    }
+    return f
+}
+
+/// The benchmark model of a family: C=256 L=4 NH=4 V=260; llama and qwen2 with 2 key-value
+/// heads (grouped-query attention), head size 64 and SwiGLU width 704 (about 8C/3, as
+/// Llama sizes it, so the MLP has GPT-2's 8 C^2 weights).
+func benchConfig(_ family: ModelFamily, positions: Int) -> any ModelConfiguration {
+    if family == .gpt2 { return GPT2Config(vocabSize: 260, nPositions: positions, nEmbd: 256, nLayer: 4, nHead: 4) }
+    return LlamaConfig(family: family, vocabSize: 260, nPositions: positions, nEmbd: 256, nLayer: 4, nHead: 4, nKVHead: 2,
+                       intermediateSize: 704)
+}
+
 func modelBenchmark() throws {
     BLASRuntime.setThreads(1)
     let seqs = option("seqs", 32), len = option("len", 320), reps = option("repeat", 3)
-    let cfg = GPT2Config(vocabSize: 260, nPositions: max(512, len), nEmbd: 256, nLayer: 4, nHead: 4)
-    let model = try GPT2(config: cfg)
-    model.initialize(seed: 1)
+    let family = familyOption()
+    // The family asked for, and GPT-2 of the same width and depth beside it.
+    let configs = [benchConfig(family, positions: max(512, len))] + (family == .gpt2 ? [] : [benchConfig(.gpt2, positions: max(512, len))])
     var rng = SplitMix64(seed: 2)
     let sequences = (0..<seqs).map { _ in (0..<len).map { _ in Int(rng.next() % 256) } }
-    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: cfg.nPositions)
+    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: configs[0].nPositions)
     let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
     print("# \(BLASRuntime.summary)")
-    print("# model C=256 L=4 NH=4 V=260, \(seqs) sequences x \(len) tokens, 1 BLAS thread")
-    let sg = sgemmGFLOPs(n: 1024, reps: 3)
-    // Warm-up pass allocates the workspace.
-    model.zeroGrad(); model.forward(batch); model.backward(dlogprobs: d)
-    var best = Double.infinity, fwdBest = Double.infinity
+    print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
+    var sg = sgemmGFLOPs(n: 1024, reps: 3)
+    let models = try configs.map { cfg -> any LanguageModel in
+        let m = try cfg.makeModel()
+        m.initialize(seed: 1)
+        // Warm-up pass allocates the workspace.
+        m.zeroGrad(); m.forward(batch); m.backward(dlogprobs: d)
+        return m
+    }
+    // Rounds of sgemm and each model in turn, best of each, so a change of the machine's
+    // load during the run reaches every side alike.
+    var best = [Double](repeating: .infinity, count: models.count), fwdBest = best
     for _ in 0..<reps {
-        model.zeroGrad()
-        let t0 = now()
-        model.forward(batch)
-        let t1 = now()
-        model.backward(dlogprobs: d)
-        let t2 = now()
-        best = min(best, t2 - t0)
-        fwdBest = min(fwdBest, t1 - t0)
+        for (k, model) in models.enumerated() {
+            model.zeroGrad()
+            let t0 = now()
+            model.forward(batch)
+            let t1 = now()
+            model.backward(dlogprobs: d)
+            let t2 = now()
+            best[k] = min(best[k], t2 - t0)
+            fwdBest[k] = min(fwdBest[k], t1 - t0)
+        }
+        sg = max(sg, sgemmGFLOPs(n: 1024, reps: 1))
     }
     let n = Double(batch.count)
-    let flops = n * cfg.flopsPerToken + Double(batch.attentionPairs) * cfg.flopsPerAttentionPair
-    let gf = flops / best / 1e9
-    print(String(format: "tokens/s            %.0f", n / best))
-    print(String(format: "step time (s)       %.3f  (forward %.3f)", best, fwdBest))
-    print(String(format: "model GFLOP/s       %.1f  (SPEC section 8 count: %.1f GFLOP per step)", gf, flops / 1e9))
+    // Layers per token, head per row with children, attention per (query, key) pair.
+    let flops = configs.map { $0.trainingFLOPs(batch) }
+    let gf = flops[0] / best[0] / 1e9
+    print(String(format: "tokens/s            %.0f", n / best[0]))
+    print(String(format: "step time (s)       %.3f  (forward %.3f)", best[0], fwdBest[0]))
+    print(String(format: "model GFLOP/s       %.1f  (%.1f GFLOP per step)", gf, flops[0] / 1e9))
     print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
     print(String(format: "ratio model/sgemm   %.2f", gf / sg))
-    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(model.workspaceBytes) / 1048576))
+    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(models[0].workspaceBytes) / 1048576))
+    if models.count > 1 {
+        let ggf = flops[1] / best[1] / 1e9
+        print(String(format: "gpt2 GFLOP/s        %.1f  (%@, same batch, step %.3f s)", ggf, configs[1].shapeSummary as NSString, best[1]))
+        print(String(format: "ratio gpt2/sgemm    %.2f", ggf / sg))
+    }
 }
 
 func allreduceBenchmark() throws {
@@ -190,17 +227,17 @@ func trieBenchmark() throws {
     if CommandLine.arguments.contains("--memory") { try trieMemoryBenchmark(); return }
     BLASRuntime.setThreads(1)
     let scale = option("scale", 1), reps = option("repeat", 2)
-    let cfg = GPT2Config(vocabSize: 260, nPositions: 1024, nEmbd: 256, nLayer: 4, nHead: 4)
+    let cfg = benchConfig(familyOption(), positions: 1024)
     print("# \(BLASRuntime.summary)")
-    print("# model C=256 L=4 NH=4 V=260, forward+backward, 1 BLAS thread, best of \(reps)")
+    print("# model \(cfg.shapeSummary), forward+backward, 1 BLAS thread, best of \(reps)")
     print("workload      flat tok  trie tok  FLOP ratio  time flat  time trie  time ratio  ratio/FLOP  act MiB flat  act MiB trie")
     for (name, seqs) in workloads(scale: scale) {
         let trie = Trie(sequences: seqs)
         let flatBatch = try PackedBatch(sequences: seqs.map { $0.map(Int.init) }, vocabSize: 260, maxPositions: 1024)
         let trieBatch = try PackedBatch(tokens: trie.tokens.map(Int.init), parents: trie.parents.map(Int.init), vocabSize: 260, maxPositions: 1024)
-        func flops(_ b: PackedBatch) -> Double { Double(b.count) * cfg.flopsPerToken + Double(b.attentionPairs) * cfg.flopsPerAttentionPair }
+        func flops(_ b: PackedBatch) -> Double { cfg.trainingFLOPs(b) }
         func time(_ b: PackedBatch) throws -> (Double, Int) {
-            let m = try GPT2(config: cfg)
+            let m = try cfg.makeModel()
             m.initialize(seed: 1)
             var rng = SplitMix64(seed: 3)
             let d = (0..<b.count).map { _ in Float(rng.nextDouble() - 0.5) * 1e-3 }
@@ -224,15 +261,18 @@ func trieBenchmark() throws {
 func samplerBenchmark() throws {
     BLASRuntime.setThreads(1)
     let promptLen = option("prompt", 64), newTokens = option("new", 64), group = option("group", 8)
-    let cfg = GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
-    let model = try GPT2(config: cfg)
+    let family = familyOption()
+    let cfg: any ModelConfiguration = family == .gpt2
+        ? GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
+        : LlamaConfig(family: family, vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4, nKVHead: 2, intermediateSize: 352)
+    let model = try cfg.makeModel()
     model.initialize(seed: 1)
     var rng = SplitMix64(seed: 4)
     let prompt = (0..<promptLen).map { _ in Int32(rng.next() % 256) }
     var sc = SamplingConfig()
     sc.maxNewTokens = newTokens
     print("# \(BLASRuntime.summary)")
-    print("# model C=128 L=4 NH=4, prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
+    print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
     // Shared: one prefill, every sample continues from it.
     func shared() throws -> Double {
         let s = Sampler(model: model, seed: 1)
@@ -297,12 +337,19 @@ do {
                                yRange: 0...1)
         try (svg + "\n").write(toFile: a[3], atomically: true, encoding: .utf8)
     case "init-model":
-        // kat-bench init-model DIR: a seeded random GPT-2 (C=64 L=2 NH=4, byte vocabulary).
-        let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: 64, nLayer: 2, nHead: 4))
+        // kat-bench init-model DIR [--family gpt2|llama|qwen2] [--n-embd 64] [--n-layer 2]: a
+        // seeded random model of the family (NH=4, byte vocabulary; llama and qwen2 with 2
+        // key-value heads, F about 8C/3, tied head).
+        let family = familyOption(), c = option("n-embd", 64), layers = option("n-layer", 2)
+        let cfg: any ModelConfiguration = family == .gpt2
+            ? GPT2Config(vocabSize: 260, nPositions: 128, nEmbd: c, nLayer: layers, nHead: 4)
+            : LlamaConfig(family: family, vocabSize: 260, nPositions: 128, nEmbd: c, nLayer: layers, nHead: 4, nKVHead: 2,
+                          intermediateSize: (8 * c / 3 + 15) / 16 * 16)
+        let m = try cfg.makeModel()
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR)\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {

@@ -269,7 +269,7 @@ final class RolloutPeers {
 final class AsynchronousRollouts: BatchSource {
     let peers: RolloutPeers
     let collective: Collective
-    let model: GPT2
+    let model: any LanguageModel
     /// Generates groups on this trainer while it would wait (multiplexing); nil when off.
     let generator: GroupGenerator?
     let prompts: Int
@@ -279,7 +279,7 @@ final class AsynchronousRollouts: BatchSource {
     /// The groups of every trainer, gathered for the checkpoint trainer 0 writes.
     var checkpointGroups: [[Trajectory]] = []
 
-    init(peers: RolloutPeers, collective: Collective, model: GPT2, generator: GroupGenerator?, settings: RunSettings) {
+    init(peers: RolloutPeers, collective: Collective, model: any LanguageModel, generator: GroupGenerator?, settings: RunSettings) {
         self.peers = peers
         self.collective = collective
         self.model = model
@@ -450,7 +450,7 @@ final class AsynchronousRollouts: BatchSource {
 /// optimizer, no run directory.
 final class RolloutRankLoop {
     let world: MPICollective
-    let model: GPT2
+    let model: any LanguageModel
     let generator: GroupGenerator
     let perBatch: Int
     let faults: FaultInjection
@@ -464,7 +464,7 @@ final class RolloutRankLoop {
     var forwards: [(slot: Int, sends: [MPICollective.PendingSend])] = []
     var lastReceived = -1
 
-    init(world: MPICollective, model: GPT2, node: NodeWeights, tree: WeightTree, trainers: Int, settings: RunSettings) throws {
+    init(world: MPICollective, model: any LanguageModel, node: NodeWeights, tree: WeightTree, trainers: Int, settings: RunSettings) throws {
         self.world = world
         self.model = model
         self.node = node

@@ -77,7 +77,7 @@ public enum Checkpoint {
 
     /// Restores weights into `model` and, when given, moments into `optimizer`, and returns
     /// the run state. The checkpoint's model must match the configured one.
-    public static func restore(_ dir: String, model: GPT2, optimizer: Optimizer?) throws(RunError) -> JSON {
+    public static func restore(_ dir: String, model: any LanguageModel, optimizer: Optimizer?) throws(RunError) -> JSON {
         do {
             let loaded = try ModelDirectory.load(dir, expect: model.config)
             model.params.copy(from: loaded.params)

@@ -83,7 +83,7 @@ final class GroupGenerator {
     let seed: UInt64
     let trainPrompts: UInt64
 
-    init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
+    init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         seed = UInt64(settings.run.seed)
         worker = RolloutWorker(model: model, seed: seed &+ 1, config: settings.rollout, tokenizer: environments.tokenizer,
                                makeEnvironment: environments.make)
@@ -121,7 +121,7 @@ final class Evaluator {
     let worker: RolloutWorker
     let prompts: Int
 
-    init(model: GPT2, settings: RunSettings, environments: EnvironmentSource) {
+    init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         worker = RolloutWorker(model: model, seed: UInt64(settings.run.seed) &+ 2, config: settings.rollout,
                                tokenizer: environments.tokenizer, makeEnvironment: environments.make)
         prompts = settings.run.evalPrompts

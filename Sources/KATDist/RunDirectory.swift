@@ -246,7 +246,7 @@ public final class RunDirectory {
     /// - Parameters:
     ///   - extras: further files (buffered rollouts, the tokenizer's files), listed in MANIFEST too.
     ///   - dtype: element type of the weights (F32 or BF16); the optimizer state is F32.
-    public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int,
+    public func writeCheckpoint(step: Int, model: any LanguageModel, optimizer: Optimizer, state: JSON, keep: Int,
                                 extras: [String: Data] = [:], dtype: SafetensorsDType = .F32) throws(RunError) {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name

@@ -63,10 +63,11 @@ public struct RanksConfig: Sendable, Equatable {
     public init() {}
 }
 
-/// The model a run starts from: a directory, or a random initialisation of a shape.
-public enum ModelSource: Sendable, Equatable {
+/// The model a run starts from: a directory, or a random initialisation of a shape (of
+/// any family).
+public enum ModelSource: Sendable {
     case directory(String)
-    case random(GPT2Config)
+    case random(any ModelConfiguration)
 }
 
 /// Every setting of a run, read once from the config into a typed value per concern.
@@ -118,8 +119,17 @@ public struct RunSettings: Sendable {
         if let dir = c.string("model.init") {
             model = .directory(dir)
         } else {
-            model = .random(GPT2Config(vocabSize: c.int("model.vocab_size"), nPositions: c.int("model.n_positions"),
-                                       nEmbd: c.int("model.n_embd"), nLayer: c.int("model.n_layer"), nHead: c.int("model.n_head")))
+            let family = ModelFamily(rawValue: c.string("model.family") ?? "gpt2") ?? .gpt2
+            if family == .gpt2 {
+                model = .random(GPT2Config(vocabSize: c.int("model.vocab_size"), nPositions: c.int("model.n_positions"),
+                                           nEmbd: c.int("model.n_embd"), nLayer: c.int("model.n_layer"), nHead: c.int("model.n_head")))
+            } else {
+                model = .random(LlamaConfig(family: family, vocabSize: c.int("model.vocab_size"), nPositions: c.int("model.n_positions"),
+                                            nEmbd: c.int("model.n_embd"), nLayer: c.int("model.n_layer"), nHead: c.int("model.n_head"),
+                                            nKVHead: c.optionalInt("model.n_kv_head"), intermediateSize: c.optionalInt("model.intermediate_size"),
+                                            ropeTheta: c.double("model.rope_theta"), rmsNormEps: c.double("model.rms_norm_eps"),
+                                            tieWordEmbeddings: c.bool("model.tie_word_embeddings")))
+            }
         }
 
         optimizer.kind = OptimizerConfig.Kind(rawValue: c.string("optimizer.name") ?? "adamw") ?? .adamw
@@ -182,14 +192,14 @@ public struct RunSettings: Sendable {
         json = c.json
     }
 
-    /// The model the run starts from: the directory, or GPT-2 initialisation of the
-    /// configured shape with the run's seed.
-    public func initialModel() throws(ModelError) -> GPT2 {
+    /// The model the run starts from: the directory (of the family its config.json names),
+    /// or the family's initialisation of the configured shape with the run's seed.
+    public func initialModel() throws(ModelError) -> any LanguageModel {
         switch model {
         case let .directory(dir):
             return try ModelDirectory.load(dir)
         case let .random(config):
-            let m = try GPT2(config: config)
+            let m = try config.makeModel()
             m.initialize(seed: UInt64(run.seed))
             return m
         }

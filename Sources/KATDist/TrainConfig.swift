@@ -67,6 +67,16 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "model.n_embd", kind: .int(1...65_536), defaultValue: 128, help: "embedding width C"),
         ConfigKey(name: "model.n_layer", kind: .int(1...1000), defaultValue: 4, help: "layers L"),
         ConfigKey(name: "model.n_head", kind: .int(1...4096), defaultValue: 4, help: "attention heads"),
+        ConfigKey(name: "model.family", kind: .choice(ModelFamily.allCases.map(\.rawValue)), defaultValue: "gpt2",
+                  help: "model family of a random initialisation (model.init: its config.json decides)"),
+        ConfigKey(name: "model.n_kv_head", kind: .optionalInt(1...4096), defaultValue: .null,
+                  help: "llama/qwen2: key-value heads g, dividing model.n_head (null: n_head)"),
+        ConfigKey(name: "model.intermediate_size", kind: .optionalInt(1...1_048_576), defaultValue: .null,
+                  help: "llama/qwen2: SwiGLU width F (null: 4 x n_embd)"),
+        ConfigKey(name: "model.rope_theta", kind: .double(1.000_001...1e12), defaultValue: 10_000.0, help: "llama/qwen2: rotary base"),
+        ConfigKey(name: "model.rms_norm_eps", kind: .double(1e-12...1), defaultValue: 1e-6, help: "llama/qwen2: RMSNorm epsilon"),
+        ConfigKey(name: "model.tie_word_embeddings", kind: .bool, defaultValue: true,
+                  help: "llama/qwen2: output head tied to the token embedding (false: a separate lm_head)"),
         ConfigKey(name: "optimizer.name", kind: .choice(["adamw", "sgd"]), defaultValue: "adamw", help: "optimizer"),
         ConfigKey(name: "optimizer.lr", kind: .double(0...10), defaultValue: 5e-4, help: "peak learning rate"),
         ConfigKey(name: "optimizer.betas", kind: .doublePair(0...0.999_999_9), defaultValue: [0.9, 0.999], help: "Adam betas"),
@@ -250,6 +260,20 @@ public struct TrainConfig: Sendable {
     public func validate(source: String) throws(ConfigError) {
         if int("model.n_embd") % int("model.n_head") != 0 {
             throw .badValue(source: source, key: "model.n_head", reason: "must divide model.n_embd (\(int("model.n_embd")))")
+        }
+        let llamaKeys = ["model.n_kv_head", "model.intermediate_size", "model.rope_theta", "model.rms_norm_eps", "model.tie_word_embeddings"]
+        if string("model.family") == ModelFamily.gpt2.rawValue {
+            if let key = llamaKeys.first(where: { explicit.contains($0) }) {
+                throw .badValue(source: source, key: key, reason: "applies to model.family llama or qwen2 only (model.family is gpt2)")
+            }
+        } else {
+            if let g = optionalInt("model.n_kv_head"), int("model.n_head") % g != 0 {
+                throw .badValue(source: source, key: "model.n_kv_head", reason: "must divide model.n_head (\(int("model.n_head")))")
+            }
+            if (int("model.n_embd") / int("model.n_head")) % 2 != 0 {
+                throw .badValue(source: source, key: "model.n_head",
+                                reason: "rotary positions need an even head size, but model.n_embd / model.n_head is \(int("model.n_embd") / int("model.n_head"))")
+            }
         }
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {

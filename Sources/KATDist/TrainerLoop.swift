@@ -20,7 +20,7 @@ final class TrainerLoop {
     let settings: RunSettings
     let collective: Collective
     let console: Console
-    let model: GPT2
+    let model: any LanguageModel
     let optimizer: Optimizer
     let step: TrainStep
     let phases: [BatchSource]
@@ -55,7 +55,7 @@ final class TrainerLoop {
     /// Sets up the run: the optimizer and step maths, then either a new run directory
     /// (config.json written) or the checkpoint to continue from (weights, optimizer,
     /// version, each phase's own state; metrics cut back to the checkpoint).
-    init(settings: RunSettings, collective: Collective, isLeader: Bool, worldRank: Int, console: Console, model: GPT2,
+    init(settings: RunSettings, collective: Collective, isLeader: Bool, worldRank: Int, console: Console, model: any LanguageModel,
          phases: [BatchSource], evaluator: Evaluator?, peers: RolloutPeers? = nil, runDirectory: String, resume: String?, title: String) throws {
         self.settings = settings
         self.collective = collective

@@ -112,7 +112,7 @@ public enum Training {
     }
 
     /// Builds a trainer's phases and runs its loop.
-    static func trainer(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, topology: Topology?,
+    static func trainer(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
                         layout: Layout, runDirectory: String, resume: String?, console: Console) throws {
         let plan = try phases(settings, model: model, collective: collective, world: world, topology: topology, layout: layout)
         let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
@@ -123,7 +123,7 @@ public enum Training {
 
     /// A trainer's phases in order (warm start then RL, or offline), its evaluator, its
     /// rollout ranks and weight sends, and a title naming the data.
-    static func phases(_ settings: RunSettings, model: GPT2, collective: Collective, world: MPICollective?, topology: Topology?,
+    static func phases(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
                        layout: Layout) throws -> (phases: [BatchSource], evaluator: Evaluator?, peers: RolloutPeers?, title: String) {
         switch settings.data {
         case let .trajectories(path):

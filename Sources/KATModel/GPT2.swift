@@ -65,7 +65,7 @@ final class Activations {
 /// All parameters live in one contiguous buffer (`params`) laid out by `layout`;
 /// `grads` has the same layout. `forward` keeps the activations of its batch and
 /// `backward` must follow on the same batch.
-public final class GPT2: @unchecked Sendable {
+public final class GPT2: LanguageModel, @unchecked Sendable {
     public let config: GPT2Config
     public let layout: ParameterLayout
     public let params: FloatBuffer
@@ -74,9 +74,7 @@ public final class GPT2: @unchecked Sendable {
     var lastBatch: PackedBatch?
     var lastTemperature: Float = 1
     let scratch = AttentionScratch()
-    var headIn = FloatBuffer(count: 0)
-    var headLogits = FloatBuffer(count: 0)
-    var headDIn = FloatBuffer(count: 0)
+    let head = OutputHead()
 
     /// A model with all parameters zero; see `initialize(seed:)` and the loaders.
     public init(config: GPT2Config) throws(ModelError) {
@@ -130,7 +128,7 @@ public final class GPT2: @unchecked Sendable {
     /// - Complexity: O(N (L C^2 + V C)) for rows with children, plus O(C L) per visible
     ///   (query, key) pair.
     @discardableResult
-    public func forward(_ batch: PackedBatch, temperature: Float = 1) -> ForwardResult {
+    public func forward(_ batch: PackedBatch, temperature: Float) -> ForwardResult {
         let n = batch.count, c = config.nEmbd, nh = config.nHead
         let a = activations(for: n)
         lastBatch = batch
@@ -141,7 +139,7 @@ public final class GPT2: @unchecked Sendable {
         for (l, o) in layout.layers.enumerated() {
             layernormForward(a.ln1[l].pointer, a.ln1Mean[l].pointer, a.ln1Rstd[l].pointer, residual, p + o.ln1w, p + o.ln1b, n, c)
             matmulForward(a.qkv[l].pointer, a.ln1[l].pointer, p + o.attnw, p + o.attnb, n, c, 3 * c)
-            attentionForward(a.atty[l].pointer, a.attLse[l].pointer, a.qkv[l].pointer, batch, c, nh, scratch)
+            attentionForward(a.atty[l].pointer, a.attLse[l].pointer, a.qkv[l].pointer, batch, .gpt2(c: c, nh: nh), scratch)
             // residual2 = residual + atty @ c_proj
             matmulForward(a.residual2[l].pointer, a.atty[l].pointer, p + o.attprojw, p + o.attprojb, n, c, c)
             accumulate(a.residual2[l].pointer, residual, n * c)
@@ -153,87 +151,16 @@ public final class GPT2: @unchecked Sendable {
             residual = a.residual3[l].pointer
         }
         layernormForward(a.lnf.pointer, a.lnfMean.pointer, a.lnfRstd.pointer, residual, p + layout.lnfw, p + layout.lnfb, n, c)
-        return headForward(batch, a, temperature)
-    }
-
-    /// Rows per chunk of the output head, so a chunk's logits stay near 16 MB.
-    private var headChunk: Int { max(64, (1 << 22) / config.vocabSize) }
-
-    private func ensureHeadBuffers(_ rows: Int) {
-        let c = config.nEmbd, v = config.vocabSize
-        if headIn.count < rows * c { headIn = FloatBuffer(count: rows * c); headDIn = FloatBuffer(count: rows * c) }
-        if headLogits.count < rows * v { headLogits = FloatBuffer(count: rows * v) }
-    }
-
-    /// z (rows x V) = lnf[headRows[k0..<k1]] @ wte^T / tau.
-    private func headLogitsChunk(_ batch: PackedBatch, _ a: Activations, _ k0: Int, _ k1: Int, _ tau: Float) {
-        let c = config.nEmbd, v = config.vocabSize, rows = k1 - k0
-        let x = headIn.pointer, lnf = a.lnf.pointer
-        for k in k0..<k1 { (x + (k - k0) * c).update(from: lnf + Int(batch.headRows[k]) * c, count: c) }
-        sgemm(transA: false, transB: true, m: rows, n: v, k: c, alpha: 1 / tau, a: x, lda: c,
-              b: params.pointer + layout.wte, ldb: c, beta: 0, c: headLogits.pointer, ldc: v)
-    }
-
-    private func headForward(_ batch: PackedBatch, _ a: Activations, _ tau: Float) -> ForwardResult {
-        let n = batch.count, v = config.vocabSize
-        var logprobs = [Float](repeating: 0, count: n)
-        var entropies = [Float](repeating: 0, count: n)
-        let chunk = headChunk
-        ensureHeadBuffers(min(chunk, batch.headRows.count))
-        var k0 = 0
-        while k0 < batch.headRows.count {
-            let k1 = min(k0 + chunk, batch.headRows.count)
-            headLogitsChunk(batch, a, k0, k1, tau)
-            for k in k0..<k1 {
-                let z = headLogits.pointer + (k - k0) * v
-                var mx = -Float.infinity
-                for j in 0..<v { mx = max(mx, z[j]) }
-                var sum: Float = 0, wsum: Float = 0
-                for j in 0..<v {
-                    let e = fastExp(z[j] - mx)
-                    sum += e
-                    wsum += e * (z[j] - mx)
-                }
-                let lse = mx + logf(sum)
-                let row = Int(batch.headRows[k])
-                a.rowLse[row] = lse
-                // H = lse - E_p[z] = log(sum) - E_p[z - mx]
-                let h = logf(sum) - wsum / sum
-                for ci in Int(batch.childStart[k])..<Int(batch.childStart[k + 1]) {
-                    let u = Int(batch.children[ci])
-                    logprobs[u] = z[Int(batch.tokens[u])] - lse
-                    entropies[u] = h
-                }
-            }
-            k0 = k1
-        }
-        return ForwardResult(logprobs: logprobs, entropies: entropies)
+        return head.forward(a.rowLse.pointer, batch, a.lnf.pointer, p + layout.wte, temperature, c, config.vocabSize)
     }
 
     /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)
     public func logits(rows: [Int]) -> [[Float]] {
         guard let a = acts, let batch = lastBatch else { return [] }
-        let c = config.nEmbd, v = config.vocabSize
-        let w = params.pointer + layout.wte
-        return rows.map { r in
-            precondition(r >= 0 && r < batch.count, "GPT2.logits: row \(r) outside the batch")
-            var out = [Float](repeating: 0, count: v)
-            out.withUnsafeMutableBufferPointer { o in
-                guard let dst = o.baseAddress else { return }
-                sgemm(transA: false, transB: true, m: 1, n: v, k: c, alpha: 1, a: a.lnf.pointer + r * c, lda: c,
-                      b: w, ldb: c, beta: 0, c: dst, ldc: v)
-            }
-            return out
-        }
+        return OutputHead.logits(rows: rows, a.lnf.pointer, params.pointer + layout.wte, batch.count, config.nEmbd, config.vocabSize)
     }
 
     // MARK: - Backward
-
-    /// Accumulates into `grads` the gradient of a loss whose derivative with respect to
-    /// each row's log-prob is `dlogprobs[u]` (0 at roots and rows without loss).
-    public func backward(dlogprobs: [Float]) {
-        beginBackward(dlogprobs: dlogprobs).finish()
-    }
 
     /// Starts the backward pass of the last forward: the caller runs it a stage at a time
     /// (`BackwardPass.step`) and may do other work between stages, for example answer
@@ -250,43 +177,14 @@ public final class GPT2: @unchecked Sendable {
     /// Output head and ln_f: leaves d(last residual) in `dresidual`.
     func backwardHead(_ dlogprobs: [Float]) {
         guard let batch = lastBatch, let a = acts else { return }
-        let n = batch.count, c = config.nEmbd, v = config.vocabSize
-        let tau = lastTemperature
+        let n = batch.count, c = config.nEmbd
         let p = params.pointer, g = grads.pointer
         let dres = a.dresidual.pointer
 
-        // Output head: dz = sum_children dl_u (onehot(tok_u) - softmax(z)); dlogits = dz / tau.
+        // Output head (tied to wte): d(ln_f output) into dtmp.
         let dlnf = a.dtmp.pointer
-        dlnf.update(repeating: 0, count: n * c)
-        let chunk = headChunk
-        ensureHeadBuffers(min(chunk, batch.headRows.count))
-        var k0 = 0
-        while k0 < batch.headRows.count {
-            let k1 = min(k0 + chunk, batch.headRows.count)
-            headLogitsChunk(batch, a, k0, k1, tau)
-            let rows = k1 - k0
-            for k in k0..<k1 {
-                let z = headLogits.pointer + (k - k0) * v
-                let lse = a.rowLse[Int(batch.headRows[k])]
-                var gsum: Float = 0
-                for ci in Int(batch.childStart[k])..<Int(batch.childStart[k + 1]) { gsum += dlogprobs[Int(batch.children[ci])] }
-                let invTau = 1 / tau
-                for j in 0..<v { z[j] = -gsum * fastExp(z[j] - lse) * invTau }
-                for ci in Int(batch.childStart[k])..<Int(batch.childStart[k + 1]) {
-                    let u = Int(batch.children[ci])
-                    z[Int(batch.tokens[u])] += dlogprobs[u] * invTau
-                }
-            }
-            // dX = dlogits @ wte; dwte += dlogits^T @ X
-            sgemm(transA: false, transB: false, m: rows, n: c, k: v, alpha: 1, a: headLogits.pointer, lda: v,
-                  b: p + layout.wte, ldb: c, beta: 0, c: headDIn.pointer, ldc: c)
-            sgemm(transA: true, transB: false, m: v, n: c, k: rows, alpha: 1, a: headLogits.pointer, lda: v,
-                  b: headIn.pointer, ldb: c, beta: 1, c: g + layout.wte, ldc: c)
-            for k in k0..<k1 {
-                (dlnf + Int(batch.headRows[k]) * c).update(from: headDIn.pointer + (k - k0) * c, count: c)
-            }
-            k0 = k1
-        }
+        head.backward(dlnf, g + layout.wte, dlogprobs, batch, a.lnf.pointer, p + layout.wte, a.rowLse.pointer, lastTemperature,
+                      c, config.vocabSize)
 
         // ln_f
         let lastResidual = layout.layers.isEmpty ? a.encoded.pointer : a.residual3[layout.layers.count - 1].pointer
@@ -318,7 +216,7 @@ public final class GPT2: @unchecked Sendable {
         matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c)
         a.dqkv.zero()
         attentionBackward(a.dqkv.pointer, a.datty.pointer, a.atty[l].pointer, a.qkv[l].pointer, a.attLse[l].pointer,
-                          batch, c, nh, scratch)
+                          batch, .gpt2(c: c, nh: nh), scratch)
         a.dln.zero()
         matmulBackward(a.dln.pointer, g + o.attnw, g + o.attnb, a.dqkv.pointer, a.ln1[l].pointer, p + o.attnw, n, c, 3 * c)
         layernormBackward(dres, g + o.ln1w, g + o.ln1b, a.dln.pointer, residual, p + o.ln1w,
@@ -333,38 +231,51 @@ public final class GPT2: @unchecked Sendable {
     }
 }
 
-/// A backward pass run one stage at a time: the output head (with ln_f), then each block
-/// from the last to the first, then the embeddings. After `.layer(l)` the gradients of
-/// block l's tensors are complete for this micro-batch; the token embedding's gradient is
-/// complete only after `.embeddings` (the tied head writes it first).
-public final class BackwardPass {
-    public enum Stage: Equatable, Sendable { case head, layer(Int), embeddings }
-    let model: GPT2
-    let dlogprobs: [Float]
-    /// The stage `step()` runs next; nil when the pass is done.
-    public private(set) var next: Stage? = .head
+// MARK: - Staged backward and incremental decoding
 
-    init(model: GPT2, dlogprobs: [Float]) { self.model = model; self.dlogprobs = dlogprobs }
+extension GPT2: BackwardStages {
+    var stageLayerCount: Int { config.nLayer }
+}
 
-    /// Runs the next stage and returns it; nil when the pass was already done.
-    @discardableResult
-    public func step() -> Stage? {
-        guard let stage = next else { return nil }
-        let layers = model.config.nLayer
-        switch stage {
-        case .head:
-            model.backwardHead(dlogprobs)
-            next = layers > 0 ? .layer(layers - 1) : .embeddings
-        case let .layer(l):
-            model.backwardLayer(l)
-            next = l > 0 ? .layer(l - 1) : .embeddings
-        case .embeddings:
-            model.backwardEmbeddings()
-            next = nil
+extension GPT2 {
+    /// GPT-2's half of `KVCache.extend`: the blocks over the new rows (keys and values
+    /// stored per layer, attention over each row's cached root path), then ln_f and the
+    /// head for the rows in `outputs`.
+    public func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> [Float] {
+        let c = config.nEmbd, nh = config.nHead, v = config.vocabSize, n = newRows.count
+        let shape = AttentionShape.gpt2(c: c, nh: nh)
+        let p = params.pointer
+        let x = cache.scratch(0, n * c).pointer, h = cache.scratch(1, n * c).pointer, qkv = cache.scratch(2, n * 3 * c).pointer
+        let att = cache.scratch(3, n * c).pointer, tmp = cache.scratch(4, n * c).pointer
+        let fc = cache.scratch(5, n * 4 * c).pointer, fcg = cache.scratch(6, n * 4 * c).pointer
+        let mean = cache.scratch(7, n).pointer, rstd = cache.scratch(8, n).pointer
+        encoderForward(x, Array(cache.tokens[newRows]), Array(cache.depths[newRows]), p + layout.wte, p + layout.wpe, n, c)
+        for (l, o) in layout.layers.enumerated() {
+            layernormForward(h, mean, rstd, x, p + o.ln1w, p + o.ln1b, n, c)
+            matmulForward(qkv, h, p + o.attnw, p + o.attnb, n, c, 3 * c)
+            cache.store(layer: l, qkv, newRows, shape)
+            cache.attend(layer: l, att, qkv, n, shape)
+            matmulForward(tmp, att, p + o.attprojw, p + o.attprojb, n, c, c)
+            accumulate(x, tmp, n * c)
+            layernormForward(h, mean, rstd, x, p + o.ln2w, p + o.ln2b, n, c)
+            matmulForward(fc, h, p + o.fcw, p + o.fcb, n, c, 4 * c)
+            geluForward(fcg, fc, n * 4 * c)
+            matmulForward(tmp, fcg, p + o.fcprojw, p + o.fcprojb, n, 4 * c, c)
+            accumulate(x, tmp, n * c)
         }
-        return stage
+        // ln_f and the head, for the requested rows only.
+        let m = outputs.count
+        if m == 0 { return [] }
+        let sel = FloatBuffer(count: m * c), seln = FloatBuffer(count: m * c)
+        let mean2 = FloatBuffer(count: m), rstd2 = FloatBuffer(count: m)
+        for (k, i) in outputs.enumerated() { (sel.pointer + k * c).update(from: x + i * c, count: c) }
+        layernormForward(seln.pointer, mean2.pointer, rstd2.pointer, sel.pointer, p + layout.lnfw, p + layout.lnfb, m, c)
+        var logits = [Float](repeating: 0, count: m * v)
+        logits.withUnsafeMutableBufferPointer { lb in
+            guard let out = lb.baseAddress else { return }
+            sgemm(transA: false, transB: true, m: m, n: v, k: c, alpha: 1, a: seln.pointer, lda: c, b: p + layout.wte, ldb: c,
+                  beta: 0, c: out, ldc: v)
+        }
+        return logits
     }
-
-    /// Runs every stage left.
-    public func finish() { while step() != nil {} }
 }

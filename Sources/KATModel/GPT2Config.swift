@@ -4,7 +4,7 @@ import KATSupport
 ///
 /// Written and read as a Hugging Face `config.json` (SPEC section 1), so a model
 /// directory opens in `transformers` unchanged.
-public struct GPT2Config: Equatable, Sendable {
+public struct GPT2Config: ModelConfiguration, Equatable {
     public var vocabSize: Int
     public var nPositions: Int
     public var nEmbd: Int
@@ -56,15 +56,27 @@ public struct GPT2Config: Equatable, Sendable {
     /// Number of float parameters (wte is tied to the output head, counted once).
     public var parameterCount: Int { ParameterLayout(config: self).count }
 
-    /// Forward plus backward FLOPs of one computed token, not counting attention pairs
-    /// (SPEC section 8): 6 (12 L C^2 + V C).
-    public var flopsPerToken: Double {
-        let c = Double(nEmbd), l = Double(nLayer), v = Double(vocabSize)
-        return 6 * (12 * l * c * c + v * c)
+    public var family: ModelFamily { .gpt2 }
+
+    /// Keys are C wide (NH heads of C / NH).
+    public var keyValueWidth: Int { nEmbd }
+
+    /// 6 x 12 L C^2: the layers' matrices (4 C^2 of attention, 8 C^2 of MLP per block),
+    /// forward (2 FLOPs per weight) plus backward (4).
+    public var layerFLOPsPerToken: Double {
+        let c = Double(nEmbd), l = Double(nLayer)
+        return 6 * 12 * l * c * c
     }
+
+    /// 6 V C: the tied head's matrix, forward plus backward.
+    public var headFLOPsPerRow: Double { 6 * Double(vocabSize) * Double(nEmbd) }
 
     /// Forward plus backward FLOPs of one (query, key) pair that attention computes: 12 C L.
     public var flopsPerAttentionPair: Double { 12 * Double(nEmbd) * Double(nLayer) }
+
+    public var shapeSummary: String { "V=\(vocabSize) P=\(nPositions) C=\(nEmbd) L=\(nLayer) NH=\(nHead)" }
+
+    public func makeModel() throws(ModelError) -> any LanguageModel { try GPT2(config: self) }
 
     // MARK: - config.json
 

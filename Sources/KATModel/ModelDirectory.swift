@@ -8,7 +8,7 @@ public enum ModelDirectory {
     /// through a temporary name and a rename.
     /// - Parameter dtype: element type of the weights: F32, or BF16 (rounded to nearest
     ///   even; `torch_dtype` in config.json says `bfloat16`).
-    public static func save(_ model: GPT2, to dir: String, metadata: [String: String] = [:],
+    public static func save(_ model: any LanguageModel, to dir: String, metadata: [String: String] = [:],
                             dtype: SafetensorsDType = .F32) throws(ModelError) {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw .io(path: dir, reason: "cannot create the directory")
@@ -28,8 +28,8 @@ public enum ModelDirectory {
         } catch { throw .file(error) }
     }
 
-    /// Reads `dir/config.json`.
-    public static func loadConfig(_ dir: String) throws(ModelError) -> GPT2Config {
+    /// Reads `dir/config.json`, of the family its `model_type` names.
+    public static func loadConfig(_ dir: String) throws(ModelError) -> any ModelConfiguration {
         let path = dir + "/config.json"
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
@@ -37,25 +37,26 @@ public enum ModelDirectory {
         }
         guard let data = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "missing or unreadable") }
         guard let text = String(data: data, encoding: .utf8) else { throw .badConfig(source: path, key: "", reason: "not UTF-8 text") }
-        return try GPT2Config.fromHuggingFaceJSON(text, source: path)
+        return try modelConfiguration(fromHuggingFaceJSON: text, source: path)
     }
 
-    /// Loads a model directory. Takes kat-dist's own names and the published GPT-2 forms:
-    /// names without the `transformer.` prefix, an `lm_head.weight` equal to `wte`, and
-    /// `attn.bias` / `attn.masked_bias` mask buffers (ignored).
+    /// Loads a model directory of any family (`model_type` in config.json). For GPT-2, takes
+    /// kat-dist's own names and the published GPT-2 forms: names without the `transformer.`
+    /// prefix, an `lm_head.weight` equal to `wte`, and `attn.bias` / `attn.masked_bias` mask
+    /// buffers (ignored).
     /// - Parameter expect: when given, the directory's config must match it.
-    public static func load(_ dir: String, expect: GPT2Config? = nil) throws(ModelError) -> GPT2 {
-        var config = try loadConfig(dir)
-        if let expect {
-            let same = config.vocabSize == expect.vocabSize && config.nPositions == expect.nPositions &&
-                config.nEmbd == expect.nEmbd && config.nLayer == expect.nLayer && config.nHead == expect.nHead
-            if !same {
-                throw .badConfig(source: dir + "/config.json", key: "",
-                                 reason: "model (V=\(config.vocabSize) P=\(config.nPositions) C=\(config.nEmbd) L=\(config.nLayer) NH=\(config.nHead)) does not match the configured one (V=\(expect.vocabSize) P=\(expect.nPositions) C=\(expect.nEmbd) L=\(expect.nLayer) NH=\(expect.nHead))")
-            }
-            config.bosTokenId = config.bosTokenId ?? expect.bosTokenId
+    public static func load(_ dir: String, expect: (any ModelConfiguration)? = nil) throws(ModelError) -> any LanguageModel {
+        let found = try loadConfig(dir)
+        if let expect, found.shapeSummary != expect.shapeSummary {
+            throw .badConfig(source: dir + "/config.json", key: "",
+                             reason: "model (\(found.shapeSummary)) does not match the configured one (\(expect.shapeSummary))")
         }
         let weights = try ModelWeights.open(directory: dir)
+        if let llama = found as? LlamaConfig { return try loadLlama(weights, config: llama) }
+        guard var config = found as? GPT2Config else {
+            throw .badConfig(source: dir + "/config.json", key: "model_type", reason: "no loader for \(found.family.rawValue)")
+        }
+        if let expect = expect as? GPT2Config { config.bosTokenId = config.bosTokenId ?? expect.bosTokenId }
         let path = weights.source
         let model = try GPT2(config: config)
         var byName: [String: ModelWeights.Tensor] = [:]

@@ -41,7 +41,7 @@ public final class Optimizer: @unchecked Sendable {
     /// 1 where weight decay applies, 0 elsewhere.
     let decayMask: FloatBuffer
 
-    public init(config: OptimizerConfig, layout: ParameterLayout) {
+    public init(config: OptimizerConfig, layout: any ParameterTable) {
         self.config = config
         let n = config.kind == .adamw ? layout.count : 0
         m = FloatBuffer(count: n)

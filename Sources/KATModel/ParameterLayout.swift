@@ -4,11 +4,11 @@ public struct TensorSpec: Equatable, Sendable {
     public var shape: [Int]
     public var offset: Int
     public var count: Int { shape.reduce(1, *) }
-    /// Whether weight decay applies: matrices and embeddings, not biases or LayerNorm.
+    /// Whether weight decay applies: matrices and embeddings, not biases or norm weights.
     public var decays: Bool
 }
 
-/// Offsets of one transformer block's tensors in the parameter buffer.
+/// Offsets of one GPT-2 block's tensors in the parameter buffer.
 public struct LayerOffsets: Sendable {
     public var ln1w = 0, ln1b = 0       // (C) (C)
     public var attnw = 0, attnb = 0     // (C, 3C) (3C)
@@ -18,12 +18,12 @@ public struct LayerOffsets: Sendable {
     public var fcprojw = 0, fcprojb = 0 // (4C, C) (C)
 }
 
-/// Where every parameter lives in the one contiguous float buffer.
+/// Where every GPT-2 parameter lives in the one contiguous float buffer.
 ///
 /// Gradients and both Adam moments use the same layout, so the whole gradient is one
 /// allreduce and the optimizer one flat loop. Order: wte, wpe, then each block
 /// (ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), then ln_f.
-public struct ParameterLayout: Sendable {
+public struct ParameterLayout: ParameterTable {
     public let tensors: [TensorSpec]
     public let count: Int
     public let wte: Int     // (V, C)
@@ -67,6 +67,4 @@ public struct ParameterLayout: Sendable {
         tensors = specs
         count = off
     }
-
-    public func tensor(named name: String) -> TensorSpec? { tensors.first { $0.name == name } }
 }

@@ -44,7 +44,7 @@ public struct PolicyLossResult: Sendable {
 /// sum of its trajectories' terms, each with its own mask, behaviour log-prob and
 /// advantage; the log-prob of a row comes from its parent's output.
 /// - Parameters:
-///   - logprobs: current log-probs per row (from `GPT2.forward`).
+///   - logprobs: current log-probs per row (from the model's `forward`).
 ///   - advantages: A_s per trajectory (after any scaling).
 ///   - shard: when given, `logprobs` are the shard's rows; rows that do not carry the
 ///     loss (a prefix repeated in another shard) contribute nothing.
@@ -92,7 +92,7 @@ public func policyLoss(trie: Trie, trajectories: [Trajectory], advantages: [Doub
 
 extension TrieShard {
     /// The shard as the model's packed batch.
-    public func packedBatch(of trie: Trie, config: GPT2Config) throws(ModelError) -> PackedBatch {
+    public func packedBatch(of trie: Trie, config: any ModelConfiguration) throws(ModelError) -> PackedBatch {
         try PackedBatch(tokens: tokens(of: trie).map(Int.init), parents: parents.map(Int.init), vocabSize: config.vocabSize,
                         maxPositions: config.nPositions)
     }
@@ -100,7 +100,7 @@ extension TrieShard {
 
 extension Trie {
     /// The trie as the model's packed batch.
-    public func packedBatch(config: GPT2Config) throws(ModelError) -> PackedBatch {
+    public func packedBatch(config: any ModelConfiguration) throws(ModelError) -> PackedBatch {
         try PackedBatch(tokens: tokens.map(Int.init), parents: parents.map(Int.init), vocabSize: config.vocabSize,
                         maxPositions: config.nPositions)
     }

@@ -58,7 +58,7 @@ public final class RolloutWorker {
     /// Turns prompts and observations into tokens and sampled answers into text.
     public let tokenizer: any Tokenizer
 
-    public init(model: GPT2, seed: UInt64, config: RolloutConfig, tokenizer: any Tokenizer = ByteTokenizer(),
+    public init(model: any LanguageModel, seed: UInt64, config: RolloutConfig, tokenizer: any Tokenizer = ByteTokenizer(),
                 makeEnvironment: @escaping () -> Environment) {
         sampler = Sampler(model: model, seed: seed)
         self.config = config

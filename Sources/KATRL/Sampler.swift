@@ -57,7 +57,7 @@ public final class Sampler {
     public let cache: KVCache
     public var rng: SplitMix64
 
-    public init(model: GPT2, seed: UInt64) {
+    public init(model: any LanguageModel, seed: UInt64) {
         cache = KVCache(model: model)
         rng = SplitMix64(seed: seed)
     }

@@ -147,18 +147,18 @@ public struct StepStats: Sendable {
 ///
 /// Nothing here communicates: the caller decides what happens between the pieces.
 public final class TrainStep {
-    public let model: GPT2
+    public let model: any LanguageModel
     public let optimizer: Optimizer
     public let loss: PolicyLossConfig
     public let config: StepConfig
     /// Consecutive skipped updates (non-finite loss or gradient).
     public private(set) var skippedInARow = 0
     /// The initial model, held only when loss.kl_coef > 0.
-    let reference: GPT2?
+    let reference: (any LanguageModel)?
 
-    public init(model: GPT2, optimizer: Optimizer, loss: PolicyLossConfig, config: StepConfig) {
+    public init(model: any LanguageModel, optimizer: Optimizer, loss: PolicyLossConfig, config: StepConfig) {
         self.model = model; self.optimizer = optimizer; self.loss = loss; self.config = config
-        if loss.klCoef > 0, let copy = try? GPT2(config: model.config) {
+        if loss.klCoef > 0, let copy = try? model.config.makeModel() {
             copy.params.copy(from: model.params)
             reference = copy
         } else {

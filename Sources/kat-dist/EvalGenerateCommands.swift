@@ -3,7 +3,7 @@ import KATModel
 import KATEnv
 import KATRL
 
-func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
+func loadModelOption(_ a: ParsedArguments, command: String) throws -> any LanguageModel {
     let dir = try a.required("model", command: command)
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
@@ -14,7 +14,7 @@ func loadModelOption(_ a: ParsedArguments, command: String) throws -> GPT2 {
 
 /// The tokenizer of the model directory `--model` names, checked against the model's
 /// vocabulary and able to frame episodes (an EOS and a separator).
-func loadTokenizerOption(_ a: ParsedArguments, model: GPT2, command: String) throws -> any Tokenizer {
+func loadTokenizerOption(_ a: ParsedArguments, model: any LanguageModel, command: String) throws -> any Tokenizer {
     let dir = try a.required("model", command: command)
     do {
         let t = try TokenizerLoader.load(directory: dir)

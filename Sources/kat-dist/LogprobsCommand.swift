@@ -44,7 +44,7 @@ enum LogprobsCommand {
         guard FileManager.default.fileExists(atPath: modelDir, isDirectory: &isDir), isDir.boolValue else {
             throw UsageError(description: "kat-dist logprobs: --model \(modelDir): no such directory")
         }
-        let model: GPT2
+        let model: any LanguageModel
         do { model = try ModelDirectory.load(modelDir) } catch { throw CommandFailure(description: "\(error)") }
         let lines = try readTokenLines(input, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
 

@@ -1,5 +1,6 @@
 import XCTest
 @testable import KATDist
+import KATModel
 import KATRL
 import KATSupport
 
@@ -48,6 +49,55 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try c.apply(override: "lr=1")) { XCTAssertTrue("\($0)".contains("did you mean optimizer.lr")) }
         XCTAssertThrowsError(try TrainConfig.parse(text: #"{"model": {"n_embd": 10, "n_head": 4}}"#, source: "c").validate(source: "c")) {
             XCTAssertTrue("\($0)".contains("model.n_head"))
+        }
+    }
+}
+
+final class ModelFamilyConfigTests: XCTestCase {
+    /// model.family picks the family of a random initialisation, with its shape keys.
+    func testFamilyKeysGiveTheFamilysShape() throws {
+        var c = TrainConfig()
+        for o in ["model.family=qwen2", "model.n_embd=64", "model.n_head=4", "model.n_kv_head=2", "model.intermediate_size=96",
+                  "model.rope_theta=1000000", "model.rms_norm_eps=1e-5", "model.tie_word_embeddings=false"] {
+            try c.apply(override: o)
+        }
+        try c.validate(source: "c")
+        guard case let .random(any) = RunSettings(c).model, let cfg = any as? LlamaConfig else {
+            return XCTFail("expected a random Llama-family model")
+        }
+        XCTAssertEqual(cfg.family, .qwen2)
+        XCTAssertEqual(cfg.nKVHead, 2)
+        XCTAssertEqual(cfg.headDim, 16)
+        XCTAssertEqual(cfg.intermediateSize, 96)
+        XCTAssertEqual(cfg.ropeTheta, 1e6)
+        XCTAssertEqual(cfg.rmsNormEps, 1e-5)
+        XCTAssertFalse(cfg.tieWordEmbeddings)
+        XCTAssertTrue(cfg.qkvBias)
+        let model = try RunSettings(c).initialModel()
+        XCTAssertEqual(model.config.family, .qwen2)
+        XCTAssertNotNil(model.layout.tensor(named: "lm_head.weight"))
+        // By default the family is GPT-2.
+        guard case let .random(g) = RunSettings(TrainConfig()).model else { return XCTFail("expected a random model") }
+        XCTAssertEqual(g.family, .gpt2)
+    }
+
+    func testFamilyKeysAreChecked() throws {
+        let cases: [([String], String)] = [
+            (["model.n_kv_head=2"], "key model.n_kv_head: applies to model.family llama or qwen2 only"),
+            (["model.rope_theta=500"], "key model.rope_theta: applies to model.family llama or qwen2"),
+            (["model.family=llama", "model.n_kv_head=3"], "key model.n_kv_head: must divide model.n_head"),
+            (["model.family=llama", "model.n_embd=12", "model.n_head=4"], "key model.n_head: rotary positions need an even head size"),
+            (["model.family=mistral"], "key model.family: must be one of gpt2, llama, qwen2"),
+        ]
+        for (overrides, fragment) in cases {
+            var c = TrainConfig()
+            do {
+                for o in overrides { try c.apply(override: o) }
+                try c.validate(source: "c")
+                XCTFail("\(overrides) was accepted")
+            } catch {
+                XCTAssertTrue("\(error)".contains(fragment), "\(overrides) -> \(error)")
+            }
         }
     }
 }

@@ -108,7 +108,7 @@ final class FormatTests: XCTestCase {
         let m = try smallModel()
         try ModelDirectory.save(m, to: dir + "/model")
         let back = try ModelDirectory.load(dir + "/model")
-        XCTAssertEqual(back.config, m.config)
+        XCTAssertEqual(back.config as? GPT2Config, m.config)
         XCTAssertEqual(back.params.array, m.params.array)
         let cfgText = try String(contentsOfFile: dir + "/model/config.json", encoding: .utf8)
         for key in ["\"model_type\": \"gpt2\"", "\"GPT2LMHeadModel\"", "\"activation_function\": \"gelu_new\"", "\"tie_word_embeddings\": true", "\"sep_token_id\": 258"] {

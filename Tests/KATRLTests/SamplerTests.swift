@@ -3,18 +3,31 @@ import KATModel
 import KATSupport
 @testable import KATRL
 
-func samplerModel() throws -> GPT2 {
-    let m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 64, nEmbd: 32, nLayer: 2, nHead: 4))
+/// A small model of `family`: GPT-2, or Llama/Qwen2 with 4 query heads and 2 key-value heads.
+func samplerModel(_ family: ModelFamily = .gpt2) throws -> any LanguageModel {
+    let m: any LanguageModel
+    switch family {
+    case .gpt2: m = try GPT2(config: GPT2Config(vocabSize: 260, nPositions: 64, nEmbd: 32, nLayer: 2, nHead: 4))
+    case .llama, .qwen2:
+        m = try Llama(config: LlamaConfig(family: family, vocabSize: 260, nPositions: 64, nEmbd: 32, nLayer: 2, nHead: 4, nKVHead: 2,
+                                          intermediateSize: 48, ropeTheta: 100, tieWordEmbeddings: family == .qwen2))
+    }
     m.initialize(seed: 5)
-    for i in 0..<m.params.count { m.params[i] *= 3 } // peaked distributions, not uniform ones
+    // Peaked distributions, not uniform ones (the Llama init is 0.02 where GPT-2's residual
+    // projections are smaller, so it takes a larger factor).
+    let factor: Float = family == .gpt2 ? 3 : 15
+    for t in m.layout.tensors where !t.name.hasSuffix("norm.weight") {
+        for i in t.offset..<(t.offset + t.count) { m.params[i] *= factor }
+    }
     return m
 }
 
 final class SamplerTests: XCTestCase {
     /// The log-probs and entropies the sampler records equal those of a full forward over
-    /// each finished sequence, branches included.
+    /// each finished sequence, branches included, for every model family.
     func testRecordedLogprobsEqualAFullForward() throws {
-        let m = try samplerModel()
+      for family in ModelFamily.allCases {
+        let m = try samplerModel(family)
         let s = Sampler(model: m, seed: 3)
         var cfg = SamplingConfig()
         cfg.temperature = 0.8; cfg.maxNewTokens = 12; cfg.branchPoints = [3, 6]; cfg.branchFactor = 2
@@ -29,17 +42,21 @@ final class SamplerTests: XCTestCase {
             for (k, t) in o.tokens.enumerated() {
                 // Two float32 paths (scalar cache attention vs sgemm): ~1e-6 apart on
                 // values of O(1-10); 1e-4 is a wide margin that still catches a wrong row.
-                XCTAssertEqual(t.logprob, full.logprobs[prompt.count + k], accuracy: 1e-4)
-                XCTAssertEqual(t.entropy, full.entropies[prompt.count + k], accuracy: 1e-4)
+                XCTAssertEqual(t.logprob, full.logprobs[prompt.count + k], accuracy: 1e-4, "\(family)")
+                XCTAssertEqual(t.entropy, full.entropies[prompt.count + k], accuracy: 1e-4, "\(family)")
             }
         }
-        XCTAssertEqual(outs.count, 8, "2 streams forking twice into 2 give 8 leaves unless some stopped early")
+        XCTAssertEqual(outs.count, 8, "\(family): 2 streams forking twice into 2 give 8 leaves unless some stopped early")
+        // Some tokens are far from certain, so a wrong position or head would show.
+        XCTAssertGreaterThan(outs.flatMap(\.tokens).map(\.entropy).max() ?? 0, 0.5, "\(family)")
+      }
     }
 
     /// Step by step, the next-token logits with one shared prompt cache equal those of
-    /// separate caches that each prefill the prompt.
+    /// separate caches that each prefill the prompt, for every model family.
     func testSharedPrefixCacheEqualsUnshared() throws {
-        let m = try samplerModel()
+      for family in ModelFamily.allCases {
+        let m = try samplerModel(family)
         var rng = SplitMix64(seed: 9)
         let prompt: [Int32] = [256, 10, 20, 30, 40, 258]
         let answers: [[Int32]] = (0..<4).map { _ in (0..<7).map { _ in Int32(rng.next() % 256) } }
@@ -61,11 +78,12 @@ final class SamplerTests: XCTestCase {
                 sepLast[k] = Int32(separate[k].count - 1)
                 // The same rows in the same order: identical maths, so identical floats
                 // up to sgemm blocking over a different row count (~1e-6).
-                for j in 0..<260 { XCTAssertEqual(sharedLogits[k * 260 + j], own[j], accuracy: 1e-4, "step \(step) stream \(k)") }
+                for j in 0..<260 { XCTAssertEqual(sharedLogits[k * 260 + j], own[j], accuracy: 1e-4, "\(family) step \(step) stream \(k)") }
             }
         }
         XCTAssertEqual(shared.count, prompt.count + 28)
         XCTAssertEqual(separate.reduce(0) { $0 + $1.count }, 4 * (prompt.count + 7))
+      }
     }
 
     func testTopPAndGreedy() throws {

@@ -71,7 +71,7 @@ struct TrajectoryFactory {
 /// Asserts every parameter tensor's gradient matches the expected one within `tol` of that
 /// tensor's largest expected entry. Two orders of the same fp32 sums differ by ~1e-6 of
 /// that scale; a missing or double-counted term differs by O(1) of it.
-func assertGradientsClose(_ got: [Float], _ expected: [Float], _ layout: ParameterLayout, tol: Float = 1e-4,
+func assertGradientsClose(_ got: [Float], _ expected: [Float], _ layout: any ParameterTable, tol: Float = 1e-4,
                           _ what: String, file: StaticString = #filePath, line: UInt = #line) {
     for t in layout.tensors {
         let range = t.offset..<(t.offset + t.count)
@@ -81,23 +81,35 @@ func assertGradientsClose(_ got: [Float], _ expected: [Float], _ layout: Paramet
     }
 }
 
+/// The families the trie properties are checked for: GPT-2; Llama with grouped-query
+/// attention (4 query heads, 2 key-value heads) and an untied head, rotary positions at
+/// each row's depth; Qwen2 with its q/k/v biases and a tied head.
+let trieTestFamilies: [ModelFamily] = [.gpt2, .llama, .qwen2]
+
 /// A tiny model with weights large enough that log-probs vary and some ratios clip.
-func trieTestModel(seed: UInt64) throws -> GPT2 {
-    let m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
+func trieTestModel(seed: UInt64, family: ModelFamily = .gpt2) throws -> any LanguageModel {
+    let m: any LanguageModel
+    switch family {
+    case .gpt2: m = try GPT2(config: GPT2Config(vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 2))
+    case .llama, .qwen2:
+        // A small rotary base so every pair of the 4-wide heads turns noticeably over 20 positions.
+        m = try Llama(config: LlamaConfig(family: family, vocabSize: 13, nPositions: 64, nEmbd: 16, nLayer: 2, nHead: 4, nKVHead: 2,
+                                          intermediateSize: 24, ropeTheta: 50, tieWordEmbeddings: family == .qwen2))
+    }
     m.initialize(seed: seed)
-    // Larger weights than GPT-2's init so log-probs vary and some ratios clip.
+    // Larger weights than the initialisation so log-probs vary and some ratios clip.
     for i in 0..<m.params.count { m.params[i] *= 10 }
-    for t in m.layout.tensors where t.name.contains("ln_") && t.name.hasSuffix("weight") {
+    for t in m.layout.tensors where (t.name.contains("ln_") || t.name.contains("norm")) && t.name.hasSuffix("weight") {
         for i in 0..<t.count { m.params[t.offset + i] = 1 }
     }
     return m
 }
 
 final class TrieEquivalenceTests: XCTestCase {
-    func model(seed: UInt64) throws -> GPT2 { try trieTestModel(seed: seed) }
+    func model(seed: UInt64, family: ModelFamily = .gpt2) throws -> any LanguageModel { try trieTestModel(seed: seed, family: family) }
 
     /// Trains each trajectory as its own flat sequence, written out plainly: the reference.
-    func flatLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int) {
+    func flatLossAndGradient(_ m: any LanguageModel, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int) {
         let norm = LossNormaliser(trajs)
         m.zeroGrad()
         var loss = 0.0, clipped = 0
@@ -118,7 +130,7 @@ final class TrieEquivalenceTests: XCTestCase {
         return (loss, m.grads.array, clipped)
     }
 
-    func trieLossAndGradient(_ m: GPT2, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int, Trie) {
+    func trieLossAndGradient(_ m: any LanguageModel, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig, tau: Float = 1) throws -> (Double, [Float], Int, Trie) {
         let trie = Trie(trajs)
         m.zeroGrad()
         let lp = m.forward(try trie.packedBatch(config: m.config), temperature: tau).logprobs
@@ -127,21 +139,23 @@ final class TrieEquivalenceTests: XCTestCase {
         return (r.loss, m.grads.array, r.clippedTokens, trie)
     }
 
-    /// A trie gives the flat loss and the flat gradient, for every shape and loss mode.
+    /// A trie gives the flat loss and the flat gradient, for every shape, loss mode and
+    /// model family.
     func testTrieGivesTheFlatLossAndGradient() throws {
-        for seed in UInt64(1)...4 {
+        for family in trieTestFamilies {
+          for seed in UInt64(1)...4 {
             var f = TrajectoryFactory(seed: seed, vocab: 13)
             let sets: [(String, [Trajectory])] = [("groups", f.groups()), ("multi-turn", f.multiTurn()), ("branching", f.branching())]
             let all = sets.flatMap(\.1)
             for (name, trajs) in sets + [("all", all)] {
-                let m = try model(seed: seed)
+                let m = try model(seed: seed, family: family)
                 let adv = trajs.map { $0.advantage ?? 0 }
                 for mode in LossMode.allCases {
                   for tau: Float in name == "all" ? [1, 0.7] : [1] {
                     let cfg = PolicyLossConfig(mode: mode, epsLow: 0.2, epsHigh: 0.28)
                     let (fl, fg, fc) = try flatLossAndGradient(m, trajs, adv, cfg, tau: tau)
                     let (tl, tg, tc, trie) = try trieLossAndGradient(m, trajs, adv, cfg, tau: tau)
-                    let what = "\(name) seed \(seed) \(mode.rawValue) tau \(tau)"
+                    let what = "\(family) \(name) seed \(seed) \(mode.rawValue) tau \(tau)"
                     XCTAssertLessThan(trie.count, trie.flatTokens, "\(what): the trie shares nothing")
                     XCTAssertEqual(tc, fc, "\(what): clipped token counts")
                     // Sums of O(100) float32 terms of size O(1): 1e-5 relative is ~10x round-off.
@@ -151,18 +165,21 @@ final class TrieEquivalenceTests: XCTestCase {
                   }
                 }
             }
+          }
         }
     }
 
     /// Clipping is exercised: some tokens clip, not all.
     func testSomeTokensClip() throws {
-        var f = TrajectoryFactory(seed: 9, vocab: 13)
-        let trajs = f.groups() + f.branching()
-        let m = try model(seed: 9)
-        let (_, _, clipped, _) = try trieLossAndGradient(m, trajs, trajs.map { $0.advantage ?? 0 }, PolicyLossConfig())
-        let total = trajs.reduce(0) { $0 + $1.lossTokens }
-        XCTAssertGreaterThan(clipped, 0)
-        XCTAssertLessThan(clipped, total)
+        for family in trieTestFamilies {
+            var f = TrajectoryFactory(seed: 9, vocab: 13)
+            let trajs = f.groups() + f.branching()
+            let m = try model(seed: 9, family: family)
+            let (_, _, clipped, _) = try trieLossAndGradient(m, trajs, trajs.map { $0.advantage ?? 0 }, PolicyLossConfig())
+            let total = trajs.reduce(0) { $0 + $1.lossTokens }
+            XCTAssertGreaterThan(clipped, 0, "\(family)")
+            XCTAssertLessThan(clipped, total, "\(family)")
+        }
     }
 
     func testTrieLayoutIsPreOrderWithDepthPositions() {
@@ -178,7 +195,7 @@ final class TrieEquivalenceTests: XCTestCase {
 }
 
 /// The loss and gradient of the whole trie in one pass: what shards and micro-batches must add up to.
-func wholeTrie(_ m: GPT2, _ trie: Trie, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig,
+func wholeTrie(_ m: any LanguageModel, _ trie: Trie, _ trajs: [Trajectory], _ adv: [Double], _ cfg: PolicyLossConfig,
                _ norm: LossNormaliser) throws -> (PolicyLossResult, [Float]) {
     m.zeroGrad()
     let whole = policyLoss(trie: trie, trajectories: trajs, advantages: adv,
@@ -189,14 +206,16 @@ func wholeTrie(_ m: GPT2, _ trie: Trie, _ trajs: [Trajectory], _ adv: [Double], 
 
 final class ShardTests: XCTestCase {
     /// The sum of K shards' losses and gradients is the whole trie's, for K = 1..4,
-    /// including a batch whose single prompt subtree must be cut below branch points.
+    /// including a batch whose single prompt subtree must be cut below branch points, for
+    /// every model family.
     func testShardsSumToTheWholeTrie() throws {
+      for family in trieTestFamilies {
         for seed in UInt64(1)...3 {
             var f = TrajectoryFactory(seed: seed, vocab: 13)
             let sets: [(String, [Trajectory])] = [("one prompt", f.branching().filter { $0.group == "tree" }),
                                                   ("mixed", f.groups() + f.multiTurn() + f.branching())]
             for (name, trajs) in sets {
-                let m = try trieTestModel(seed: seed)
+                let m = try trieTestModel(seed: seed, family: family)
                 let adv = trajs.map { $0.advantage ?? 0 }
                 let cfg = PolicyLossConfig(mode: .seqMeanTokenMean)
                 let norm = LossNormaliser(trajs)
@@ -223,19 +242,22 @@ final class ShardTests: XCTestCase {
                     if name == "one prompt" && k > 1 {
                         XCTAssertGreaterThan(shards.reduce(0) { $0 + $1.count }, trie.count, "the single subtree was cut")
                     }
-                    assertGradientsClose(m.grads.array, wholeGrad, m.layout, "\(name) k=\(k)")
+                    assertGradientsClose(m.grads.array, wholeGrad, m.layout, "\(family) \(name) k=\(k)")
                 }
             }
         }
+      }
     }
 }
 
 final class MicroBatchTests: XCTestCase {
-    /// Micro-batches of at most max_tokens rows, over K shards, sum to the whole trie.
+    /// Micro-batches of at most max_tokens rows, over K shards, sum to the whole trie, for
+    /// every model family.
     func testMicroBatchesSumToTheWholeTrie() throws {
+      for family in trieTestFamilies {
         var f = TrajectoryFactory(seed: 21, vocab: 13)
         let trajs = f.groups() + f.multiTurn() + f.branching()
-        let m = try trieTestModel(seed: 21)
+        let m = try trieTestModel(seed: 21, family: family)
         let adv = trajs.map { $0.advantage ?? 0 }
         let cfg = PolicyLossConfig(mode: .tokenMean)
         let norm = LossNormaliser(trajs)
@@ -259,9 +281,10 @@ final class MicroBatchTests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(loss, whole.loss, accuracy: 1e-6 * max(1, abs(whole.loss)), "k=\(k) max=\(maxTokens)")
-                assertGradientsClose(m.grads.array, wholeGrad, m.layout, "k=\(k) max=\(maxTokens)")
+                assertGradientsClose(m.grads.array, wholeGrad, m.layout, "\(family) k=\(k) max=\(maxTokens)")
             }
         }
+      }
     }
 }
 

@@ -145,6 +145,27 @@ model_dir("nan-weights", blob=safetensors(ts, nan=True), frag="non-finite value"
 model_dir("config-not-json", raw_config="{", blob=safetensors(ts), frag="config.json: not valid JSON")
 model_dir("config-activation", config=dict(cfg, activation_function="relu"), blob=safetensors(ts), frag="key activation_function")
 model_dir("config-heads", config=dict(cfg, n_head=3), blob=safetensors(ts), frag="key n_head")
+# Llama family: what kat-dist does not compute exactly is refused naming the key.
+lcfg = {"model_type": "llama", "vocab_size": 260, "max_position_embeddings": 8, "hidden_size": 8, "intermediate_size": 12,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True}
+def llama_tensors(cfg):
+    c, v, f, d = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"], cfg["hidden_size"] // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    out = [("model.embed_tokens.weight", [v, c])]
+    for i in range(cfg["num_hidden_layers"]):
+        h = f"model.layers.{i}."
+        out += [(h + "input_layernorm.weight", [c]), (h + "self_attn.q_proj.weight", [q, c]), (h + "self_attn.k_proj.weight", [kv, c]),
+                (h + "self_attn.v_proj.weight", [kv, c]), (h + "self_attn.o_proj.weight", [c, q]), (h + "post_attention_layernorm.weight", [c]),
+                (h + "mlp.gate_proj.weight", [f, c]), (h + "mlp.up_proj.weight", [f, c]), (h + "mlp.down_proj.weight", [c, f])]
+    return out + [("model.norm.weight", [c])]
+lts = llama_tensors(lcfg)
+model_dir("model-type", config=dict(lcfg, model_type="mistral"), blob=safetensors(lts), frag="key model_type: must be one of gpt2, llama, qwen2")
+model_dir("llama-rope-scaling", config=dict(lcfg, rope_scaling={"rope_type": "llama3", "factor": 8.0}), blob=safetensors(lts), frag="key rope_scaling: rotary scaling")
+model_dir("qwen2-sliding-window", config=dict(lcfg, model_type="qwen2", use_sliding_window=True), blob=safetensors(lts), frag="key use_sliding_window")
+model_dir("llama-kv-heads", config=dict(lcfg, num_key_value_heads=3), blob=safetensors(lts), frag="key num_key_value_heads: must divide")
+model_dir("llama-missing-tensor", config=lcfg, blob=safetensors(lts, drop="model.layers.0.mlp.up_proj.weight"), frag="missing tensor model.layers.0.mlp.up_proj.weight")
+model_dir("llama-untied-no-head", config=dict(lcfg, tie_word_embeddings=False), blob=safetensors(lts), frag="missing tensor lm_head.weight")
+cases.append(("config family key", "train --set model.n_kv_head=2 --run-dir {t}/run", "key model.n_kv_head: applies to model.family llama or qwen2 only"))
 
 # sharded, BF16 and PyTorch-only weights
 def extra_model(name, files, frag):

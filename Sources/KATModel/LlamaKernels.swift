@@ -1,0 +1,183 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Forward/backward pairs of the Llama family's layers, in the style of Kernels.swift:
+// outputs, inputs, weights, then dimensions; backward functions accumulate (+=) into
+// their gradient outputs. The maths is Hugging Face's LlamaForCausalLM (modeling_llama.py).
+
+// MARK: - Token embedding
+
+/// out[i] = table[tokens[i]].                                     out (N, C), table (V, C)
+func embeddingForward(_ out: FPtr, _ tokens: [Int32], _ table: FPtr, _ n: Int, _ c: Int) {
+    tokens.withUnsafeBufferPointer { tk in
+        for i in 0..<n { (out + i * c).update(from: table + Int(tk[i]) * c, count: c) }
+    }
+}
+
+/// dtable[tokens[i]] += dout[i].
+func embeddingBackward(_ dtable: FPtr, _ dout: FPtr, _ tokens: [Int32], _ n: Int, _ c: Int) {
+    tokens.withUnsafeBufferPointer { tk in
+        for i in 0..<n {
+            let d = dout + i * c, w = dtable + Int(tk[i]) * c
+            for j in 0..<c { w[j] += d[j] }
+        }
+    }
+}
+
+// MARK: - RMSNorm
+
+/// out = x / sqrt(mean(x^2) + eps) * weight, per row; rstd (N) keeps 1 / sqrt(mean(x^2) + eps).
+/// out (N, C) from inp (N, C).
+func rmsnormForward(_ out: FPtr, _ rstd: FPtr, _ inp: FPtr, _ weight: FPtr, _ n: Int, _ c: Int, _ eps: Float) {
+    for i in 0..<n {
+        let x = inp + i * c, o = out + i * c
+        var ss: Float = 0
+        for j in 0..<c { ss += x[j] * x[j] }
+        let s = 1 / (ss / Float(c) + eps).squareRoot()
+        for j in 0..<c { o[j] = weight[j] * (x[j] * s) }
+        rstd[i] = s
+    }
+}
+
+/// With xn = x r (r = rstd): dweight += dout * xn, and
+/// dinp += r (weight * dout - xn * mean(weight * dout * xn)).
+func rmsnormBackward(_ dinp: FPtr, _ dweight: FPtr, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr, _ rstd: FPtr, _ n: Int, _ c: Int) {
+    for i in 0..<n {
+        let d = dout + i * c, x = inp + i * c, di = dinp + i * c
+        let s = rstd[i]
+        var dot: Float = 0
+        for j in 0..<c { dot += weight[j] * d[j] * x[j] * s }
+        dot /= Float(c)
+        for j in 0..<c {
+            let xn = x[j] * s
+            dweight[j] += d[j] * xn
+            di[j] += s * (weight[j] * d[j] - xn * dot)
+        }
+    }
+}
+
+// MARK: - Linear (nn.Linear: weight stored (OC, C))
+
+/// out (N, OC) = inp (N, C) @ weight^T + bias (OC, or none).
+func linearForward(_ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr?, _ n: Int, _ c: Int, _ oc: Int) {
+    if let bias { for i in 0..<n { (out + i * oc).update(from: bias, count: oc) } }
+    sgemm(transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: c,
+          beta: bias == nil ? 0 : 1, c: out, ldc: oc)
+}
+
+/// dinp (N, C) += dout @ weight; dweight (OC, C) += dout^T @ inp; dbias += column sums.
+func linearBackward(_ dinp: FPtr, _ dweight: FPtr, _ dbias: FPtr?, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr,
+                    _ n: Int, _ c: Int, _ oc: Int) {
+    sgemm(transA: false, transB: false, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: c, beta: 1, c: dinp, ldc: c)
+    sgemm(transA: true, transB: false, m: oc, n: c, k: n, alpha: 1, a: dout, lda: oc, b: inp, ldb: c, beta: 1, c: dweight, ldc: c)
+    if let dbias {
+        for i in 0..<n {
+            let d = dout + i * oc
+            for j in 0..<oc { dbias[j] += d[j] }
+        }
+    }
+}
+
+// MARK: - Rotary position embedding
+
+/// cos and sin of the rotary angles p theta_i for positions 0..<positions and pairs
+/// i < d/2, theta_i = 1 / base^(2i/d), computed in float32 as Hugging Face does
+/// (`inv_freq = 1 / base ** (arange(0, d, 2) / d)`, angle = position * inv_freq).
+/// Grows on demand to the deepest position seen.
+final class RotaryTable {
+    let base: Float
+    let headDim: Int
+    private(set) var positions = 0
+    private(set) var cos: [Float] = []  // (positions, d/2)
+    private(set) var sin: [Float] = []  // (positions, d/2)
+
+    init(base: Double, headDim: Int) { self.base = Float(base); self.headDim = headDim }
+
+    /// Makes rows 0..<count available.
+    func ensure(_ count: Int) {
+        guard count > positions else { return }
+        let half = headDim / 2
+        let invFreq = (0..<half).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
+        let grown = max(count, positions * 2)
+        cos.reserveCapacity(grown * half); sin.reserveCapacity(grown * half)
+        for p in positions..<grown {
+            for i in 0..<half {
+                let angle = Float(p) * invFreq[i]
+                cos.append(cosf(angle)); sin.append(sinf(angle))
+            }
+        }
+        positions = grown
+    }
+}
+
+/// Rotates, in place, the first `heads` heads (size hs) of each row of x (stride `stride`)
+/// by the row's position: for each pair (i, i + hs/2), (a, b) -> (a cos - b sin, b cos + a sin),
+/// which is Hugging Face's x cos + rotate_half(x) sin. Queries and keys are the first
+/// NH + g heads of a qkv row, so one call rotates both.
+func rotaryForward(_ x: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
+    let half = hs / 2
+    table.cos.withUnsafeBufferPointer { cosT in
+        table.sin.withUnsafeBufferPointer { sinT in
+            for r in 0..<n {
+                let t = Int(positions[r]) * half
+                for h in 0..<heads {
+                    let v = x + r * stride + h * hs
+                    for i in 0..<half {
+                        let c = cosT[t + i], s = sinT[t + i]
+                        let a = v[i], b = v[i + half]
+                        v[i] = a * c - b * s
+                        v[i + half] = b * c + a * s
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of `rotaryForward` (its inverse: a rotation), in place on the gradient:
+/// (da, db) -> (da cos + db sin, db cos - da sin).
+func rotaryBackward(_ dx: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
+    let half = hs / 2
+    table.cos.withUnsafeBufferPointer { cosT in
+        table.sin.withUnsafeBufferPointer { sinT in
+            for r in 0..<n {
+                let t = Int(positions[r]) * half
+                for h in 0..<heads {
+                    let v = dx + r * stride + h * hs
+                    for i in 0..<half {
+                        let c = cosT[t + i], s = sinT[t + i]
+                        let a = v[i], b = v[i + half]
+                        v[i] = a * c + b * s
+                        v[i + half] = b * c - a * s
+                    }
+                }
+            }
+        }
+    }
+}
+
+// MARK: - SwiGLU
+
+/// out (N, F) = silu(gate) * up, from gateUp (N, 2F) holding gate then up in each row;
+/// silu(g) = g / (1 + exp(-g)).
+func swigluForward(_ out: FPtr, _ gateUp: FPtr, _ n: Int, _ f: Int) {
+    for i in 0..<n {
+        let g = gateUp + i * 2 * f, u = g + f, o = out + i * f
+        for j in 0..<f { o[j] = g[j] / (1 + fastExp(-g[j])) * u[j] }
+    }
+}
+
+/// dgate += dout * up * silu'(gate), dup += dout * silu(gate), with
+/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).                   dgateUp (N, 2F)
+func swigluBackward(_ dgateUp: FPtr, _ gateUp: FPtr, _ dout: FPtr, _ n: Int, _ f: Int) {
+    for i in 0..<n {
+        let g = gateUp + i * 2 * f, u = g + f, d = dout + i * f
+        let dg = dgateUp + i * 2 * f, du = dg + f
+        for j in 0..<f {
+            let s = 1 / (1 + fastExp(-g[j]))
+            dg[j] += d[j] * u[j] * s * (1 + g[j] * (1 - s))
+            du[j] += d[j] * g[j] * s
+        }
+    }
+}
