@@ -50,9 +50,17 @@ public enum Checkpoint {
         return nil
     }
 
+    /// Whether `path` is a run directory (it has a checkpoints directory).
+    static func isRunDirectory(_ path: String) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path + "/checkpoints", isDirectory: &isDir) && isDir.boolValue
+    }
+
     /// The checkpoint to resume from: `spec` is "auto" (the newest under RUN/checkpoints
-    /// that verifies; each one skipped is reported through `log`) or a path.
+    /// that verifies; each one skipped is reported through `log`), another run directory
+    /// (its newest that verifies), or a checkpoint directory.
     public static func choose(runDirectory run: String, spec: String, log: (String) -> Void) throws(RunError) -> String {
+        if spec != "auto", isRunDirectory(spec) { return try choose(runDirectory: spec, spec: "auto", log: log) }
         if spec != "auto" {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue else {
@@ -78,6 +86,7 @@ public enum Checkpoint {
     /// Restores weights into `model` and, when given, moments into `optimizer`, and returns
     /// the run state. The checkpoint's model must match the configured one.
     public static func restore(_ dir: String, model: any LanguageModel, optimizer: Optimizer?) throws(RunError) -> JSON {
+        try checkShape(dir, model.config)
         do {
             let loaded = try ModelDirectory.load(dir, expect: model.config)
             model.params.copy(from: loaded.params)
@@ -91,6 +100,34 @@ public enum Checkpoint {
         do { return try JSON.parse(String(decoding: text, as: UTF8.self)) } catch {
             throw .checkpoint(path: dir + "/state.json", reason: "not valid JSON (\(error))")
         }
+    }
+
+    /// The configuration keys of a model's config.json entries.
+    static let modelKeys: [String: String] = [
+        "model_type": "model.family", "vocab_size": "model.vocab_size", "n_positions": "model.n_positions",
+        "max_position_embeddings": "model.n_positions", "n_embd": "model.n_embd", "hidden_size": "model.n_embd",
+        "n_layer": "model.n_layer", "num_hidden_layers": "model.n_layer", "n_head": "model.n_head",
+        "num_attention_heads": "model.n_head", "num_key_value_heads": "model.n_kv_head",
+        "intermediate_size": "model.intermediate_size", "tie_word_embeddings": "model.tie_word_embeddings",
+    ]
+
+    /// A checkpoint whose model is of another shape than the configured one is refused,
+    /// naming each setting that differs.
+    /// - Throws: `RunError.settings` naming the first model key that differs.
+    static func checkShape(_ dir: String, _ expected: any ModelConfiguration) throws(RunError) {
+        let found: any ModelConfiguration
+        do { found = try ModelDirectory.loadConfig(dir) } catch { throw .checkpoint(path: dir, reason: "\(error)") }
+        guard found.shapeSummary != expected.shapeSummary else { return }
+        let a = RunDirectory.flatten(found.huggingFaceJSON()), b = RunDirectory.flatten(expected.huggingFaceJSON())
+        var differences: [(key: String, text: String)] = []
+        for hf in modelKeys.keys.sorted() {
+            guard let key = modelKeys[hf], let x = a[hf], let y = b[hf], x != y else { continue }
+            differences.append((key, "\(key) is \(x.serialized) in the checkpoint, \(y.serialized) configured"))
+        }
+        throw .settings(key: differences.first?.key ?? "model",
+                        reason: "\(dir): the checkpoint's model does not match the configured one: "
+                            + (differences.isEmpty ? "\(found.shapeSummary) against \(expected.shapeSummary)" : differences.map(\.text).joined(separator: "; "))
+                            + " (set the model keys to the checkpoint's to resume it)")
     }
 
     static func restoreOptimizer(_ path: String, into optimizer: Optimizer) throws(RunError) {

@@ -56,13 +56,43 @@ public final class RunDirectory {
         do { metrics = try LineFile(appendingTo: path + "/metrics.jsonl") } catch { throw .file(error) }
     }
 
+    /// What is at a path given as a run directory.
+    enum Kind: Equatable {
+        case missing
+        case empty
+        /// A directory kat-dist made for a run (its lock file, its checkpoints, or its
+        /// config and metrics).
+        case run
+        /// Anything else: a file, or a directory holding other things (one named).
+        case other(String)
+    }
+
+    static func kind(of path: String) -> Kind {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return .missing }
+        guard isDir.boolValue else { return .other("it is a file, not a directory") }
+        let entries = (try? fm.contentsOfDirectory(atPath: path)) ?? []
+        if entries.isEmpty { return .empty }
+        if entries.contains(".lock") || !Checkpoint.names(in: path + "/checkpoints").isEmpty
+            || (entries.contains("config.json") && entries.contains("metrics.jsonl")) {
+            return .run
+        }
+        return .other("it holds \(entries.sorted().first ?? "")")
+    }
+
+    /// Refuses a path that is neither missing, empty, nor a kat-dist run directory, so
+    /// that a run never writes into a directory of other files (a model, a checkpoint, /).
+    static func checkUsable(_ path: String) throws(RunError) {
+        if case let .other(what) = kind(of: path) {
+            throw .runDirectory(path: path, reason: "is not a kat-dist run directory (\(what)); give a new or empty directory")
+        }
+    }
+
     /// Opens or creates `path` for a new run. A directory that already holds checkpoints
     /// or metrics is refused (resume it instead); nothing in it is touched.
     public static func create(newRunAt path: String) throws(RunError) -> RunDirectory {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
-            throw .runDirectory(path: path, reason: "exists and is not a directory")
-        }
+        try checkUsable(path)
         let lock = try RunLock(directory: path)
         if let newest = Checkpoint.names(in: path + "/checkpoints").last {
             throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); resume it with --resume auto or choose another --run-dir")
@@ -97,6 +127,9 @@ public final class RunDirectory {
     /// up to the checkpoint are copied so that curves and times continue, and origin.json
     /// records where the run came from.
     static func fork(newRunAt path: String, lock: RunLock, from checkpoint: String, step: Int) throws(RunError) -> RunDirectory {
+        if samePath(path, checkpoint) || absolute(path).hasPrefix(absolute(checkpoint) + "/") {
+            throw .runDirectory(path: path, reason: "is inside the checkpoint it would continue from; give a new directory")
+        }
         if let newest = Checkpoint.names(in: path + "/checkpoints").last {
             throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); a fork needs a new --run-dir")
         }
@@ -150,9 +183,14 @@ public final class RunDirectory {
             }
         }
         if let ownData, let ownJSON, ownJSON != json {
-            do { try FileWriting.writeAtomically(ownData, to: path + "/config.before-" + Checkpoint.name(step: step) + ".json") } catch {
-                throw .file(error)
+            // Earlier configs are kept, never overwritten: config.before-step-N[-K].json.
+            var name = path + "/config.before-" + Checkpoint.name(step: step) + ".json"
+            var k = 2
+            while FileManager.default.fileExists(atPath: name) {
+                name = path + "/config.before-" + Checkpoint.name(step: step) + "-\(k).json"
+                k += 1
             }
+            do { try FileWriting.writeAtomically(ownData, to: name) } catch { throw .file(error) }
         }
         try writeConfig(json)
         return changes
@@ -174,15 +212,53 @@ public final class RunDirectory {
         return out
     }
 
-    /// Removes what a killed run left half-written: temporary checkpoint directories and
-    /// temporary files of atomic writes (`.tmp-<pid>` names).
+    /// Whether `name` is a temporary name kat-dist itself gives in a run directory (`dir`
+    /// "run") or its checkpoints directory: `FILE.tmp-PID` for the files it writes, and
+    /// `.tmp-step-N-PID` checkpoint directories. Nothing else is ever removed.
+    static func isOwnTemporary(_ name: String, inCheckpoints: Bool) -> Bool {
+        func pidSuffix(_ s: Substring) -> Bool { !s.isEmpty && s.allSatisfy(\.isNumber) }
+        if inCheckpoints {
+            if name.hasPrefix(".tmp-step-") {
+                let parts = name.dropFirst(".tmp-step-".count).split(separator: "-")
+                return parts.count == 2 && parts.allSatisfy(pidSuffix)
+            }
+            return name.hasPrefix("latest.tmp-") && pidSuffix(name.dropFirst("latest.tmp-".count))
+        }
+        guard let r = name.range(of: ".tmp-", options: .backwards), pidSuffix(name[r.upperBound...]) else { return false }
+        let base = String(name[..<r.lowerBound])
+        return ["metrics.jsonl", "metrics.csv", "config.json", "report.html", "trained_ids.jsonl", "origin.json"].contains(base)
+            || base.hasPrefix("config.before-step-") || base.hasPrefix("events.out.tfevents.")
+    }
+
+    /// Removes what a killed run left half-written: kat-dist's own temporary checkpoint
+    /// directories and temporary files of atomic writes.
     static func removeLeftovers(_ path: String) {
         let fm = FileManager.default
-        for dir in [path, path + "/checkpoints"] {
-            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(".tmp-") || name.contains(".tmp-") {
+        for (dir, inCheckpoints) in [(path, false), (path + "/checkpoints", true)] {
+            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where isOwnTemporary(name, inCheckpoints: inCheckpoints) {
                 try? fm.removeItem(atPath: dir + "/" + name)
             }
         }
+    }
+
+    /// Moves the checkpoints after `step` (a timeline abandoned by resuming an older
+    /// checkpoint) into RUN/abandoned/TIME/, so nothing is lost and the newest checkpoint
+    /// is again the one the run continues from.
+    /// - Returns: the names moved.
+    func setAsideCheckpoints(after step: Int) throws(RunError) -> [String] {
+        let newer = Checkpoint.names(in: checkpointsPath).filter { (Checkpoint.step(ofName: $0) ?? 0) > step }
+        guard !newer.isEmpty else { return [] }
+        let place = path + "/abandoned/" + String(Int(wallSeconds()))
+        do {
+            try FileManager.default.createDirectory(atPath: place, withIntermediateDirectories: true)
+            for name in newer { try FileManager.default.moveItem(atPath: checkpointsPath + "/" + name, toPath: place + "/" + name) }
+        } catch {
+            throw .runDirectory(path: place, reason: "cannot set aside the newer checkpoints (\(error.localizedDescription))")
+        }
+        do { try FileWriting.writeAtomically(Data((Checkpoint.name(step: step) + "\n").utf8), to: checkpointsPath + "/latest") } catch {
+            throw .file(error)
+        }
+        return newer
     }
 
     /// Keeps the lines of a JSON-lines file whose `step` is at most `step`, rewriting the
@@ -246,8 +322,10 @@ public final class RunDirectory {
     /// - Parameters:
     ///   - extras: further files (buffered rollouts, the tokenizer's files), listed in MANIFEST too.
     ///   - dtype: element type of the weights (F32 or BF16); the optimizer state is F32.
+    ///   - between: run between files (heartbeats: a big checkpoint takes a while).
     public func writeCheckpoint(step: Int, model: any LanguageModel, optimizer: Optimizer, state: JSON, keep: Int,
-                                extras: [String: Data] = [:], dtype: SafetensorsDType = .F32) throws(RunError) {
+                                extras: [String: Data] = [:], dtype: SafetensorsDType = .F32,
+                                between: () throws -> Void = {}) throws(RunError) {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
@@ -255,12 +333,14 @@ public final class RunDirectory {
         try? fm.removeItem(atPath: tmp)
         do {
             try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)], dtype: dtype)
+            try between()
             let tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = [
                 ("adam.m", [optimizer.m.count], UnsafeBufferPointer(optimizer.m.buffer)),
                 ("adam.v", [optimizer.v.count], UnsafeBufferPointer(optimizer.v.buffer)),
             ]
             try FileWriting.writeAtomically(SafetensorsFile.serialize(tensors, metadata: ["t": String(optimizer.t), "optimizer": optimizer.config.kind.rawValue]),
                                             to: tmp + "/optimizer.safetensors")
+            try between()
             try FileWriting.writeAtomically(Data((state.pretty + "\n").utf8), to: tmp + "/state.json")
             for (file, data) in extras { try FileWriting.writeAtomically(data, to: tmp + "/" + file) }
             var manifest = ""
@@ -269,6 +349,7 @@ public final class RunDirectory {
                     throw RunError.checkpoint(path: tmp + "/" + file, reason: "cannot read back what was just written")
                 }
                 manifest += data.withUnsafeBytes { SHA256.hex(of: $0) } + "  " + file + "\n"
+                try between()
             }
             try FileWriting.writeAtomically(Data(manifest.utf8), to: tmp + "/MANIFEST")
         } catch {

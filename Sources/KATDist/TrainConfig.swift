@@ -275,6 +275,10 @@ public struct TrainConfig: Sendable {
                                 reason: "rotary positions need an even head size, but model.n_embd / model.n_head is \(int("model.n_embd") / int("model.n_head"))")
             }
         }
+        if let late = intList("rollout.branch_points").first(where: { $0 >= int("rollout.max_new_tokens") }) {
+            throw .badValue(source: source, key: "rollout.branch_points",
+                            reason: "entry \(late) is not below rollout.max_new_tokens (\(int("rollout.max_new_tokens"))): samples would never branch there")
+        }
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {
             throw .badValue(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")

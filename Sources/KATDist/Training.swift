@@ -111,10 +111,22 @@ public enum Training {
         }
     }
 
+    /// The trainers' ring of heartbeats, when there are several trainers under MPI.
+    static func ringOnly(_ collective: Collective, _ settings: RunSettings) -> RolloutPeers? {
+        guard let mpi = collective as? MPICollective, mpi.size > 1 else { return nil }
+        return RolloutPeers(link: nil, publisher: nil, ring: TrainerRing(trainers: mpi, watchdog: settings.watchdog))
+    }
+
     /// Builds a trainer's phases and runs its loop.
     static func trainer(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
                         layout: Layout, runDirectory: String, resume: String?, console: Console) throws {
         let plan = try phases(settings, model: model, collective: collective, world: world, topology: topology, layout: layout)
+        if let mpi = collective as? MPICollective {
+            // A collective that waits serves heartbeats and intake, and gives up after the
+            // watchdog (a little later than the ring, which names the stopped trainer).
+            mpi.watchdog = settings.watchdog * 1.5
+            mpi.whileWaiting = { try plan.peers?.poll() }
+        }
         let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
                                    console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
                                    runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
@@ -130,7 +142,7 @@ public enum Training {
             let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
             // The estimator's fields are checked on the whole file before the first step.
             _ = try computeAdvantages(trajs, config: settings.advantage)
-            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, nil, "offline training on \(path)")
+            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, ringOnly(collective, settings), "offline training on \(path)")
         case .task, .external:
             let environments = try EnvironmentSource(settings, vocabSize: model.config.vocabSize)
             try environments.checkFits(contextLength: model.config.nPositions, settings: settings)
@@ -146,13 +158,14 @@ public enum Training {
                 let link = mine.isEmpty ? nil : RolloutLink(world: world, rollouts: mine, capacity: settings.ranks.bufferGroups,
                                                             watchdog: settings.watchdog)
                 let publisher = world.rank == 0 ? WeightPublisher(world: world, node: topology.node, tree: topology.tree) : nil
-                let p = RolloutPeers(link: link, publisher: publisher)
+                let p = RolloutPeers(link: link, publisher: publisher, ring: ringOnly(collective, settings)?.ring)
                 peers = p
                 let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
                 phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, settings: settings))
             } else {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
+                peers = ringOnly(collective, settings)
             }
             return (phases, Evaluator(model: model, settings: settings, environments: environments), peers, environments.name)
         }

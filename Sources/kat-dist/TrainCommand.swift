@@ -49,6 +49,9 @@ enum TrainCommand {
         } catch let e as ConfigError {
             throw UsageError(description: "kat-dist train: \(e)")
         }
+        if let r = a.value("run-dir"), r.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw UsageError(description: "kat-dist train: --run-dir: empty; give a directory")
+        }
         let resume = a.value("resume")
         if let r = resume, r != "auto", !FileManager.default.fileExists(atPath: r) {
             throw UsageError(description: "kat-dist train: --resume \(r): no such checkpoint (give auto or a checkpoint directory)")
@@ -66,6 +69,9 @@ enum TrainCommand {
         }
         let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
         if LaunchEnvironment.worldRank == 0 {
+            if settings.watchdog < 30, LaunchEnvironment.launchedByMPI {
+                print("kat-dist train: watchdog_s = \(settings.watchdog) is shorter than a checkpoint write or a model load may take; a healthy rank may be ended")
+            }
             print("kat-dist train: run directory \(runDir)")
             print(BLASRuntime.summary)
         }
