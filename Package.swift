@@ -43,8 +43,8 @@ let package = Package(
         .testTarget(name: "KATEnvTests", dependencies: ["KATEnv", "KATSupport"]),
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // Helpers shared by the test targets that run the executables.
-        .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
-        .testTarget(name: "KATDistTests", dependencies: ["KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
+        .target(name: "KATTestSupport", dependencies: ["KATSupport"], path: "Tests/KATTestSupport"),
+        .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // End to end: the executables, under mpirun where it matters.
         .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
                     exclude: ["Malformed"]),

@@ -5,20 +5,22 @@ import KATSupport
 import Glibc
 #endif
 
-/// A run directory: config.json, metrics.jsonl, checkpoints/ (see Docs/formats.md).
+/// A run directory: config.json, metrics (metrics.jsonl, metrics.csv, a TensorBoard
+/// event file), report.html, checkpoints/ (see Docs/formats.md).
 ///
 /// Only the first trainer opens one; the other ranks never write to it.
 public final class RunDirectory {
     public let path: String
-    let metrics: LineFile
+    let metrics: MetricsLog
     var trainedIDs: LineFile?
 
     public var checkpointsPath: String { path + "/checkpoints" }
     public var metricsPath: String { path + "/metrics.jsonl" }
 
-    private init(path: String) throws(RunError) {
+    /// Opens the metrics files: new ones, or those of a run resumed after `resumedStep`.
+    private init(path: String, resumedStep: Int?) throws(RunError) {
         self.path = path
-        do { metrics = try LineFile(appendingTo: path + "/metrics.jsonl") } catch { throw .file(error) }
+        metrics = try MetricsLog(directory: path, upToStep: resumedStep)
     }
 
     /// Opens or creates `path` for a new run. A directory that already holds checkpoints
@@ -38,18 +40,16 @@ public final class RunDirectory {
         do { try fm.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        return try RunDirectory(path: path)
+        return try RunDirectory(path: path, resumedStep: nil)
     }
 
     /// Opens an existing run directory to continue it after the checkpoint of `step`:
-    /// metrics after that step are dropped (they belong to a timeline that did not reach
-    /// a checkpoint) and new lines append.
+    /// metrics after that step are dropped from metrics.jsonl, metrics.csv and the event
+    /// file alike (they belong to a timeline that did not reach a checkpoint) and new
+    /// lines append.
     public static func resume(at path: String, step: Int) throws(RunError) -> RunDirectory {
-        do {
-            try truncateLines(path + "/metrics.jsonl", upToStep: step)
-            try truncateLines(path + "/trained_ids.jsonl", upToStep: step)
-        } catch { throw .file(error) }
-        return try RunDirectory(path: path)
+        do { try truncateLines(path + "/trained_ids.jsonl", upToStep: step) } catch { throw .file(error) }
+        return try RunDirectory(path: path, resumedStep: step)
     }
 
     /// Keeps the lines of a JSON-lines file whose `step` is at most `step`, rewriting the
@@ -63,9 +63,14 @@ public final class RunDirectory {
         try FileWriting.writeAtomically(Data(kept.utf8), to: path)
     }
 
-    /// Appends one metrics line.
+    /// Appends one step's metrics line to metrics.jsonl, metrics.csv and the event file.
     public func appendMetrics(_ line: JSON) throws(RunError) {
-        do { try metrics.append(line.serialized) } catch { throw .file(error) }
+        try metrics.append(line)
+    }
+
+    /// Appends one step's metrics to metrics.jsonl, metrics.csv and the event file.
+    public func appendMetrics(_ m: StepMetrics) throws(RunError) {
+        try metrics.append(m.json)
     }
 
     /// Appends one line to RUN/trained_ids.jsonl: the trajectory ids trained at a step.
