@@ -79,11 +79,30 @@ final class Evaluator {
         prompts = settings.run.evalPrompts
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward.
-    func evaluate(_ collective: Collective) throws -> (success: Double, reward: Double) {
-        let mine = try worker.evaluate(seeds: stride(from: collective.rank, to: prompts, by: collective.size))
-        var tally = [Double(mine.solved), mine.rewardSum]
+    /// Share of held-out prompts solved (full reward) and their mean reward. Progress (this
+    /// rank's share of the prompts, and the time left) goes to `console`.
+    func evaluate(_ collective: Collective, console: Console? = nil) throws -> (success: Double, reward: Double) {
+        let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        // Episodes run one at a time, so evaluating in parts gives the same results.
+        let part = max(1, mine.count / 20)
+        var solved = 0, rewardSum = 0.0, done = 0
+        while done < mine.count {
+            let seeds = mine[done..<min(mine.count, done + part)]
+            let r = try worker.evaluate(seeds: seeds)
+            solved += r.solved
+            rewardSum += r.rewardSum
+            done += seeds.count
+            if done < mine.count {
+                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(mine.count),
+                                       clock.leftText(done: done, total: mine.count, now: monotonicSeconds()) as NSString))
+            }
+        }
+        var tally = [Double(solved), rewardSum]
         try collective.allreduceSum(&tally)
-        return (tally[0] / Double(prompts), tally[1] / Double(prompts))
+        let result = (success: tally[0] / Double(prompts), reward: tally[1] / Double(prompts))
+        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f", prompts,
+                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward), final: true)
+        return result
     }
 }

@@ -115,30 +115,55 @@ public final class RunDirectory {
     /// Writes a checkpoint under a temporary name, syncs every file, writes MANIFEST
     /// last, renames the directory into place, then moves `latest`, and keeps the newest
     /// `keep` checkpoints.
-    /// - Parameter extras: further files (buffered rollouts), listed in MANIFEST too.
+    /// - Parameters:
+    ///   - extras: further files (buffered rollouts), listed in MANIFEST too.
+    ///   - progress: called before each part of the work with a status text (the file,
+    ///     the share done by bytes, the time left).
+    /// - Returns: the bytes written.
+    @discardableResult
     public func writeCheckpoint(step: Int, model: GPT2, optimizer: Optimizer, state: JSON, keep: Int,
-                                extras: [String: Data] = [:]) throws(RunError) {
+                                extras: [String: Data] = [:], progress: (String) -> Void = { _ in }) throws(RunError) -> Int {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
         let fm = FileManager.default
         try? fm.removeItem(atPath: tmp)
+        // Progress by bytes: the weights and both moments are written, then read back and
+        // hashed for the MANIFEST; the rest is small.
+        let weightBytes = 4 * model.params.count, momentBytes = 4 * (optimizer.m.count + optimizer.v.count)
+        let total = 2 * (weightBytes + momentBytes)
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var done = 0
+        func report(_ what: String) {
+            let share = Double(done) / Double(max(1, total))
+            let left = done > 0 ? "  " + clock.leftText(done: done, total: total, now: monotonicSeconds()) : ""
+            progress(String(format: "checkpoint %@: %@  %.0f%%%@", name as NSString, what as NSString, 100 * share, left as NSString))
+        }
+        var written = 0
         do {
+            report("writing model.safetensors")
             try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)])
+            done += weightBytes
+            report("writing optimizer.safetensors")
             let tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = [
                 ("adam.m", [optimizer.m.count], UnsafeBufferPointer(optimizer.m.buffer)),
                 ("adam.v", [optimizer.v.count], UnsafeBufferPointer(optimizer.v.buffer)),
             ]
             try FileWriting.writeAtomically(SafetensorsFile.serialize(tensors, metadata: ["t": String(optimizer.t), "optimizer": optimizer.config.kind.rawValue]),
                                             to: tmp + "/optimizer.safetensors")
+            done += momentBytes
             try FileWriting.writeAtomically(Data((state.pretty + "\n").utf8), to: tmp + "/state.json")
             for (file, data) in extras { try FileWriting.writeAtomically(data, to: tmp + "/" + file) }
             var manifest = ""
             for file in Checkpoint.requiredFiles + extras.keys.sorted() {
+                report("hashing " + file)
                 guard let data = fm.contents(atPath: tmp + "/" + file) else {
                     throw RunError.checkpoint(path: tmp + "/" + file, reason: "cannot read back what was just written")
                 }
                 manifest += data.withUnsafeBytes { SHA256.hex(of: $0) } + "  " + file + "\n"
+                written += data.count
+                if file == "model.safetensors" { done += weightBytes }
+                if file == "optimizer.safetensors" { done += momentBytes }
             }
             try FileWriting.writeAtomically(Data(manifest.utf8), to: tmp + "/MANIFEST")
         } catch {
@@ -161,5 +186,6 @@ public final class RunDirectory {
             throw .file(error)
         }
         for old in Checkpoint.names(in: checkpointsPath).dropLast(keep) { try? fm.removeItem(atPath: checkpointsPath + "/" + old) }
+        return written
     }
 }

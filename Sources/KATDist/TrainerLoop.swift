@@ -122,7 +122,7 @@ final class TrainerLoop {
 
     func runPhases() throws {
         if !resumed, settings.run.evalEvery > 0, let evaluator {
-            let e = try evaluator.evaluate(collective)
+            let e = try evaluator.evaluate(collective, console: console)
             note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
         }
         for (p, source) in phases.enumerated() where p >= startAt.phase {
@@ -172,7 +172,7 @@ final class TrainerLoop {
         m.tWeightSync = monotonicSeconds() - tSync
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
-            let e = try evaluator.evaluate(collective)
+            let e = try evaluator.evaluate(collective, console: console)
             m.evalSuccess = e.success
             m.evalReward = e.reward
             if isLast {
@@ -259,9 +259,12 @@ final class TrainerLoop {
         if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
         let extra = source.checkpoint()
         state += extra.fields
-        try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
-                                keep: settings.run.checkpointKeep, extras: extra.files)
-        console.line("checkpoint \(directory.checkpointsPath)/\(Checkpoint.name(step: stepIndex))")
+        let t0 = monotonicSeconds()
+        let bytes = try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
+                                                  keep: settings.run.checkpointKeep, extras: extra.files,
+                                                  progress: { [console] in console.status($0) })
+        console.line(String(format: "checkpoint %@/%@ (%.1f MB in %.1f s)", directory.checkpointsPath as NSString,
+                            Checkpoint.name(step: stepIndex) as NSString, Double(bytes) / 1e6, monotonicSeconds() - t0))
     }
 
     func writeReport() {
@@ -270,21 +273,25 @@ final class TrainerLoop {
         try? directory.write(Data(html.utf8), named: "report.html")
     }
 
+    /// The step's progress line: the phase's step count, a few metrics, and the time left
+    /// in the phase as this process has run it (right after a resume too).
     func showProgress(_ source: BatchSource, _ s: Int, _ m: StepMetrics) {
-        let done = s + 1 - phaseStart.step, left = source.steps - s - 1
-        let eta = (monotonicSeconds() - phaseStart.time) / Double(max(1, done)) * Double(left)
-        let etaText = String(format: "left %dm%02ds", Int(eta) / 60, Int(eta) % 60)
+        let clock = PhaseClock(start: phaseStart.time, startStep: phaseStart.step)
+        let left = clock.leftText(done: s + 1, total: source.steps, now: monotonicSeconds()) as NSString
+        let skipped = (m.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString
+        let final = s + 1 == source.steps
         switch source.phase {
         case .warmstart:
-            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.logprobMean, etaText as NSString))
+            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@%@", s + 1, source.steps, m.logprobMean, left, skipped),
+                           final: final)
         case .rl:
             let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
-            console.status(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@", s + 1, source.steps,
-                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, etaText as NSString))
+            console.status(String(format: "rl step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@%@", s + 1, source.steps,
+                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, left, skipped), final: final)
         case .offline:
-            console.line(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
-                                s + 1, source.steps, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS,
-                                (m.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+            console.status(String(format: "offline step %d/%d  loss %.4f  log-prob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f  %@%@",
+                                  s + 1, source.steps, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS, left, skipped),
+                           final: final)
         }
     }
 }

@@ -23,13 +23,14 @@ enum TrainCommand {
       --run-dir DIR      run directory (default runs/<UTC timestamp>); never overwritten
       --resume auto|PATH continue the run in --run-dir from its newest checkpoint that verifies,
                          or from the checkpoint at PATH
-      --keys             list every config key with its default and exit
+      --keys             list every config key with its default, allowed values and meaning, and exit
+    \(ProgressDisplay.help)
     """
 
     static func run(_ args: [String]) throws {
         let specs = [OptionSpec(name: "config", takesValue: true), OptionSpec(name: "set", takesValue: true, repeatable: true),
                      OptionSpec(name: "run-dir", takesValue: true), OptionSpec(name: "resume", takesValue: true),
-                     OptionSpec(name: "keys", takesValue: false)]
+                     OptionSpec(name: "keys", takesValue: false)] + ProgressDisplay.options
         let a = try ParsedArguments.parse(args, specs: specs, command: "train")
         if a.has("help") { print(usage); return }
         if a.has("keys") {
@@ -66,39 +67,12 @@ enum TrainCommand {
             print(BLASRuntime.summary)
         }
         fflush(nil)
-        let display = ProgressDisplay()
+        let display = try ProgressDisplay(a, command: "train")
         defer { display.finish() }
         let code: Int32
         do { code = try Training.run(settings, runDirectory: runDir, resume: resume, console: display) } catch {
             throw CommandFailure(description: "\(error)")
         }
         if code != 0 { display.finish(); exit(code) }
-    }
-}
-
-/// Progress on a terminal: one status line rewritten in place; elsewhere, plain lines.
-final class ProgressDisplay: Console {
-    let tty = isatty(1) != 0
-    var statusShown = false
-
-    func line(_ s: String) {
-        if statusShown { print("\r\u{1B}[K", terminator: ""); statusShown = false }
-        print(s)
-        fflush(nil)
-    }
-
-    func status(_ s: String) {
-        if tty {
-            print("\r\u{1B}[K" + s, terminator: "")
-            statusShown = true
-        } else {
-            print(s)
-        }
-        fflush(nil)
-    }
-
-    func finish() {
-        if statusShown { print(""); statusShown = false }
-        fflush(nil)
     }
 }

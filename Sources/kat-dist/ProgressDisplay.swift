@@ -1,0 +1,74 @@
+import Foundation
+import KATDist
+import KATSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Messages and progress of a long command (`--progress auto|bar|lines|off`,
+/// `--progress-every S`), on standard output (train) or standard error (eval and
+/// logprobs, whose standard output is their result).
+///
+/// A live display rewrites one status line in place (carriage return, erase to the end of
+/// the line); plain lines never contain a carriage return or an escape code, so a log file
+/// reads line by line.
+final class ProgressDisplay: Console {
+    /// The file descriptor written to: 1 (standard output) or 2 (standard error).
+    let fd: Int32
+    let style: ProgressStyle
+    var throttle: ProgressThrottle
+    var statusShown = false
+
+    /// The options every long command takes, and their help text.
+    static let options = [OptionSpec(name: "progress", takesValue: true), OptionSpec(name: "progress-every", takesValue: true)]
+    static let help = """
+      --progress MODE      auto (default): a live status line when one process writes to a
+                           terminal, else plain lines; bar: always the live line; lines:
+                           plain lines; off: no progress updates
+      --progress-every S   seconds between plain progress lines (default 10; 0: every
+                           update); the end of every phase always gets a line
+    """
+
+    init(mode: ProgressMode, every: Double, fd: Int32 = 1) {
+        self.fd = fd
+        style = mode.style(isTerminal: isatty(fd) != 0, launchedByMPI: LaunchEnvironment.launchedByMPI, every: every)
+        if case let .lines(every) = style { throttle = ProgressThrottle(every: every) } else { throttle = ProgressThrottle(every: 0) }
+    }
+
+    /// The display the command line asks for.
+    convenience init(_ a: ParsedArguments, command: String, fd: Int32 = 1) throws(UsageError) {
+        let text = a.value("progress") ?? "auto"
+        guard let mode = ProgressMode(rawValue: text) else {
+            throw UsageError(description: "kat-dist \(command): --progress must be one of \(ProgressMode.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
+        }
+        let every = try a.double("progress-every", command: command, range: 0...86_400) ?? 10
+        self.init(mode: mode, every: every, fd: fd)
+    }
+
+    /// Writes after flushing what `print` buffered, so the order of messages holds.
+    func write(_ s: String) {
+        fflush(nil)
+        let h = fd == 2 ? FileHandle.standardError : FileHandle.standardOutput
+        h.write(Data(s.utf8))
+    }
+
+    func line(_ s: String) {
+        if statusShown { write("\r\u{1B}[K"); statusShown = false }
+        write(s + "\n")
+    }
+
+    func status(_ s: String, final: Bool) {
+        switch style {
+        case .off: return
+        case .live:
+            write("\r\u{1B}[K" + s + (final ? "\n" : ""))
+            statusShown = !final
+        case .lines:
+            if throttle.admits(now: monotonicSeconds(), final: final) { write(s + "\n") }
+        }
+    }
+
+    func finish() {
+        if statusShown { write("\n"); statusShown = false }
+    }
+}
