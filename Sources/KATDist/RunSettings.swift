@@ -166,12 +166,13 @@ public struct RunSettings: Sendable {
         json = c.json
     }
 
-    /// The model the run starts from: the directory, or GPT-2 initialisation of the
+    /// The model the run starts from: the directory (a checkpoint's `latest` file or a run
+    /// directory stand for the checkpoint they name), or GPT-2 initialisation of the
     /// configured shape with the run's seed.
-    public func initialModel() throws(ModelError) -> GPT2 {
+    public func initialModel() throws -> GPT2 {
         switch model {
         case let .directory(dir):
-            return try ModelDirectory.load(dir)
+            return try ModelDirectory.load(Checkpoint.resolveModelDirectory(dir))
         case let .random(config):
             let m = try GPT2(config: config)
             m.initialize(seed: UInt64(run.seed))

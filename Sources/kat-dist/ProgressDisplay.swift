@@ -1,5 +1,6 @@
 import Foundation
 import KATDist
+import KATRL
 import KATSupport
 #if canImport(Glibc)
 import Glibc
@@ -71,4 +72,22 @@ final class ProgressDisplay: Console {
     func finish() {
         if statusShown { write("\n"); statusShown = false }
     }
+}
+
+/// Greedy episodes on held-out prompts 0..<prompts, in parts, with progress on `display`.
+func evaluateWithProgress(_ worker: RolloutWorker, prompts: Int, display: ProgressDisplay) throws -> (solved: Int, rewardSum: Double) {
+    let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+    let part = max(1, prompts / 20)
+    var solved = 0, rewardSum = 0.0, done = 0
+    while done < prompts {
+        let end = min(prompts, done + part)
+        let r = try worker.evaluate(seeds: done..<end)
+        solved += r.solved
+        rewardSum += r.rewardSum
+        done = end
+        display.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(prompts),
+                              clock.leftText(done: done, total: prompts, now: monotonicSeconds()) as NSString), final: done == prompts)
+    }
+    display.finish()
+    return (solved, rewardSum)
 }

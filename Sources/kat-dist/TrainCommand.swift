@@ -6,6 +6,7 @@ import KATModel
 enum TrainCommand {
     static let usage = """
     Usage: kat-dist train [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]
+                          [--progress auto|bar|lines|off] [--progress-every S] [--keys] [--check [--ranks N]]
 
     Trains a policy. With no config, runs the built-in default: reinforcement learning on
     the code task (write a stack-language program for a function described in words), after
@@ -24,17 +25,21 @@ enum TrainCommand {
       --resume auto|PATH continue the run in --run-dir from its newest checkpoint that verifies,
                          or from the checkpoint at PATH
       --keys             list every config key with its default, allowed values and meaning, and exit
+      --check            check the command line, the config and the files it names, then exit
+                         (0 when the run would start; launch scripts run it before mpirun)
+      --ranks N          the number of ranks to check the layout for (default: the launcher's, 1)
     \(ProgressDisplay.help)
     """
 
     static func run(_ args: [String]) throws {
         let specs = [OptionSpec(name: "config", takesValue: true), OptionSpec(name: "set", takesValue: true, repeatable: true),
                      OptionSpec(name: "run-dir", takesValue: true), OptionSpec(name: "resume", takesValue: true),
-                     OptionSpec(name: "keys", takesValue: false)] + ProgressDisplay.options
+                     OptionSpec(name: "keys", takesValue: false), OptionSpec(name: "check", takesValue: false),
+                     OptionSpec(name: "ranks", takesValue: true)] + ProgressDisplay.options
         let a = try ParsedArguments.parse(args, specs: specs, command: "train")
         if a.has("help") { print(usage); return }
         if a.has("keys") {
-            for k in TrainConfig.keys { print("\(k.name) = \(k.defaultValue.serialized)    \(k.help)") }
+            print(keysTable())
             return
         }
         var config = TrainConfig()
@@ -58,8 +63,17 @@ enum TrainCommand {
             throw UsageError(description: "kat-dist train: --resume needs --run-dir (the run to continue)")
         }
         let settings = RunSettings(config)
-        do { try Training.check(settings, worldSize: LaunchEnvironment.worldSize) } catch {
+        let worldSize = try a.int("ranks", command: "train", range: 1...1_000_000) ?? LaunchEnvironment.worldSize
+        // Under a launcher every rank checks the files apart, once MPI runs, so that a file
+        // missing from one node's storage is named with that node.
+        do { try Training.check(settings, worldSize: worldSize, files: !LaunchEnvironment.launchedByMPI) } catch {
             throw UsageError(description: "kat-dist train: \(error)")
+        }
+        if a.has("check") {
+            let layout = try? Training.layout(settings, worldSize: worldSize)
+            print("kat-dist train: the command line and config are valid for \(worldSize) rank\(worldSize == 1 ? "" : "s")"
+                  + (layout.map { " (\($0.trainers) trainer, \($0.rollouts) rollout)" } ?? ""))
+            return
         }
         let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
         if LaunchEnvironment.worldRank == 0 {
@@ -75,4 +89,12 @@ enum TrainCommand {
         }
         if code != 0 { display.finish(); exit(code) }
     }
+}
+
+/// Every config key with its default, the values it takes and its meaning, in columns.
+func keysTable() -> String {
+    let rows = [("key", "default", "allowed", "meaning")] + TrainConfig.keys.map { ($0.name, $0.defaultValue.serialized, $0.kind.allowed, $0.help) }
+    let w0 = rows.map(\.0.count).max() ?? 0, w1 = rows.map(\.1.count).max() ?? 0, w2 = rows.map(\.2.count).max() ?? 0
+    func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
+    return rows.map { pad($0.0, w0) + "  " + pad($0.1, w1) + "  " + pad($0.2, w2) + "  " + $0.3 }.joined(separator: "\n")
 }

@@ -1,5 +1,5 @@
 import XCTest
-import KATDist
+@testable import KATDist
 
 final class ProgressTests: XCTestCase {
     /// auto draws a live line only for a single process on a terminal; under an MPI
@@ -33,5 +33,16 @@ final class ProgressTests: XCTestCase {
         XCTAssertEqual(clock.secondsLeft(done: 100, total: 100, now: 1100) ?? -1, 0)
         XCTAssertEqual(PhaseClock(start: 0, startStep: 0).leftText(done: 1, total: 50, now: 5), "left 4m05s")
         XCTAssertEqual(PhaseClock.duration(7322), "2h02m")
+    }
+}
+
+final class RankFaultTests: XCTestCase {
+    /// A fault every rank sees is one line; a fault some ranks see names them and their
+    /// hosts (a file missing from one node's storage).
+    func testFaultsAreReportedOnceNamingTheRanksThatSeeThem() {
+        XCTAssertEqual(Training.faultLines([("a", "x: no such file"), ("b", "x: no such file")]), ["x: no such file"])
+        XCTAssertEqual(Training.faultLines([("a", ""), ("b", "x: no such file"), ("b", "x: no such file"), ("c", "")]),
+                       ["x: no such file (on ranks 1, 2 of 4, host b)"])
+        XCTAssertEqual(Training.faultLines([("a", ""), ("b", "")]), [])
     }
 }
