@@ -58,6 +58,32 @@ public enum Training {
         }
     }
 
+    /// What `kat-dist train --check` looks for on this machine, beyond `checkFiles`: the
+    /// program of `data.env_command` (its first word, on PATH or as a path) and each of its
+    /// arguments that holds a slash (taken as a file), and, when resuming, the checkpoint
+    /// to continue from. Every rank of a job reads these, so on a cluster they must be on
+    /// storage every node shares (Docs/cluster.md).
+    /// - Throws: `RunError.settings` naming the key and the path.
+    public static func checkFilesForLaunch(_ settings: RunSettings, runDirectory: String?, resume: String?) throws(RunError) {
+        try checkFiles(settings)
+        let fm = FileManager.default
+        if case let .external(command) = settings.data {
+            let words = command.split(separator: " ").map(String.init)
+            if let program = words.first {
+                let found = program.contains("/") ? fm.isExecutableFile(atPath: program)
+                    : (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains { fm.isExecutableFile(atPath: "\($0)/\(program)") }
+                if !found { throw .settings(key: "data.env_command", reason: "\(program): no such program here") }
+            }
+            for w in words.dropFirst() where w.contains("/") && !w.hasPrefix("-") && !fm.fileExists(atPath: w) {
+                throw .settings(key: "data.env_command", reason: "\(w): no such file here")
+            }
+        }
+        if let resume, let run = runDirectory {
+            let path = resume == "auto" ? run + "/checkpoints" : resume
+            if !fm.fileExists(atPath: path) { throw .runDirectory(path: path, reason: "not found here: nothing to resume from") }
+        }
+    }
+
     /// The file check on every rank of a job, reported once: each distinct fault on one
     /// line, naming the ranks and hosts that see it when not all do (a file missing from
     /// one node's storage).

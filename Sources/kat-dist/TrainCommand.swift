@@ -25,8 +25,10 @@ enum TrainCommand {
       --resume auto|PATH continue the run in --run-dir from its newest checkpoint that verifies,
                          or from the checkpoint at PATH
       --keys             list every config key with its default, allowed values and meaning, and exit
-      --check            check the command line, the config and the files it names, then exit
-                         (0 when the run would start; launch scripts run it before mpirun)
+      --check            check the command line, the config and the files it names (the data,
+                         model.init, the environment command, the checkpoint to resume) on this
+                         machine, then exit: 0 when the run would start; launch scripts run it
+                         before mpirun, and under mpirun it checks every node's storage
       --ranks N          the number of ranks to check the layout for (default: the launcher's, 1)
     \(ProgressDisplay.help)
     """
@@ -70,9 +72,15 @@ enum TrainCommand {
             throw UsageError(description: "kat-dist train: \(error)")
         }
         if a.has("check") {
+            // Each process checks the files on its own machine: under mpirun with one rank
+            // per node, every node reports (a fault names the rank; Docs/cluster.md).
+            let host = ProcessInfo.processInfo.hostName
+            do { try Training.checkFilesForLaunch(settings, runDirectory: a.value("run-dir"), resume: resume) } catch {
+                throw CommandFailure(description: "train --check on \(host): \(error)")
+            }
             let layout = try? Training.layout(settings, worldSize: worldSize)
             print("kat-dist train: the command line and config are valid for \(worldSize) rank\(worldSize == 1 ? "" : "s")"
-                  + (layout.map { " (\($0.trainers) trainer, \($0.rollouts) rollout)" } ?? ""))
+                  + (layout.map { " (\($0.trainers) trainer, \($0.rollouts) rollout)" } ?? "") + "; the files they name are on \(host)")
             return
         }
         let runDir = a.value("run-dir") ?? RunDirectory.defaultPath()
