@@ -89,7 +89,7 @@ func modelBenchmark() throws {
     let gf = flops / best / 1e9
     print(String(format: "tokens/s            %.0f", n / best))
     print(String(format: "step time (s)       %.3f  (forward %.3f)", best, fwdBest))
-    print(String(format: "model GFLOP/s       %.1f  (SPEC section 8 count: %.1f GFLOP per step)", gf, flops / 1e9))
+    print(String(format: "model GFLOP/s       %.1f  (FLOPs counted as Docs/benchmarks.md says: %.1f GFLOP per step)", gf, flops / 1e9))
     print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
     print(String(format: "ratio model/sgemm   %.2f", gf / sg))
     print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(model.workspaceBytes) / 1048576))

@@ -1,6 +1,7 @@
 import Foundation
 
-/// The byte tokenizer of SPEC section 3: bytes 0-255, then BOS, EOS, SEP, PAD.
+/// The byte tokenizer: ids 0-255 are bytes, then BOS 256, EOS 257, SEP 258, PAD 259
+/// (Docs/formats.md).
 public enum ByteTokenizer {
     public static let bos: Int32 = 256, eos: Int32 = 257, sep: Int32 = 258, pad: Int32 = 259
     public static func encode(_ text: String) -> [Int32] { text.utf8.map { Int32($0) } }

@@ -4,8 +4,8 @@ import KATSupport
 import Glibc
 #endif
 
-/// An environment in another process speaking JSON lines over stdin/stdout (SPEC
-/// section 11). A reply that is not JSON, lacks a field or takes longer than the time-out
+/// An environment in another process speaking JSON lines over stdin/stdout (the protocol
+/// is in Docs/formats.md). A reply that is not JSON, lacks a field or takes longer than the time-out
 /// is an error naming the command and the message; the process is restarted once (and
 /// the episode replayed), then the error stands.
 public final class ExternalEnvironment: Environment {

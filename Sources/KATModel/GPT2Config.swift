@@ -2,7 +2,7 @@ import KATSupport
 
 /// GPT-2 hyper-parameters and the special token ids of kat-dist's byte tokenizer.
 ///
-/// Written and read as a Hugging Face `config.json` (SPEC section 1), so a model
+/// Written and read as a Hugging Face GPT-2 `config.json` (Docs/formats.md), so a model
 /// directory opens in `transformers` unchanged.
 public struct GPT2Config: Equatable, Sendable {
     public var vocabSize: Int
@@ -57,7 +57,7 @@ public struct GPT2Config: Equatable, Sendable {
     public var parameterCount: Int { ParameterLayout(config: self).count }
 
     /// Forward plus backward FLOPs of one computed token, not counting attention pairs
-    /// (SPEC section 8): 6 (12 L C^2 + V C).
+    /// (6 per parameter touched, as Docs/benchmarks.md counts them): 6 (12 L C^2 + V C).
     public var flopsPerToken: Double {
         let c = Double(nEmbd), l = Double(nLayer), v = Double(vocabSize)
         return 6 * (12 * l * c * c + v * c)

@@ -1,7 +1,7 @@
 import Foundation
 import KATSupport
 
-/// A Hugging Face model directory: `config.json` + `model.safetensors` (SPEC section 1).
+/// A Hugging Face model directory: `config.json` + `model.safetensors` (Docs/formats.md).
 public enum ModelDirectory {
     /// Writes the model's config and weights into `dir` (created if needed), each file
     /// through a temporary name and a rename.

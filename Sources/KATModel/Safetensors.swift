@@ -24,7 +24,7 @@ public struct SafetensorsEntry: Equatable, Sendable {
     public var end: Int
 }
 
-/// A safetensors file read and validated in full (SPEC section 2).
+/// A safetensors file read and validated in full (the format of Hugging Face's safetensors project).
 public struct SafetensorsFile: Sendable {
     public let path: String
     /// Entries in data order.

@@ -4,7 +4,7 @@ import KATEnv
 import KATSupport
 import KATTrie
 
-/// Rollout settings (SPEC section 9, rollout.*).
+/// Rollout settings (the rollout.* keys of Docs/config.md).
 public struct RolloutConfig: Sendable {
     public var groupSize = 8
     public var temperature: Float = 1
