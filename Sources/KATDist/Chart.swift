@@ -14,9 +14,13 @@ public struct Chart {
         public var points: [(x: Double, y: Double)]
         public var dashed = false
         public var marker = Marker.none
+        /// Stroke width in pixels (thinner for a noisy per-step series under a sparse one).
+        public var lineWidth = 1.8
 
-        public init(name: String, color: String, points: [(x: Double, y: Double)], dashed: Bool = false, marker: Marker = .none) {
+        public init(name: String, color: String, points: [(x: Double, y: Double)], dashed: Bool = false, marker: Marker = .none,
+                    lineWidth: Double = 1.8) {
             self.name = name; self.color = color; self.points = points; self.dashed = dashed; self.marker = marker
+            self.lineWidth = lineWidth
         }
     }
 
@@ -91,7 +95,9 @@ public struct Chart {
     public func svg() -> String {
         let w = width, h = height
         let pl = Chart.left, pr = w - Chart.right, pt = Chart.top, pb = h - Chart.bottom
-        let shown = series.map { s in Series(name: s.name, color: s.color, points: Chart.thin(s.points), dashed: s.dashed, marker: s.marker) }
+        let shown = series.map { s in
+            Series(name: s.name, color: s.color, points: Chart.thin(s.points), dashed: s.dashed, marker: s.marker, lineWidth: s.lineWidth)
+        }
         let all = shown.flatMap(\.points)
         var out = "<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='\(f(w))' height='\(f(h))' viewBox='0 0 \(f(w)) \(f(h))' font-family='sans-serif'>"
         out += "<rect x='0' y='0' width='\(f(w))' height='\(f(h))' fill='#fff'/>"
@@ -154,7 +160,7 @@ public struct Chart {
             for s in shown where !s.points.isEmpty {
                 let pts = s.points.map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " ")
                 let dash = s.dashed ? " stroke-dasharray='7 4'" : ""
-                out += "<polyline fill='none' stroke='\(s.color)' stroke-width='1.8'\(dash) points='\(pts)'/>"
+                out += "<polyline fill='none' stroke='\(s.color)' stroke-width='\(f(s.lineWidth))'\(dash) points='\(pts)'/>"
                 for p in s.points where s.marker != .none || s.points.count == 1 {
                     out += markerShape(s.marker == .none ? .circle : s.marker, x: px(p.x), y: py(p.y), color: s.color)
                 }

@@ -133,9 +133,9 @@ public enum Report {
     public static func learningCurve(lines: [JSON], title: String) -> Chart {
         let steps = lines.compactMap { $0["step"]?.doubleValue }
         var c = Chart(title: title, yLabel: "share solved / mean reward", series: [
+            Chart.Series(name: "training reward (reward_mean)", color: Color.sky, points: points(lines, "reward_mean"), lineWidth: 1),
             Chart.Series(name: "held-out success (greedy, eval_success)", color: Color.vermillion, points: points(lines, "eval_success"),
-                         marker: .circle),
-            Chart.Series(name: "training reward (reward_mean)", color: Color.blue, points: points(lines, "reward_mean"), dashed: true),
+                         marker: .circle, lineWidth: 2.2),
         ])
         c.xDomain = ((steps.min() ?? 1) - 1)...(steps.max() ?? 1)
         c.yDomain = 0...1
