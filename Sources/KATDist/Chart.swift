@@ -74,8 +74,8 @@ public struct Chart {
     }
 
     /// A tick's text: as many decimals as the step needs; powers of ten for tiny steps
-    /// ("5e-4", "3.92e-5": as many mantissa digits as the step needs), "150k" for large
-    /// round ones.
+    /// ("5e-4", "3.92e-5": as many mantissa digits as the step needs), thousands for steps
+    /// of 1000 or more ("5k", "150k").
     public static func tickLabel(_ v: Double, step: Double) -> String {
         if v == 0 { return "0" }
         if step < 1e-3 {
@@ -84,7 +84,7 @@ public struct Chart {
             let mantissa = v / pow(10, Double(exponent))
             return String(format: "%.\(digits)f", mantissa) + "e\(exponent)"
         }
-        if step >= 1000, abs(v) >= 10_000, (v / 1000).rounded() == v / 1000 { return "\(Int(v / 1000))k" }
+        if step >= 1000, (v / 1000).rounded() == v / 1000 { return "\(Int(v / 1000))k" }
         let decimals = max(0, Int(-floor(log10(step) + 1e-9)))
         return String(format: "%.\(decimals)f", v)
     }

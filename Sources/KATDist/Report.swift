@@ -87,7 +87,8 @@ public enum Report {
                 Chart.Series(name: "reward_mean", color: Color.blue, points: points(lines, "reward_mean")),
             ], empty: "no rewards (warm-start and given-advantage steps have none)")),
             ("loss", chart("Policy loss (RL and offline steps)", "loss", [
-                Chart.Series(name: "loss", color: Color.purple, points: points(lines, "loss", phases: online)),
+                Chart.Series(name: "loss (on-policy data: minus the mean advantage)", color: Color.purple,
+                             points: points(lines, "loss", phases: online)),
             ], empty: "no RL or offline steps yet")),
             ("logprob", chart("Log-prob of the trained tokens", "nats per token", [
                 Chart.Series(name: "logprob_mean (warm start: the supervised objective)", color: Color.green, points: points(lines, "logprob_mean")),

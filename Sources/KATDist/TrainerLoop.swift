@@ -81,7 +81,7 @@ final class TrainerLoop {
         lines = directory?.existingMetrics() ?? []
         let p = min(startAt.phase, max(0, phases.count - 1))
         let where_ = phases.isEmpty ? "" : ", \(phases[p].phase.rawValue) step \(startAt.step) of \(phases[p].steps)"
-        console.line("resumed at step \(stepIndex) (policy version \(version)\(where_))")
+        note("resumed at step \(stepIndex) (policy version \(version)\(where_))")
     }
 
     /// The phase and step a checkpoint's state continues at. Checkpoints name their phase
