@@ -29,7 +29,7 @@ enum EvalCommand {
       --prompts N          held-out prompts (default 200)
       --turns N            turns per episode (default 1)
       --max-new-tokens N   tokens per answer (default 16)
-    \(ProgressDisplay.help)
+    \(ProgressDisplay.help(column: 23))
     Progress goes to standard error; the result to standard output.
     """
 

@@ -28,7 +28,7 @@ enum LogprobsCommand {
       --output FILE      where to write (default: standard output); written whole or not at all
       --temperature T    sampling temperature of the scored policy, > 0 (default 1)
       --max-tokens N     tokens per forward pass (default 16384)
-    \(ProgressDisplay.help)
+    \(ProgressDisplay.help(column: 21))
     Progress goes to standard error.
     """
 

@@ -22,13 +22,17 @@ final class ProgressDisplay: Console {
 
     /// The options every long command takes, and their help text.
     static let options = [OptionSpec(name: "progress", takesValue: true), OptionSpec(name: "progress-every", takesValue: true)]
-    static let help = """
-      --progress MODE      auto (default): a live status line when one process writes to a
-                           terminal, else plain lines; bar: always the live line; lines:
-                           plain lines; off: no progress updates
-      --progress-every S   seconds between plain progress lines (default 10; 0: every
-                           update); the end of every phase always gets a line
-    """
+    /// The help lines of the options, their text starting at `column` like the command's
+    /// other options.
+    static func help(column: Int) -> String {
+        let pad = { (name: String) in "  " + name + String(repeating: " ", count: max(1, column - 2 - name.count)) }
+        let cont = String(repeating: " ", count: column)
+        return [pad("--progress MODE") + "auto (default): a live status line when one process writes to a",
+                cont + "terminal, else plain lines; bar: always the live line; lines: plain",
+                cont + "lines; off: no progress updates",
+                pad("--progress-every S") + "seconds between plain progress lines (default 10; 0: every",
+                cont + "update); the end of every phase always gets a line"].joined(separator: "\n")
+    }
 
     init(mode: ProgressMode, every: Double, fd: Int32 = 1) {
         self.fd = fd

@@ -15,8 +15,9 @@ enum TrainCommand {
     environment (JSON lines, see Docs/formats.md); data.trajectories=FILE trains offline on
     that JSONL file. Batches are packed into a trie (data.packing=trie) or flat.
     Under mpirun, ranks.trainers ranks train and the others generate rollouts.
-    Writes RUN/config.json, RUN/metrics.jsonl (one line per step), RUN/report.html and
-    checkpoints under RUN/checkpoints (every checkpoint.every steps and at the end).
+    Writes RUN/config.json, the metrics (RUN/metrics.jsonl, one line per step, and the same
+    as RUN/metrics.csv and a TensorBoard event file), RUN/report.html and checkpoints under
+    RUN/checkpoints (every checkpoint.every steps and at the end). See Docs/metrics.md.
 
     Options:
       --config FILE      JSON config of nested objects (see kat-dist train --keys)
@@ -30,7 +31,7 @@ enum TrainCommand {
                          machine, then exit: 0 when the run would start; launch scripts run it
                          before mpirun, and under mpirun it checks every node's storage
       --ranks N          the number of ranks to check the layout for (default: the launcher's, 1)
-    \(ProgressDisplay.help)
+    \(ProgressDisplay.help(column: 21))
     """
 
     static func run(_ args: [String]) throws {
