@@ -77,7 +77,8 @@ final class MetricsExportTests: TemporaryDirectoryTestCase {
         let header = rows[0]
         XCTAssertEqual(Set(header).count, header.count)
         XCTAssertEqual(Set(header), Set(lines.flatMap { $0.objectMembers!.map(\.0) }))
-        let col = { (k: String) in header.firstIndex(of: k)! }
+        let col = { (k: String) in header.firstIndex(of: k) ?? 0 }
+        for k in ["step", "lr", "phase", "staleness_hist", "eval_success", "reward_mean"] { XCTAssertTrue(header.contains(k), k) }
         for (row, line) in zip(rows.dropFirst(), lines) {
             XCTAssertEqual(row.count, header.count)
             XCTAssertEqual(Int(row[col("step")]), line["step"]!.intValue)
