@@ -282,15 +282,15 @@ final class TrainerLoop {
         let final = s + 1 == source.steps
         switch source.phase {
         case .warmstart:
-            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@%@", s + 1, source.steps, m.logprobMean, left, skipped),
+            console.status(String(format: "warm start %d/%d  %@  answer log-prob %.3f%@", s + 1, source.steps, left, m.logprobMean, skipped),
                            final: final)
         case .rl:
             let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
-            console.status(String(format: "rl step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@%@", s + 1, source.steps,
-                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, left, skipped), final: final)
+            console.status(String(format: "rl step %d/%d  %@  reward %.3f%@  loss %.4f  tokens/s %.0f%@", s + 1, source.steps, left,
+                                  m.rewardMean ?? 0, eval as NSString, m.loss, m.tokensPerS, skipped), final: final)
         case .offline:
-            console.status(String(format: "offline step %d/%d  loss %.4f  log-prob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f  %@%@",
-                                  s + 1, source.steps, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS, left, skipped),
+            console.status(String(format: "offline step %d/%d  %@  loss %.4f  log-prob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
+                                  s + 1, source.steps, left, m.loss, m.logprobMean, m.gradNorm, m.lr, m.trieRatio, m.tokensPerS, skipped),
                            final: final)
         }
     }

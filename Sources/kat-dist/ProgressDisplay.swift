@@ -66,11 +66,21 @@ final class ProgressDisplay: Console {
         switch style {
         case .off: return
         case .live:
-            write("\r\u{1B}[K" + s + (final ? "\n" : ""))
+            // A line wider than the terminal would wrap, and the next redraw would start on
+            // its last row: cut it to the width.
+            let shown = final ? s : String(s.prefix(max(20, terminalColumns() - 1)))
+            write("\r\u{1B}[K" + shown + (final ? "\n" : ""))
             statusShown = !final
         case .lines:
             if throttle.admits(now: monotonicSeconds(), final: final) { write(s + "\n") }
         }
+    }
+
+    /// The terminal's width in columns (80 when it cannot be asked).
+    func terminalColumns() -> Int {
+        var size = winsize()
+        guard ioctl(fd, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
+        return Int(size.ws_col)
     }
 
     func finish() {
