@@ -20,6 +20,34 @@ public enum Checkpoint {
         return Int(name.dropFirst(5))
     }
 
+    /// The model directory a path stands for, wherever one is expected (`--model`,
+    /// `model.init`):
+    /// - a model directory (it holds model.safetensors or a sharded model's index), as it is;
+    /// - a `latest` file (RUN/checkpoints/latest): the checkpoint it names, beside it;
+    /// - a run directory (it holds checkpoints/latest): its newest checkpoint.
+    /// Anything else is returned unchanged, for the model reader to report.
+    /// - Throws: `RunError.checkpoint` when a `latest` file names a checkpoint that is
+    ///   not there.
+    public static func resolveModelDirectory(_ path: String) throws(RunError) -> String {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return path }
+        if isDir.boolValue {
+            if fm.fileExists(atPath: path + "/model.safetensors") || fm.fileExists(atPath: path + "/model.safetensors.index.json") { return path }
+            if fm.fileExists(atPath: path + "/checkpoints/latest") { return try resolveModelDirectory(path + "/checkpoints/latest") }
+            return path
+        }
+        guard let data = fm.contents(atPath: path), data.count < 4096 else { return path }
+        let name = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard step(ofName: name) != nil, !name.contains("/") else { return path }
+        let dir = (path as NSString).deletingLastPathComponent
+        let target = (dir.isEmpty ? "." : dir) + "/" + name
+        guard fm.fileExists(atPath: target, isDirectory: &isDir), isDir.boolValue else {
+            throw .checkpoint(path: path, reason: "names \(name), which is not in \(dir.isEmpty ? "." : dir)")
+        }
+        return target
+    }
+
     /// The checkpoint names in `dir`, oldest first, ordered by step number whatever the
     /// number of digits.
     public static func names(in dir: String) -> [String] {

@@ -144,22 +144,36 @@ final class Evaluator {
         prompts = settings.run.evalPrompts
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward; `between`
-    /// runs between episodes (the runtime's heartbeats).
+    /// Share of held-out prompts solved (full reward) and their mean reward. `between`
+    /// runs between episodes (the runtime's heartbeats); progress (this rank's share of
+    /// the prompts, and the time left) goes to `console`.
     /// - Returns: nil when a stop was requested during the evaluation (it is cut short
     ///   and its partial result dropped, so that the run stops without waiting for it).
-    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> (success: Double, reward: Double)? {
-        var solved = 0, rewardSum = 0.0, interrupted = 0.0
-        for i in stride(from: collective.rank, to: prompts, by: collective.size) {
+    func evaluate(_ collective: Collective, console: Console? = nil,
+                  between: () throws -> Void = {}) throws -> (success: Double, reward: Double)? {
+        let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var solved = 0, rewardSum = 0.0, done = 0, interrupted = 0.0
+        var lastShown = monotonicSeconds()
+        for seed in mine {
             try between()
             if Preemption.requested { interrupted = 1; break }
-            let r = try worker.evaluate(seeds: [i])
+            let r = try worker.evaluate(seeds: [seed])
             solved += r.solved
             rewardSum += r.rewardSum
+            done += 1
+            if done < mine.count, monotonicSeconds() - lastShown > 1 {
+                lastShown = monotonicSeconds()
+                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(mine.count),
+                                       clock.leftText(done: done, total: mine.count, now: monotonicSeconds()) as NSString))
+            }
         }
         var tally = [Double(solved), rewardSum, interrupted]
         try collective.allreduceSum(&tally)
         guard tally[2] == 0 else { return nil }
-        return (tally[0] / Double(prompts), tally[1] / Double(prompts))
+        let result = (success: tally[0] / Double(prompts), reward: tally[1] / Double(prompts))
+        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f", prompts,
+                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward), final: true)
+        return result
     }
 }

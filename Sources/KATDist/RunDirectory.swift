@@ -37,23 +37,25 @@ public final class RunLock {
     deinit { close(fd) }
 }
 
-/// A run directory: config.json, metrics.jsonl, checkpoints/ (see Docs/formats.md).
+/// A run directory: config.json, metrics (metrics.jsonl, metrics.csv, a TensorBoard
+/// event file), report.html, checkpoints/ (see Docs/formats.md).
 ///
 /// Only the first trainer opens one, and holds its lock for the run's life; the other
 /// ranks never write to it.
 public final class RunDirectory {
     public let path: String
     let lock: RunLock
-    let metrics: LineFile
+    let metrics: MetricsLog
     var trainedIDs: LineFile?
 
     public var checkpointsPath: String { path + "/checkpoints" }
     public var metricsPath: String { path + "/metrics.jsonl" }
 
-    private init(path: String, lock: RunLock) throws(RunError) {
+    /// Opens the metrics files: new ones, or those of a run resumed after `resumedStep`.
+    private init(path: String, lock: RunLock, resumedStep: Int?) throws(RunError) {
         self.path = path
         self.lock = lock
-        do { metrics = try LineFile(appendingTo: path + "/metrics.jsonl") } catch { throw .file(error) }
+        metrics = try MetricsLog(directory: path, upToStep: resumedStep)
     }
 
     /// What is at a path given as a run directory.
@@ -104,7 +106,7 @@ public final class RunDirectory {
         do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        return try RunDirectory(path: path, lock: lock)
+        return try RunDirectory(path: path, lock: lock, resumedStep: nil)
     }
 
     /// Opens an existing run directory to continue it after the checkpoint of `step`:
@@ -115,11 +117,9 @@ public final class RunDirectory {
         do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        do {
-            try truncateLines(path + "/metrics.jsonl", upToStep: step)
-            try truncateLines(path + "/trained_ids.jsonl", upToStep: step)
-        } catch { throw .file(error) }
-        return try RunDirectory(path: path, lock: lock)
+        // metrics.jsonl, metrics.csv and the event file are cut back together.
+        do { try truncateLines(path + "/trained_ids.jsonl", upToStep: step) } catch { throw .file(error) }
+        return try RunDirectory(path: path, lock: lock, resumedStep: step)
     }
 
     /// Starts `path` as a new run that continues from `checkpoint` (a checkpoint of another
@@ -151,7 +151,7 @@ public final class RunDirectory {
         }
         let origin: JSON = ["forked_from": .string(absolute(checkpoint)), "step": JSON(step), "time": JSON(wallSeconds())]
         do { try FileWriting.writeAtomically(Data((origin.pretty + "\n").utf8), to: path + "/origin.json") } catch { throw .file(error) }
-        return try RunDirectory(path: path, lock: lock)
+        return try RunDirectory(path: path, lock: lock, resumedStep: step)
     }
 
     /// The run directory a checkpoint directory belongs to (RUN for RUN/checkpoints/step-N),
@@ -272,9 +272,14 @@ public final class RunDirectory {
         try FileWriting.writeAtomically(Data(kept.utf8), to: path)
     }
 
-    /// Appends one metrics line.
+    /// Appends one step's metrics line to metrics.jsonl, metrics.csv and the event file.
     public func appendMetrics(_ line: JSON) throws(RunError) {
-        do { try metrics.append(line.serialized) } catch { throw .file(error) }
+        try metrics.append(line)
+    }
+
+    /// Appends one step's metrics to metrics.jsonl, metrics.csv and the event file.
+    public func appendMetrics(_ m: StepMetrics) throws(RunError) {
+        try metrics.append(m.json)
     }
 
     /// Appends one line to RUN/trained_ids.jsonl: the trajectory ids trained at a step.
@@ -322,33 +327,57 @@ public final class RunDirectory {
     /// - Parameters:
     ///   - extras: further files (buffered rollouts, the tokenizer's files), listed in MANIFEST too.
     ///   - dtype: element type of the weights (F32 or BF16); the optimizer state is F32.
+    ///   - progress: called before each part of the work with a status text (the file,
+    ///     the share done by bytes, the time left).
     ///   - between: run between files (heartbeats: a big checkpoint takes a while).
+    /// - Returns: the bytes written.
+    @discardableResult
     public func writeCheckpoint(step: Int, model: any LanguageModel, optimizer: Optimizer, state: JSON, keep: Int,
                                 extras: [String: Data] = [:], dtype: SafetensorsDType = .F32,
-                                between: () throws -> Void = {}) throws(RunError) {
+                                progress: (String) -> Void = { _ in }, between: () throws -> Void = {}) throws(RunError) -> Int {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
         let fm = FileManager.default
         try? fm.removeItem(atPath: tmp)
+        // Progress by bytes: the weights and both moments are written, then read back and
+        // hashed for the MANIFEST; the rest is small.
+        let weightBytes = (dtype == .BF16 ? 2 : 4) * model.params.count, momentBytes = 4 * (optimizer.m.count + optimizer.v.count)
+        let total = 2 * (weightBytes + momentBytes)
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var done = 0
+        func report(_ what: String) {
+            let share = Double(done) / Double(max(1, total))
+            let left = done > 0 ? "  " + clock.leftText(done: done, total: total, now: monotonicSeconds()) : ""
+            progress(String(format: "checkpoint %@: %@  %.0f%%%@", name as NSString, what as NSString, 100 * share, left as NSString))
+        }
+        var written = 0
         do {
+            report("writing model.safetensors")
             try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)], dtype: dtype)
+            done += weightBytes
             try between()
+            report("writing optimizer.safetensors")
             let tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = [
                 ("adam.m", [optimizer.m.count], UnsafeBufferPointer(optimizer.m.buffer)),
                 ("adam.v", [optimizer.v.count], UnsafeBufferPointer(optimizer.v.buffer)),
             ]
             try FileWriting.writeAtomically(SafetensorsFile.serialize(tensors, metadata: ["t": String(optimizer.t), "optimizer": optimizer.config.kind.rawValue]),
                                             to: tmp + "/optimizer.safetensors")
+            done += momentBytes
             try between()
             try FileWriting.writeAtomically(Data((state.pretty + "\n").utf8), to: tmp + "/state.json")
             for (file, data) in extras { try FileWriting.writeAtomically(data, to: tmp + "/" + file) }
             var manifest = ""
             for file in Checkpoint.requiredFiles + extras.keys.sorted() {
+                report("hashing " + file)
                 guard let data = fm.contents(atPath: tmp + "/" + file) else {
                     throw RunError.checkpoint(path: tmp + "/" + file, reason: "cannot read back what was just written")
                 }
                 manifest += data.withUnsafeBytes { SHA256.hex(of: $0) } + "  " + file + "\n"
+                written += data.count
+                if file == "model.safetensors" { done += weightBytes }
+                if file == "optimizer.safetensors" { done += momentBytes }
                 try between()
             }
             try FileWriting.writeAtomically(Data(manifest.utf8), to: tmp + "/MANIFEST")
@@ -372,5 +401,6 @@ public final class RunDirectory {
             throw .file(error)
         }
         for old in Checkpoint.names(in: checkpointsPath).dropLast(keep) { try? fm.removeItem(atPath: checkpointsPath + "/" + old) }
+        return written
     }
 }

@@ -145,7 +145,7 @@ final class TrainerLoop {
         lines = directory?.existingMetrics() ?? []
         let p = min(startAt.phase, max(0, phases.count - 1))
         let where_ = phases.isEmpty ? "" : ", \(phases[p].phase.rawValue) step \(startAt.step) of \(phases[p].steps)"
-        console.line("resumed at step \(stepIndex) (policy version \(version)\(where_))")
+        note("resumed at step \(stepIndex) (policy version \(version)\(where_))")
     }
 
     /// The phase and step a checkpoint continues at. A checkpoint of the warm start goes
@@ -194,7 +194,7 @@ final class TrainerLoop {
 
     func runPhases() throws {
         if !resumed, settings.run.evalEvery > 0, let evaluator {
-            if let e = try evaluator.evaluate(collective, between: { try self.peers?.poll() }) {
+            if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
                 note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
             }
         }
@@ -267,7 +267,7 @@ final class TrainerLoop {
         m.tGenerateTrainers = batch.generateSeconds
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
-            if let e = try evaluator.evaluate(collective, between: { try self.peers?.poll() }) {
+            if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
                 m.evalSuccess = e.success
                 m.evalReward = e.reward
                 if isLast {
@@ -357,10 +357,13 @@ final class TrainerLoop {
         if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
         let extra = source.checkpoint()
         state += extra.fields
-        try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
-                                keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
-                                dtype: settings.run.checkpointDType, between: { try self.peers?.poll() })
-        console.line("checkpoint \(directory.checkpointsPath)/\(Checkpoint.name(step: stepIndex))")
+        let t0 = monotonicSeconds()
+        let bytes = try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
+                                                  keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
+                                                  dtype: settings.run.checkpointDType, progress: { [console] in console.status($0) },
+                                                  between: { try self.peers?.poll() })
+        console.line(String(format: "checkpoint %@/%@ (%.1f MB in %.1f s)", directory.checkpointsPath as NSString,
+                            Checkpoint.name(step: stepIndex) as NSString, Double(bytes) / 1e6, monotonicSeconds() - t0))
     }
 
     func writeReport() {
@@ -369,21 +372,25 @@ final class TrainerLoop {
         try? directory.write(Data(html.utf8), named: "report.html")
     }
 
+    /// The step's progress line: the phase's step count, a few metrics, and the time left
+    /// in the phase as this process has run it (right after a resume too).
     func showProgress(_ source: BatchSource, _ s: Int, _ m: StepMetrics) {
-        let done = s + 1 - phaseStart.step, left = source.steps - s - 1
-        let eta = (monotonicSeconds() - phaseStart.time) / Double(max(1, done)) * Double(left)
-        let etaText = String(format: "left %dm%02ds", Int(eta) / 60, Int(eta) % 60)
+        let clock = PhaseClock(start: phaseStart.time, startStep: phaseStart.step)
+        let left = clock.leftText(done: s + 1, total: source.steps, now: monotonicSeconds()) as NSString
+        let skipped = (m.stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString
+        let final = s + 1 == source.steps
         switch source.phase {
         case .warmstart:
-            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.stats.logprobMean, etaText as NSString))
+            console.status(String(format: "warm start %d/%d  %@  answer log-prob %.3f%@", s + 1, source.steps, left, m.stats.logprobMean, skipped),
+                           final: final)
         case .rl:
             let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
-            console.status(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@", s + 1, source.steps,
-                                  m.rewardMean ?? 0, eval as NSString, m.stats.loss, m.tokensPerS, etaText as NSString))
+            console.status(String(format: "rl step %d/%d  %@  reward %.3f%@  loss %.4f  tokens/s %.0f%@", s + 1, source.steps, left,
+                                  m.rewardMean ?? 0, eval as NSString, m.stats.loss, m.tokensPerS, skipped), final: final)
         case .offline:
-            console.line(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
-                                s + 1, source.steps, m.stats.loss, m.stats.logprobMean, m.stats.gradNorm, m.stats.lr, m.trieRatio, m.tokensPerS,
-                                (m.stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+            console.status(String(format: "offline step %d/%d  %@  loss %.4f  log-prob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
+                                  s + 1, source.steps, left, m.stats.loss, m.stats.logprobMean, m.stats.gradNorm, m.stats.lr, m.trieRatio, m.tokensPerS, skipped),
+                           final: final)
         }
     }
 }
