@@ -121,7 +121,7 @@ public enum Checkpoint {
         } catch {
             throw .checkpoint(path: dir, reason: "\(error)")
         }
-        if let optimizer { try restoreOptimizer(dir + "/optimizer.safetensors", into: optimizer) }
+        if let optimizer { try restoreOptimizer(dir + "/optimizer.safetensors", into: optimizer, parameters: model.params.count) }
         guard let text = FileManager.default.contents(atPath: dir + "/state.json") else {
             throw .checkpoint(path: dir + "/state.json", reason: "cannot read")
         }
@@ -158,17 +158,31 @@ public enum Checkpoint {
                             + " (set the model keys to the checkpoint's to resume it)")
     }
 
-    static func restoreOptimizer(_ path: String, into optimizer: Optimizer) throws(RunError) {
+    /// Reads the moments (always of every parameter: checkpoints do not depend on how
+    /// trainers shard the state) into `optimizer`, which may own a slice of them only.
+    static func restoreOptimizer(_ path: String, into optimizer: Optimizer, parameters: Int) throws(RunError) {
         let opt: SafetensorsFile
         do { opt = try SafetensorsFile.read(path: path) } catch { throw .checkpoint(path: path, reason: "\(error)") }
         guard opt.metadata["optimizer"] == optimizer.config.kind.rawValue else {
             throw .checkpoint(path: path, reason: "holds \(opt.metadata["optimizer"] ?? "?") state but the config asks for \(optimizer.config.kind.rawValue)")
         }
         for (name, buf) in [("adam.m", optimizer.m), ("adam.v", optimizer.v)] {
-            guard let e = opt.entry(name), e.shape == [buf.count] else {
+            let expected = buf.count == 0 ? 0 : parameters
+            guard let e = opt.entry(name), e.shape == [expected] else {
                 throw .checkpoint(path: path, reason: "tensor \(name) is missing or has the wrong size")
             }
-            do { try opt.copyFloats(e, into: buf.pointer) } catch { throw .checkpoint(path: path, reason: "\(error)") }
+            guard buf.count > 0 else { continue }
+            do {
+                if buf.count == parameters {
+                    try opt.copyFloats(e, into: buf.pointer)
+                } else {
+                    let all = try opt.floats(name)
+                    all.withUnsafeBufferPointer { a in
+                        guard let base = a.baseAddress else { return }
+                        buf.pointer.update(from: base + optimizer.slice.lowerBound, count: optimizer.slice.count)
+                    }
+                }
+            } catch { throw .checkpoint(path: path, reason: "\(error)") }
         }
         guard let t = opt.metadata["t"].flatMap(Int.init) else {
             throw .checkpoint(path: path, reason: "metadata lacks the step count t")

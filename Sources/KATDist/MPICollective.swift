@@ -234,6 +234,70 @@ public final class MPICollective: Collective, @unchecked Sendable {
         return (0..<size).map { r in Array(all[Int(offsets[r])..<Int(offsets[r] + sizes[r])]) }
     }
 
+    /// A non-blocking collective in flight, with the arrays it reads kept alive.
+    public final class Request {
+        var request: MPI_Request?
+        let counts: UnsafeMutableBufferPointer<Int32>?
+        let displacements: UnsafeMutableBufferPointer<Int32>?
+        init(counts: [Int32]? = nil, displacements: [Int32]? = nil) {
+            request = kat_mpi_request_null()
+            self.counts = counts.map { c in
+                let b = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, c.count))
+                _ = b.initialize(from: c)
+                return b
+            }
+            self.displacements = displacements.map { d in
+                let b = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, d.count))
+                _ = b.initialize(from: d)
+                return b
+            }
+        }
+        deinit { counts?.deallocate(); displacements?.deallocate() }
+    }
+
+    /// Starts summing `count` floats at `buffer` over the ranks, in place (count below 2^31).
+    public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> Request {
+        let r = Request()
+        try check(MPI_Iallreduce(kat_mpi_in_place(), buffer, Int32(count), kat_mpi_float(), kat_mpi_sum(), comm, &r.request), "MPI_Iallreduce")
+        return r
+    }
+
+    /// Starts a reduce-scatter: the sum over ranks of `send` (sum of `counts` floats), rank
+    /// r receiving the r-th part (`counts[r]` floats) into `receive`.
+    public func startReduceScatter(_ send: UnsafePointer<Float>, into receive: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Request {
+        let r = Request(counts: counts.map { Int32($0) })
+        try check(MPI_Ireduce_scatter(send, receive, r.counts?.baseAddress, kat_mpi_float(), kat_mpi_sum(), comm, &r.request), "MPI_Ireduce_scatter")
+        return r
+    }
+
+    /// Starts gathering every rank's part of `buffer` (rank r's `counts[r]` floats at
+    /// `offsets[r]`) into every rank's `buffer`, in place.
+    public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], offsets: [Int]) throws -> Request {
+        let r = Request(counts: counts.map { Int32($0) }, displacements: offsets.map { Int32($0) })
+        try check(MPI_Iallgatherv(kat_mpi_in_place(), 0, kat_mpi_float(), buffer, r.counts?.baseAddress, r.displacements?.baseAddress,
+                                  kat_mpi_float(), comm, &r.request), "MPI_Iallgatherv")
+        return r
+    }
+
+    /// Gathers every rank's `counts[r]` floats into `full` at `offsets[r]` on `root` (whose
+    /// `full` holds the sum of the counts; elsewhere it is not touched).
+    public func gather(_ part: UnsafePointer<Float>, into full: UnsafeMutablePointer<Float>?, counts: [Int], offsets: [Int], root: Int) throws {
+        let r = Request(counts: counts.map { Int32($0) }, displacements: offsets.map { Int32($0) })
+        try check(MPI_Igatherv(part, Int32(counts[rank]), kat_mpi_float(), full, r.counts?.baseAddress, r.displacements?.baseAddress,
+                               kat_mpi_float(), Int32(root), comm, &r.request), "MPI_Igatherv")
+        try complete(&r.request, "MPI_Igatherv")
+    }
+
+    /// Whether a non-blocking collective has completed (and drives MPI's progress).
+    public func test(_ r: Request) throws -> Bool {
+        var flag: Int32 = 0
+        try check(MPI_Test(&r.request, &flag, kat_mpi_status_ignore()), "MPI_Test")
+        return flag != 0
+    }
+
+    /// Waits for a non-blocking collective, serving `whileWaiting`, within the watchdog.
+    public func wait(_ r: Request) throws { try complete(&r.request, "MPI collective") }
+
     /// The ranks of this communicator that share memory with this one (one node).
     public func splitShared() throws -> MPICollective {
         var out: MPI_Comm? = kat_mpi_comm_null()

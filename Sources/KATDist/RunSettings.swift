@@ -49,6 +49,17 @@ public struct WarmStartConfig: Sendable, Equatable {
     public init() {}
 }
 
+/// How trainers sum gradients and keep optimizer state.
+public struct CommConfig: Sendable, Equatable {
+    /// Start summing each bucket of the gradient as soon as backward has filled it.
+    public var overlap = true
+    /// Size of a gradient bucket, MiB.
+    public var bucketMiB = 4.0
+    /// Shard the optimizer state over trainers (reduce-scatter, slice update, allgather).
+    public var shardOptimizer = false
+    public init() {}
+}
+
 /// How ranks are split and how asynchronous data may lag.
 public struct RanksConfig: Sendable, Equatable {
     public var trainers = 1
@@ -81,6 +92,7 @@ public struct RunSettings: Sendable {
     public var rollout = RolloutConfig()
     public var warmStart = WarmStartConfig()
     public var ranks = RanksConfig()
+    public var comm = CommConfig()
     public var data: DataSource = .task("code")
     /// Whether offline groups are shuffled each epoch after the first.
     public var shuffle = true
@@ -175,6 +187,9 @@ public struct RunSettings: Sendable {
         ranks.maxStaleness = c.int("max_staleness")
         ranks.bufferGroups = c.int("buffer.max_groups")
         ranks.multiplex = c.bool("ranks.multiplex")
+        comm.overlap = c.bool("comm.overlap")
+        comm.bucketMiB = c.double("comm.bucket_mib")
+        comm.shardOptimizer = c.bool("optimizer.shard")
 
         if let t = c.string("data.trajectories") {
             data = .trajectories(t)

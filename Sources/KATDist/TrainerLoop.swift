@@ -47,6 +47,9 @@ final class TrainerLoop {
     var nothingToDo: String?
     var reportedTruncation = false
 
+    /// Sums gradients over trainers in buckets (with several trainers under MPI).
+    let reducer: GradientReducer?
+
     /// Consecutive non-finite updates after which the run stops with an error.
     static let nonFiniteLimit = 5
     /// The tokenizer files every checkpoint carries, read once at the start.
@@ -66,7 +69,13 @@ final class TrainerLoop {
         self.peers = peers
         self.title = title
         faults = FaultInjection(worldRank: worldRank)
-        optimizer = Optimizer(config: settings.optimizer, layout: model.layout)
+        if let mpi = collective as? MPICollective, mpi.size > 1 {
+            reducer = GradientReducer(collective: mpi, grads: model.grads, bucketBytes: Int(settings.comm.bucketMiB * 1_048_576),
+                                      overlap: settings.comm.overlap, sharded: settings.comm.shardOptimizer)
+        } else {
+            reducer = nil
+        }
+        optimizer = Optimizer(config: settings.optimizer, layout: model.layout, slice: reducer?.slices.map { $0[collective.rank] })
         step = TrainStep(model: model, optimizer: optimizer, loss: settings.loss, config: settings.step)
         tokenizerFiles = settings.tokenizerFiles(vocabSize: model.config.vocabSize)
         guard let spec = resume else {
@@ -265,6 +274,7 @@ final class TrainerLoop {
         let wall = monotonicSeconds() - t0
         m.trainerIdle = wall > 0 ? min(1, batch.idleSeconds / wall) : 0
         m.tGenerateTrainers = batch.generateSeconds
+        m.optimizerMiB = Double(optimizer.stateBytes) / 1_048_576
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
             if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
@@ -318,23 +328,37 @@ final class TrainerLoop {
         for update in updates {
             let t1 = monotonicSeconds()
             model.zeroGrad()
+            reducer?.begin()
             var tally = UpdateTally()
-            for mb in update.microBatches {
+            for (k, mb) in update.microBatches.enumerated() {
                 try source.service()
                 try peers?.poll()
-                tally += try step.accumulate(mb, of: update)
+                let last = k == update.microBatches.count - 1
+                let pass = try step.forward(mb, of: update)
+                // Backward a stage at a time: on the last micro-batch each finished stage
+                // lets its gradient buckets start summing while the next stages compute.
+                while let stage = pass.backward.step() {
+                    if last, let reducer { try reducer.completed(model.layout.gradientComplete(after: stage)) }
+                }
+                tally += pass.tally
                 faults.killIfDue(stepIndex + 1)
             }
             m.tForwardBackward += monotonicSeconds() - t1
             let t2 = monotonicSeconds()
             if faults.nanAt == stepIndex + 1 { model.grads[0] = .nan }
-            try collective.allreduceSum(model.grads)
+            if let reducer { try reducer.finish() } else { try collective.allreduceSum(model.grads) }
             var values = tally.values
             try collective.allreduceSum(&values)
             tally.values = values
             m.tAllreduce += monotonicSeconds() - t2
             let t3 = monotonicSeconds()
-            stats.add(update, tally, step.apply(tally, lr: lr))
+            if let reducer, let slice = reducer.sliceGradient {
+                let outcome = step.apply(tally, lr: lr, gradient: UnsafePointer(slice.pointer), norm: try reducer.globalNorm())
+                if outcome.applied { try reducer.gatherParameters(model.params) }
+                stats.add(update, tally, outcome)
+            } else {
+                stats.add(update, tally, step.apply(tally, lr: lr))
+            }
             m.tOptimizer += monotonicSeconds() - t3
         }
         stats.finish()
@@ -350,15 +374,17 @@ final class TrainerLoop {
     }
 
     func writeCheckpoint(_ source: BatchSource, phaseStep: Int) throws {
+        // Sharded optimizer state is gathered on trainer 0 (every trainer takes part).
+        let fullOptimizer = try reducer?.gatherOptimizer(optimizer, layout: model.layout) ?? optimizer
         guard let directory else { return }
-        var state: [(String, JSON)] = [("step", JSON(stepIndex)), ("phase", .string(source.phase.rawValue)),
+        var fields: [(String, JSON)] = [("step", JSON(stepIndex)), ("phase", .string(source.phase.rawValue)),
                                        ("phase_step", JSON(phaseStep)), ("policy_version", JSON(version)),
                                        ("time", JSON(runTime)), ("seed", JSON(settings.run.seed)), ("config", settings.json)]
-        if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
+        if source.phase == .rl { fields.append(("rl_step", JSON(phaseStep))) }
         let extra = source.checkpoint()
-        state += extra.fields
+        fields += extra.fields
         let t0 = monotonicSeconds()
-        let bytes = try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
+        let bytes = try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: fullOptimizer, state: .object(fields),
                                                   keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
                                                   dtype: settings.run.checkpointDType, progress: { [console] in console.status($0) },
                                                   between: { try self.peers?.poll() })

@@ -82,10 +82,25 @@ public protocol ParameterTable: Sendable {
     var tensors: [TensorSpec] { get }
     /// Total floats.
     var count: Int { get }
+    /// Each block's parameters: contiguous, blocks in order, after the embeddings and
+    /// before the final norm (and an untied head).
+    var layerRanges: [Range<Int>] { get }
 }
 
 extension ParameterTable {
     public func tensor(named name: String) -> TensorSpec? { tensors.first { $0.name == name } }
+
+    /// The parameters whose gradient is complete for a micro-batch once backward stage
+    /// `stage` has run: the final norm (and an untied head) after the head stage, a block's
+    /// after its stage, the embeddings (a tied head's too) only after the last stage.
+    public func gradientComplete(after stage: BackwardPass.Stage) -> Range<Int> {
+        let tail = layerRanges.last?.upperBound ?? (tensors.last.map { $0.offset } ?? count)
+        switch stage {
+        case .head: return tail..<count
+        case let .layer(l): return layerRanges[l]
+        case .embeddings: return 0..<(layerRanges.first?.lowerBound ?? tail)
+        }
+    }
 }
 
 /// A causal language model in float32 over packed batches, with an exact backward pass.

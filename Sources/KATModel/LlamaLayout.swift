@@ -28,6 +28,9 @@ public struct LlamaLayout: ParameterTable {
     public let lmHead: Int?
     /// The output head's matrix: `lmHead`, or `embed` when tied.       (V, C)
     public var head: Int { lmHead ?? embed }
+    public var layerRanges: [Range<Int>] {
+        layers.indices.map { l in layers[l].inputNorm..<(l + 1 < layers.count ? layers[l + 1].inputNorm : finalNorm) }
+    }
 
     public init(config: LlamaConfig) {
         let c = config.nEmbd, v = config.vocabSize, f = config.intermediateSize

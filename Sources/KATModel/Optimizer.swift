@@ -31,53 +31,79 @@ public struct OptimizerConfig: Equatable, Sendable {
 }
 
 /// AdamW or SGD over the model's flat parameter buffer, with moments in the same layout.
+///
+/// An optimizer may own a slice of the parameters only (`slice`): its moments then cover
+/// that slice, which is how trainers share optimizer state (each updates its slice with
+/// the summed gradient of that slice, then the slices are gathered).
 public final class Optimizer: @unchecked Sendable {
     public let config: OptimizerConfig
-    /// First and second moments (AdamW only), laid out as the parameters.
+    /// The parameters this optimizer updates (all of them unless sharded).
+    public let slice: Range<Int>
+    /// First and second moments (AdamW only), of the parameters of `slice`.
     public let m: FloatBuffer
     public let v: FloatBuffer
     /// Number of updates applied (Adam's bias-correction step).
     public var t: Int = 0
-    /// 1 where weight decay applies, 0 elsewhere.
+    /// 1 where weight decay applies, 0 elsewhere, over `slice`.
     let decayMask: FloatBuffer
 
-    public init(config: OptimizerConfig, layout: any ParameterTable) {
+    /// - Parameter slice: the parameters to own (default: all).
+    public init(config: OptimizerConfig, layout: any ParameterTable, slice: Range<Int>? = nil) {
         self.config = config
-        let n = config.kind == .adamw ? layout.count : 0
+        let owned = slice ?? 0..<layout.count
+        self.slice = owned
+        let n = config.kind == .adamw ? owned.count : 0
         m = FloatBuffer(count: n)
         v = FloatBuffer(count: n)
-        decayMask = FloatBuffer(count: layout.count)
+        decayMask = FloatBuffer(count: owned.count)
         for t in layout.tensors where t.decays {
-            (decayMask.pointer + t.offset).update(repeating: 1, count: t.count)
+            let lo = max(t.offset, owned.lowerBound), hi = min(t.offset + t.count, owned.upperBound)
+            if lo < hi { (decayMask.pointer + (lo - owned.lowerBound)).update(repeating: 1, count: hi - lo) }
         }
     }
 
+    /// Bytes of optimizer state held (both moments).
+    public var stateBytes: Int { 4 * (m.count + v.count) }
+
     /// L2 norm of a gradient buffer, accumulated in double.
     public static func globalNorm(_ grads: FloatBuffer) -> Float {
+        Float(sumOfSquares(grads.pointer, count: grads.count).squareRoot())
+    }
+
+    /// Sum of squares of `count` floats, accumulated in double over blocks of float sums:
+    /// fast and accurate. Blocks end at multiples of 4096 of `offset + i`, so that the
+    /// slices of a buffer summed apart add up to (almost exactly) the whole buffer's sum.
+    public static func sumOfSquares(_ g: UnsafePointer<Float>, count n: Int, offset: Int = 0) -> Double {
         var s: Double = 0
-        let g = grads.pointer
         var i = 0
-        let n = grads.count
-        // Float sums over blocks of 4096, added in double: fast and accurate.
         while i < n {
-            let end = min(n, i + 4096)
+            let end = min(n, i + 4096 - (offset + i) % 4096)
             var block: Float = 0
             for j in i..<end { block += g[j] * g[j] }
             s += Double(block)
             i = end
         }
-        return Float(s.squareRoot())
+        return s
     }
 
-    /// Applies one update with learning rate `lr`, clipping `grads` in place first when
-    /// `gradClip` > 0. Returns the gradient norm measured before clipping.
+    /// Applies one update with learning rate `lr`, clipping `grads` by their global norm
+    /// first when `gradClip` > 0. Returns the gradient norm measured before clipping.
     @discardableResult
     public func step(params: FloatBuffer, grads: FloatBuffer, lr: Float) -> Float {
-        precondition(params.count == grads.count && params.count == decayMask.count, "Optimizer.step: layout mismatch")
+        precondition(params.count == grads.count && slice == 0..<params.count, "Optimizer.step: layout mismatch")
         let norm = Optimizer.globalNorm(grads)
+        step(params: params, gradients: UnsafePointer(grads.pointer), lr: lr, norm: norm)
+        return norm
+    }
+
+    /// Applies one update to the parameters of `slice`.
+    /// - Parameters:
+    ///   - gradients: the summed gradient of `slice` only.   (slice.count)
+    ///   - norm: the global gradient norm (over all parameters), for clipping.
+    public func step(params: FloatBuffer, gradients g: UnsafePointer<Float>, lr: Float, norm: Float) {
         var gscale: Float = 1
         if config.gradClip > 0, norm > config.gradClip { gscale = config.gradClip / norm }
-        let p = params.pointer, g = grads.pointer, dm = decayMask.pointer, n = params.count
+        let p = params.pointer + slice.lowerBound, dm = decayMask.pointer, n = slice.count
         let wd = config.weightDecay
         t += 1
         switch config.kind {
@@ -100,6 +126,5 @@ public final class Optimizer: @unchecked Sendable {
                 p[i] -= lr * (mh / (vh.squareRoot() + eps) + wd * dm[i] * p[i])
             }
         }
-        return norm
     }
 }

@@ -30,6 +30,9 @@ public struct ParameterLayout: ParameterTable {
     public let wpe: Int     // (P, C)
     public let layers: [LayerOffsets]
     public let lnfw: Int, lnfb: Int // (C) (C)
+    public var layerRanges: [Range<Int>] {
+        layers.indices.map { l in layers[l].ln1w..<(l + 1 < layers.count ? layers[l + 1].ln1w : lnfw) }
+    }
 
     public init(config: GPT2Config) {
         let c = config.nEmbd, v = config.vocabSize, p = config.nPositions

@@ -245,13 +245,22 @@ public final class TrainStep {
     /// optimizer step; otherwise the update is skipped and counted in `skippedInARow`.
     public func apply(_ tally: UpdateTally, lr: Float) -> UpdateOutcome {
         let gnorm = Optimizer.globalNorm(model.grads)
-        guard tally.loss.isFinite, gnorm.isFinite else {
+        return apply(tally, lr: lr, gradient: UnsafePointer(model.grads.pointer), norm: gnorm)
+    }
+
+    /// Applies one update to the optimizer's slice of the parameters (all of them unless
+    /// the optimizer state is sharded over trainers).
+    /// - Parameters:
+    ///   - gradient: the summed gradient of the optimizer's slice.   (optimizer.slice.count)
+    ///   - norm: the global gradient norm over all parameters (before clipping).
+    public func apply(_ tally: UpdateTally, lr: Float, gradient: UnsafePointer<Float>, norm: Float) -> UpdateOutcome {
+        guard tally.loss.isFinite, norm.isFinite else {
             skippedInARow += 1
-            return UpdateOutcome(gradNorm: Double(gnorm), applied: false)
+            return UpdateOutcome(gradNorm: Double(norm), applied: false)
         }
-        optimizer.step(params: model.params, grads: model.grads, lr: lr)
+        optimizer.step(params: model.params, gradients: gradient, lr: lr, norm: norm)
         skippedInARow = 0
-        return UpdateOutcome(gradNorm: Double(gnorm), applied: true)
+        return UpdateOutcome(gradNorm: Double(norm), applied: true)
     }
 
     /// A whole step in one process with no other trainer: plan, accumulate, apply.
