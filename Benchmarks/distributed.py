@@ -10,6 +10,10 @@
 (c) gradient allreduce bus bandwidth against point-to-point bandwidth (kat-bench), and the
     share of step time spent in allreduce.
 (d) generated tokens/s with 1 and 2 rollout ranks.
+(e) multiplexing: asynchronous T=1 R=1 with and without trainers generating while they
+    would wait, where generation is the bottleneck (long answers, many samples).
+(f) weight sync: the trainers' time publishing each update and the bytes trainer 0 sends,
+    with R = 1, 2, 3 rollout ranks on one node.
 Ranks beyond the machine's cores are oversubscribed: they share cores, which the printed
 core count makes plain.
 """
@@ -47,6 +51,27 @@ def online(t, r, steps=20):
     compute = sum(m["t_forward_backward"] + m["t_allreduce"] + m["t_optimizer"] for m in rows)
     return dict(idle=sum(m["t_wait_data"] for m in rows) / step, throughput=trained / wall, gen=gen / wall,
                 train=trained / compute, trajs=sum(m["trajectories"] for m in rows) / wall)
+
+
+def multiplexed(flag, steps=16):
+    run = os.path.join(TMP, f"multiplex-{flag}")
+    mpirun(2, [KAT, "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "warmstart.steps=0",
+               "--set", "eval.every=0", "--set", f"steps={steps}", "--set", f"ranks.multiplex={flag}",
+               "--set", "rollout.max_new_tokens=48", "--set", "rollout.group_size=8", "--set", "batch.prompts=8",
+               "--set", "max_staleness=8"])
+    rows = [m for m in metrics(run) if m.get("phase") == "rl"][3:]
+    wall = rows[-1]["time"] - rows[0]["time"]
+    trained = sum(m["tokens_flat"] for m in rows[1:])
+    return dict(idle=sum(m["trainer_idle"] for m in rows) / len(rows), throughput=trained / wall,
+                generate=sum(m["t_generate_trainers"] for m in rows) / len(rows))
+
+
+def weight_sync(r, steps=10):
+    run = os.path.join(TMP, f"sync-r{r}")
+    mpirun(1 + r, [KAT, "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "warmstart.steps=0",
+                   "--set", "eval.every=0", "--set", f"steps={steps}", "--set", "ranks.multiplex=false"])
+    rows = [m for m in metrics(run) if m.get("phase") == "rl"][2:]
+    return dict(t=sorted(m["t_weight_sync"] for m in rows)[len(rows) // 2], bytes=max(m["weight_bytes_root"] for m in rows))
 
 
 def offline(t, threads, data):
@@ -97,6 +122,21 @@ def main():
     print("\n(d) generated tokens/s")
     print(f"1 rollout rank   {res[(1, 1)]['gen']:.0f}")
     print(f"2 rollout ranks  {res[(1, 2)]['gen']:.0f}  ({res[(1, 2)]['gen'] / res[(1, 1)]['gen']:.2f}x; 3 ranks on {os.cpu_count()} cores)")
+
+    print("\n(e) multiplexing, T=1 R=1 (answers of up to 48 tokens, 8 prompts x 8 samples a step)")
+    off, on = multiplexed("false"), multiplexed("true")
+    print("multiplex   trainer idle  trained tok/s  trainer generating s/step")
+    for name, x in [("off", off), ("on", on)]:
+        print(f"{name:<12}{x['idle']:>12.3f}{x['throughput']:>15.0f}{x['generate']:>26.2f}")
+    gain = on["throughput"] / off["throughput"] - 1
+    print(f"speed-up with multiplexing {gain:+.2f} (target: at least a third of the idle share without it, {off['idle'] / 3:.2f}); "
+          f"idle with it {on['idle']:.3f} (target at most 0.05)")
+
+    print("\n(f) weight sync on one node (median time trainers spend publishing an update)")
+    print("rollout ranks  t_weight_sync s  bytes sent by trainer 0")
+    for r in [1, 2, 3]:
+        x = weight_sync(r)
+        print(f"{r:>13}{x['t']:>17.4f}{x['bytes']:>25}" + ("" if 1 + r <= os.cpu_count() else "  (oversubscribed)"))
     shutil.rmtree(TMP, ignore_errors=True)
 
 

@@ -24,9 +24,12 @@ public enum Preemption {
 ///   itself with SIGKILL in the middle of that training step, after its first
 ///   micro-batch's backward pass; on a rollout rank, before generating its STEP-th batch.
 /// - `KAT_FAULT_NAN_AT=STEP`: that step's gradient is NaN on every trainer.
+/// - `KAT_BENCH_SKIP_GRADIENT_SUM=1`: trainers do not sum their gradients (wrong results;
+///   for benchmarks that measure the step without its communication).
 struct FaultInjection {
     var killAt: Int?
     var nanAt: Int?
+    var skipGradientSum = false
 
     init(worldRank: Int, environment: [String: String] = ProcessInfo.processInfo.environment) {
         if let spec = environment["KAT_FAULT_KILL_AT"] {
@@ -34,6 +37,7 @@ struct FaultInjection {
             if parts.count < 2 || Int(parts[1]) == worldRank { killAt = parts.first.flatMap { Int($0) } }
         }
         nanAt = environment["KAT_FAULT_NAN_AT"].flatMap(Int.init)
+        skipGradientSum = environment["KAT_BENCH_SKIP_GRADIENT_SUM"] == "1"
     }
 
     /// Ends this process at once when `step` is the chosen one.

@@ -338,7 +338,7 @@ final class TrainerLoop {
                 // Backward a stage at a time: on the last micro-batch each finished stage
                 // lets its gradient buckets start summing while the next stages compute.
                 while let stage = pass.backward.step() {
-                    if last, let reducer { try reducer.completed(model.layout.gradientComplete(after: stage)) }
+                    if last, let reducer, !faults.skipGradientSum { try reducer.completed(model.layout.gradientComplete(after: stage)) }
                 }
                 tally += pass.tally
                 faults.killIfDue(stepIndex + 1)
@@ -346,7 +346,13 @@ final class TrainerLoop {
             m.tForwardBackward += monotonicSeconds() - t1
             let t2 = monotonicSeconds()
             if faults.nanAt == stepIndex + 1 { model.grads[0] = .nan }
-            if let reducer { try reducer.finish() } else { try collective.allreduceSum(model.grads) }
+            if faults.skipGradientSum {
+                // Benchmarks only: the step without its gradient communication.
+            } else if let reducer {
+                try reducer.finish()
+            } else {
+                try collective.allreduceSum(model.grads)
+            }
             var values = tally.values
             try collective.allreduceSum(&values)
             tally.values = values

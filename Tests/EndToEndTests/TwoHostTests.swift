@@ -1,0 +1,89 @@
+import Foundation
+import XCTest
+import KATSupport
+import KATTestSupport
+
+/// Two "hosts" on this machine: network namespaces joined by a veth pair, with mpirun
+/// starting the second host's ranks inside its namespace through an rsh agent. Ranks talk
+/// over TCP only. Made in setUp and removed in tearDown (root only).
+final class TwoHostTests: TemporaryDirectoryTestCase {
+    var names: (a: String, b: String) = ("", "")
+    var subnet = ""
+
+    override func setUp() {
+        super.setUp()
+        let tag = String(UUID().uuidString.prefix(6)).lowercased()
+        names = ("kat\(tag)a", "kat\(tag)b")
+        let octet = Int.random(in: 16...250)
+        subnet = "10.213.\(octet)"
+    }
+
+    override func tearDown() {
+        _ = try? shell("ip netns del \(names.a); ip netns del \(names.b)")
+        super.tearDown()
+    }
+
+    /// Creates the two namespaces, or skips the test when this process may not.
+    func makeHosts(rate: String? = nil) throws {
+        let (a, b) = names
+        let va = "v\(a.dropFirst(3).prefix(6))x", vb = "v\(b.dropFirst(3).prefix(6))y"
+        var script = """
+        set -e
+        ip netns add \(a); ip netns add \(b)
+        ip link add \(va) type veth peer name \(vb)
+        ip link set \(va) netns \(a); ip link set \(vb) netns \(b)
+        ip netns exec \(a) ip addr add \(subnet).1/24 dev \(va); ip netns exec \(b) ip addr add \(subnet).2/24 dev \(vb)
+        ip netns exec \(a) ip link set \(va) up; ip netns exec \(b) ip link set \(vb) up
+        ip netns exec \(a) ip link set lo up; ip netns exec \(b) ip link set lo up
+        """
+        if let rate { script += "\nip netns exec \(a) tc qdisc add dev \(va) root tbf rate \(rate) burst 256kb latency 50ms" }
+        let r = try shell(script)
+        guard r.code == 0 else {
+            _ = try? shell("ip netns del \(a); ip netns del \(b)")
+            throw XCTSkip("network namespaces need root and iproute2: \(r.output)")
+        }
+        let agent = dir + "/agent.sh"
+        try "#!/bin/sh\n# plm_rsh_agent: HOST COMMAND... runs COMMAND in HOST's network namespace.\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" sh -c \"$*\"\n"
+            .write(toFile: agent, atomically: true, encoding: .utf8)
+        chmod(agent, 0o755)
+    }
+
+    /// mpirun started in host A's namespace with `slots` ranks there and the rest on host B.
+    func twoHostMPIRun(_ np: Int, slotsA: Int, _ args: [String], timeout: TimeInterval = 300) throws -> (code: Int32, output: String) {
+        try "localhost slots=\(slotsA)\n\(names.b) slots=\(np - slotsA)\n".write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
+        let mpi = ["ip", "netns", "exec", names.a, "mpirun", "--hostfile", dir + "/hosts", "-np", "\(np)",
+                   "--mca", "plm_rsh_agent", dir + "/agent.sh", "--mca", "btl", "tcp,self",
+                   "--mca", "btl_tcp_if_include", "\(subnet).0/24", "--mca", "oob_tcp_if_include", "\(subnet).0/24",
+                   "--mca", "mpi_yield_when_idle", "1", "-x", "OPENBLAS_NUM_THREADS=1",
+                   "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"] + args
+        let quoted = mpi.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        return try shell("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + quoted, timeout: timeout)
+    }
+
+    /// The trainer on host A, two rollout ranks on host B: new weights cross to B once per
+    /// update (to B's leader, which shares them with the other rank through B's memory),
+    /// the rollout ranks' groups are trained with advancing versions, and the job ends
+    /// cleanly.
+    func testTrainerAndRolloutRanksOnTwoHosts() throws {
+        try makeHosts()
+        let run = dir + "/run"
+        let r = try twoHostMPIRun(3, slotsA: 1, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "ranks.multiplex=false",
+                                                 "--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2",
+                                                 "--set", "warmstart.steps=2", "--set", "warmstart.batch=8", "--set", "batch.prompts=2",
+                                                 "--set", "rollout.group_size=4", "--set", "eval.every=0", "--set", "steps=8",
+                                                 "--set", "log.trained_ids=true"])
+        XCTAssertEqual(r.code, 0, r.output)
+        let rl = try metrics(run).filter { $0["phase"] == .string("rl") }
+        XCTAssertEqual(rl.count, 8, r.output)
+        // One message of the model's size per update to host B (header included).
+        let bytes = rl.compactMap { $0["weight_bytes_root"]?.intValue }
+        XCTAssertTrue(bytes.allSatisfy { $0 > 0 }, "every update went to host B: \(bytes)")
+        XCTAssertEqual(Set(bytes).count, 1, "one copy per update whatever the rank count: \(bytes)")
+        // Groups came from both rollout ranks (ids name their rank), sampled with weights
+        // that kept arriving: the trained versions advance.
+        let ids = try String(contentsOfFile: run + "/trained_ids.jsonl", encoding: .utf8)
+        XCTAssertTrue(ids.contains("-r1-") && ids.contains("-r2-"), ids)
+        let lastLag = rl.last?["staleness_max"]?.intValue ?? 99
+        XCTAssertLessThanOrEqual(lastLag, 4, "the rollout ranks on host B sample recent versions")
+    }
+}
