@@ -86,6 +86,10 @@ public final class RunDirectory {
     /// Refuses a path that is neither missing, empty, nor a kat-dist run directory, so
     /// that a run never writes into a directory of other files (a model, a checkpoint, /).
     static func checkUsable(_ path: String) throws(RunError) {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+            throw .runDirectory(path: path, reason: "exists and is not a directory")
+        }
         if case let .other(what) = kind(of: path) {
             throw .runDirectory(path: path, reason: "is not a kat-dist run directory (\(what)); give a new or empty directory")
         }
