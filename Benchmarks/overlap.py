@@ -6,7 +6,7 @@
 Two "hosts" on this machine: network namespaces joined by a veth pair limited by
 `tc qdisc ... tbf` (this kernel has no netem; latency is the veth's own). One trainer per
 host (TCP only), GPT-2 C=256 L=4 (the default 260-token vocabulary), offline training on
-groups of 8 answers to a shared 128-token prompt. Three runs in turn, median step times:
+groups of 8 answers to a shared 128-token prompt, 64 trajectories a step. Three runs in turn, median step times:
   plain     comm.overlap=false: backward, then every gradient bucket summed
   overlap   comm.overlap=true: each bucket summed as soon as backward has filled it
   no comm   the gradient sum skipped (KAT_BENCH_SKIP_GRADIENT_SUM=1; wrong results, timing only)
@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--rate", default="1gbit")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kat-overlap-")
     tag = uuid.uuid4().hex[:6]
@@ -72,7 +74,7 @@ def main():
                     "--mca", "oob_tcp_if_include", f"{net}.0/24", "-x", "OPENBLAS_NUM_THREADS=1",
                     "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"] + env +
                    [KAT, "train", "--run-dir", rd, "--set", "ranks.trainers=2", "--set", f"data.trajectories={data}",
-                    "--set", "advantage.estimator=given", "--set", f"steps={args.steps}", "--set", "batch.trajectories=16",
+                    "--set", "advantage.estimator=given", "--set", f"steps={args.steps}", "--set", f"batch.trajectories={args.batch}",
                     "--set", "model.n_embd=256", "--set", f"model.n_layer={args.layers}", "--set", "model.n_head=4",
                     "--set", "model.n_positions=256", "--set", f"comm.overlap={'true' if overlap else 'false'}",
                     "--set", "check.flat_every=0"])
@@ -85,7 +87,7 @@ def main():
             return statistics.median(step), statistics.median(m["t_allreduce"] for m in rows)
 
         results = {}
-        for rep in range(2):  # alternate the three, keep each one's best median
+        for rep in range(args.repeat):  # alternate the three, keep each one's best median
             for name, overlap, skip in [("plain", False, False), ("overlap", True, False), ("nocomm", True, True)]:
                 t, ar = run(f"{name}{rep}", overlap, skip)
                 best = results.get(name)

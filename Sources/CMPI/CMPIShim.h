@@ -19,6 +19,7 @@ static inline MPI_Request kat_mpi_request_null(void) { return MPI_REQUEST_NULL; 
 static inline int kat_mpi_any_source(void) { return MPI_ANY_SOURCE; }
 static inline int kat_mpi_any_tag(void) { return MPI_ANY_TAG; }
 static inline int kat_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
+static inline int kat_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline int kat_mpi_success(void) { return MPI_SUCCESS; }
 static inline int kat_mpi_status_source(const MPI_Status *s) { return s->MPI_SOURCE; }
 static inline int kat_mpi_status_tag(const MPI_Status *s) { return s->MPI_TAG; }

@@ -1,5 +1,9 @@
+import Foundation
 import KATModel
 import KATSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Sums the gradient over the trainers in buckets of the parameter buffer, each started as
 /// soon as the backward stages that fill it are done on the step's last micro-batch, so
@@ -10,7 +14,12 @@ import KATSupport
 /// with or without overlap, so both give the same sums, bit for bit. With sharded
 /// optimizer state (`optimizer.shard`) each bucket is reduce-scattered instead: a trainer
 /// receives the summed gradient of its own slice of the parameters only.
-final class GradientReducer {
+///
+/// MPI moves data only inside its calls, and a backward stage takes long: while the last
+/// micro-batch's backward runs, a progress thread starts the buckets as they become
+/// complete and tests them, so transfers go on during the computation. The main thread
+/// makes no MPI call meanwhile (MPI runs serialized: one thread at a time).
+final class GradientReducer: @unchecked Sendable {
     let collective: MPICollective
     let grads: FloatBuffer
     let buckets: [Range<Int>]
@@ -24,18 +33,32 @@ final class GradientReducer {
     private var readyFrom = 0
     /// The next bucket to start, counting down.
     private var next = -1
+    /// The progress thread's state, under `lock`: what the main thread has finished, and
+    /// whether the thread should stop.
+    private let lock = NSLock()
+    private var sharedReadyFrom = Int.max
+    private var stopThread = false
+    private var threadFailure: Error?
+    private var threadDone: DispatchSemaphore?
 
     /// Each of `parts` trainers' share of `count` parameters: contiguous, as even as can be.
     static func slices(count: Int, parts: Int) -> [Range<Int>] {
         (0..<parts).map { r in (count * r / parts)..<(count * (r + 1) / parts) }
     }
 
-    init(collective: MPICollective, grads: FloatBuffer, bucketBytes: Int, overlap: Bool, sharded: Bool) {
+    /// - Parameter boundaries: offsets where backward stages meet (a bucket never spans
+    ///   two stages, so each can start as soon as its stage is done).
+    init(collective: MPICollective, grads: FloatBuffer, boundaries: [Int], bucketBytes: Int, overlap: Bool, sharded: Bool) {
         self.collective = collective
         self.grads = grads
         self.overlap = overlap
         let per = max(1, bucketBytes / 4)
-        buckets = stride(from: 0, to: grads.count, by: per).map { $0..<min(grads.count, $0 + per) }
+        let cuts = ([0] + boundaries.filter { $0 > 0 && $0 < grads.count }.sorted() + [grads.count])
+        var b: [Range<Int>] = []
+        for (lo, hi) in zip(cuts, cuts.dropFirst()) where lo < hi {
+            b += stride(from: lo, to: hi, by: per).map { $0..<min(hi, $0 + per) }
+        }
+        buckets = b
         if sharded {
             let s = GradientReducer.slices(count: grads.count, parts: collective.size)
             slices = s
@@ -56,9 +79,51 @@ final class GradientReducer {
         next = buckets.count - 1
     }
 
+    /// Called before the last micro-batch's backward pass: with overlap, starts the
+    /// progress thread, which owns MPI until `finish`.
+    func beginLastBackward() {
+        guard overlap, MPICollective.serialized, threadDone == nil else { return }
+        lock.lock()
+        sharedReadyFrom = grads.count
+        stopThread = false
+        threadFailure = nil
+        lock.unlock()
+        let done = DispatchSemaphore(value: 0)
+        threadDone = done
+        let thread = Thread { [self] in
+            defer { done.signal() }
+            while true {
+                lock.lock()
+                let from = sharedReadyFrom, stop = stopThread
+                lock.unlock()
+                do {
+                    readyFrom = min(readyFrom, from)
+                    try startReady()
+                    try progress()
+                } catch {
+                    lock.lock(); threadFailure = error; lock.unlock()
+                    return
+                }
+                if stop { return }
+                // Polling every millisecond keeps transfers flowing (a socket's buffer holds
+                // far more than a millisecond of a network link) at little cost to the
+                // computation on the same core.
+                usleep(1000)
+            }
+        }
+        thread.start()
+    }
+
     /// A backward stage of the last micro-batch finished: the gradient of `range` is final.
-    /// Starts the buckets that are now complete (with overlap) and advances those in flight.
+    /// With the progress thread running, it is told; otherwise the buckets now complete
+    /// start here (with overlap) and those in flight advance.
     func completed(_ range: Range<Int>) throws {
+        if threadDone != nil {
+            lock.lock()
+            sharedReadyFrom = min(sharedReadyFrom, range.lowerBound)
+            lock.unlock()
+            return
+        }
         readyFrom = min(readyFrom, range.lowerBound)
         if overlap { try startReady() }
         try progress()
@@ -90,6 +155,13 @@ final class GradientReducer {
 
     /// Starts every bucket not started yet and waits for all of them.
     func finish() throws {
+        if let done = threadDone {
+            lock.lock(); stopThread = true; lock.unlock()
+            done.wait()
+            threadDone = nil
+            lock.lock(); let failure = threadFailure; lock.unlock()
+            if let failure { throw failure }
+        }
         readyFrom = 0
         try startReady()
         for r in requests { try collective.wait(r) }

@@ -22,7 +22,9 @@ public enum MPIError: Error, CustomStringConvertible {
 ///
 /// MPI runs with `MPI_THREAD_FUNNELED`: every call is made from the thread that
 /// initialised MPI. Open MPI's handles import as non-Sendable pointers; this class wraps
-/// them. `@unchecked Sendable` on that invariant: it is used from the MPI thread only.
+/// them. `@unchecked Sendable` on that invariant: MPI runs with `MPI_THREAD_SERIALIZED`, and
+/// one thread calls MPI at a time (the main thread, or, while the main thread computes a
+/// backward pass and makes no MPI call, the gradient reducer's progress thread).
 public final class MPICollective: Collective, @unchecked Sendable {
     let comm: MPI_Comm
     public let rank: Int
@@ -33,11 +35,16 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// exercise the chunking on small buffers; set it before any collective.
     nonisolated(unsafe) public static var maxChunk = 1 << 30
 
-    /// Initialises MPI (funneled) and returns the world communicator.
+    /// Whether MPI lets another thread make calls while the main thread makes none
+    /// (`MPI_THREAD_SERIALIZED` was provided).
+    nonisolated(unsafe) public static var serialized = false
+
+    /// Initialises MPI (serialized: one thread at a time) and returns the world communicator.
     public static func initWorld() throws -> MPICollective {
         var provided: Int32 = 0
-        let rc = MPI_Init_thread(nil, nil, kat_mpi_thread_funneled(), &provided)
+        let rc = MPI_Init_thread(nil, nil, kat_mpi_thread_serialized(), &provided)
         guard rc == kat_mpi_success() else { throw MPIError.call("MPI_Init_thread", code: rc, rank: -1) }
+        serialized = provided >= kat_mpi_thread_serialized()
         // Errors come back as codes, so a failing rank can report and abort the job.
         MPI_Comm_set_errhandler(kat_mpi_comm_world(), kat_mpi_errors_return())
         return MPICollective(comm: kat_mpi_comm_world(), owns: true)

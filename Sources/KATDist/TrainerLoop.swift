@@ -70,7 +70,8 @@ final class TrainerLoop {
         self.title = title
         faults = FaultInjection(worldRank: worldRank)
         if let mpi = collective as? MPICollective, mpi.size > 1 {
-            reducer = GradientReducer(collective: mpi, grads: model.grads, bucketBytes: Int(settings.comm.bucketMiB * 1_048_576),
+            let stages = model.layout.layerRanges.map(\.lowerBound) + [model.layout.layerRanges.last?.upperBound ?? 0]
+            reducer = GradientReducer(collective: mpi, grads: model.grads, boundaries: stages, bucketBytes: Int(settings.comm.bucketMiB * 1_048_576),
                                       overlap: settings.comm.overlap, sharded: settings.comm.shardOptimizer)
         } else {
             reducer = nil
@@ -291,7 +292,7 @@ final class TrainerLoop {
         try directory?.appendMetrics(m.json)
         showProgress(source, s, m)
 
-        if collective.size > 1 { try checkTrainersAgree() }
+        if collective.size > 1, !faults.skipGradientSum { try checkTrainersAgree() }
         if step.skippedInARow >= TrainerLoop.nonFiniteLimit {
             throw RunError.nonFinite(step: stepIndex, inARow: step.skippedInARow)
         }
@@ -335,6 +336,7 @@ final class TrainerLoop {
                 try peers?.poll()
                 let last = k == update.microBatches.count - 1
                 let pass = try step.forward(mb, of: update)
+                if last, !faults.skipGradientSum { reducer?.beginLastBackward() }
                 // Backward a stage at a time: on the last micro-batch each finished stage
                 // lets its gradient buckets start summing while the next stages compute.
                 while let stage = pass.backward.step() {
