@@ -12,6 +12,14 @@ import KATRL
 //   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
 //       checks an in-place float allreduce exactly and measures its bus bandwidth
 //       against point-to-point bandwidth between ranks 0 and 1 in the same run.
+//   mpirun -np N kat-bench allreduce --sweep [--min-kib 4] [--max-mib 16] [--repeat 5]
+//       allreduce time, bus bandwidth and one-way point-to-point time at each message size.
+//   mpirun -np N kat-bench weightsync [--mib 16] [--repeat 5]
+//       time for new weights to reach every rank through the tree of node leaders and
+//       each node's shared memory (rank 0 plays trainer 0).
+//   kat-bench compute [--widths 128,256] [--repeat 2]
+//       forward+backward time of linear-, attention- and head-heavy batches with their FLOPs
+//       split by part, and the FLOPs of the trie benchmark's batches (Scaling.swift).
 //   kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
@@ -320,7 +328,9 @@ let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
     case "model": try modelBenchmark()
-    case "allreduce": try allreduceBenchmark()
+    case "allreduce": if CommandLine.arguments.contains("--sweep") { try allreduceSweep() } else { try allreduceBenchmark() }
+    case "weightsync": try weightSyncBenchmark()
+    case "compute": try computeBenchmark()
     case "trie": try trieBenchmark()
     case "sampler": try samplerBenchmark()
     case "curve":
@@ -359,7 +369,7 @@ do {
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR [--family F])\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, weightsync, compute, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {
