@@ -198,30 +198,114 @@ class Runner:
     def log(self, msg):
         print(f"[{time.time() - self.t0:6.0f} s, load {os.getloadavg()[0]:.2f}] {msg}", flush=True)
 
-    def run(self, cmd, label, timeout=1800, env=None, capture_name=None, tries=2):
+    def run(self, cmd, label, timeout=1800, env=None, capture_name=None, tries=2, metrics=None, skip=2):
         """Runs a command; records it with the load average, its wall time, the CPU time of
         its processes and the CPU time every other process on the machine took meanwhile
-        (`background_cores`: busy cores not ours, from /proc/stat)."""
+        (`background_cores`: busy cores not ours, from /proc/stat). With `metrics` (a run's
+        metrics.jsonl), the same over the steps after the first `skip` only, sampled while
+        the run writes them (start-up and shutdown left out)."""
         load0 = os.getloadavg()[0]
         busy0, ours0, t = machine_busy_seconds(), children_cpu_seconds(), time.time()
-        r = subprocess.run(cmd, env=env or MPI_ENV, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.Popen(cmd, env=env or MPI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = Sampler(proc.pid, metrics) if metrics else None
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        finally:
+            if sampler:
+                sampler.stop()
         dt = time.time() - t
         busy, ours = machine_busy_seconds() - busy0, children_cpu_seconds() - ours0
         load1 = os.getloadavg()[0]
         self.loads.append((load0, load1))
         self.last = dict(wall_s=dt, our_cores=ours / dt, background_cores=max(0.0, busy - ours) / dt)
+        if sampler:
+            steady = sampler.steady(skip)
+            if steady:
+                self.last.update(steady)
         self.commands.append(dict(label=label, cmd=" ".join(shlex.quote(c) for c in cmd), seconds=round(dt, 1),
-                                  load=[round(load0, 2), round(load1, 2)], our_cores=round(ours / dt, 2),
+                                  load=[round(load0, 2), round(load1, 2)], our_cores=round(self.last["our_cores"], 2),
                                   background_cores=round(self.last["background_cores"], 2)))
-        if r.returncode != 0 and tries > 1 and "--run-dir" not in cmd:
-            self.log(f"{label} failed ({r.returncode}); once more")
+        if proc.returncode != 0 and tries > 1 and "--run-dir" not in cmd:
+            self.log(f"{label} failed ({proc.returncode}); once more")
             return self.run(cmd, label, timeout, env, capture_name, tries - 1)
-        if r.returncode != 0:
-            raise RuntimeError(f"{label} failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label} failed ({proc.returncode}): {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-3000:]}")
         if self.raw_dir and capture_name:
             with open(os.path.join(self.raw_dir, capture_name), "w") as f:
-                f.write(r.stdout)
-        return r.stdout
+                f.write(stdout)
+        return stdout
+
+
+class Sampler:
+    """Samples, four times a second, the machine's busy CPU seconds, the CPU seconds of a
+    process tree and the lines of a metrics file, so that CPU use can be taken over the
+    steps of a run only."""
+
+    def __init__(self, pid, metrics):
+        import threading
+        self.pid, self.metrics = pid, metrics
+        self.samples = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.done.wait(0.25):
+            try:
+                lines = sum(1 for _ in open(self.metrics)) if os.path.exists(self.metrics) else 0
+            except OSError:
+                lines = 0
+            self.samples.append((time.time(), machine_busy_seconds(), tree_cpu_seconds(self.pid), lines))
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def steady(self, skip):
+        """Our cores and the background cores between the sample that first saw line
+        skip + 1 and the last sample before the final line count stopped growing."""
+        if not self.samples:
+            return None
+        final = self.samples[-1][3]
+        first = next((s for s in self.samples if s[3] >= skip + 1), None)
+        last = next((s for s in self.samples if s[3] >= final), None)
+        if first is None or last is None or last[0] - first[0] < 0.5:
+            return None
+        dt = last[0] - first[0]
+        ours = max(0.0, last[2] - first[2])
+        return dict(our_cores=ours / dt, background_cores=max(0.0, last[1] - first[1] - ours) / dt, sampled_s=dt)
+
+
+def tree_cpu_seconds(root):
+    """CPU seconds (user + system) of `root` and its live descendants, from /proc."""
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        rest = text[text.rindex(")") + 2:].split()
+        parent[int(d)] = int(rest[1])
+        cpu[int(d)] = (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    mine, frontier = {root}, [root]
+    children = {}
+    for pid, pp in parent.items():
+        children.setdefault(pp, []).append(pid)
+    while frontier:
+        nxt = []
+        for p in frontier:
+            for c in children.get(p, []):
+                if c not in mine:
+                    mine.add(c)
+                    nxt.append(c)
+        frontier = nxt
+    return sum(cpu.get(p, 0.0) for p in mine)
 
 
 def machine_busy_seconds():
@@ -314,7 +398,8 @@ def part_trainers(rn, res):
                 traj = 64 if mode == "strong" else 32 * t
                 run = os.path.join(rn.workdir, f"offline-{mode}-t{t}-{k}")
                 rn.log(f"trainers round {k + 1}/{rounds}: T={t} {mode} ({traj} trajectories a step)")
-                rn.run(mpirun(t, offline_args(run, data, t, traj, steps)), f"offline T={t} {mode}")
+                rn.run(mpirun(t, offline_args(run, data, t, traj, steps)), f"offline T={t} {mode}",
+                       metrics=os.path.join(run, "metrics.jsonl"), skip=2)
                 s = summarize_training(metrics_lines(os.path.join(run, "metrics.jsonl")), skip=2)
                 s.update(trainers=t, mode=mode, trajectories_per_step=traj, oversubscribed=t > CORES, **rn.last)
                 key = (t, mode)
@@ -342,7 +427,8 @@ def part_rollouts(rn, res):
                 run = os.path.join(rn.workdir, f"online-r{r}-{name}-{k}")
                 rn.log(f"rollouts round {k + 1}/{rounds}: T=1 R={r} multiplex {name}")
                 extra = ["--set", f"rollout.partial={'true' if part else 'false'}"] if part is not None else []
-                rn.run(mpirun(1 + r, online_args(run, steps, mux, extra)), f"online T=1 R={r} multiplex {name}")
+                rn.run(mpirun(1 + r, online_args(run, steps, mux, extra)), f"online T=1 R={r} multiplex {name}",
+                       metrics=os.path.join(run, "metrics.jsonl"), skip=3)
                 s = summarize_training(metrics_lines(os.path.join(run, "metrics.jsonl")), skip=3)
                 s.update(rollouts=r, multiplex=mux, partial=part, mode=name, oversubscribed=1 + r > CORES, **rn.last)
                 key = (r, name)
@@ -510,13 +596,14 @@ def part_hosts(rn, res):
                 rn.log("  offline training, one trainer per host (comm.overlap=false)")
                 run = os.path.join(rn.workdir, f"twohost-train-{rate or 'none'}-{k}")
                 rn.run(h.mpirun([1, 1], offline_args(run, data, 2, 64, 7 if rn.quick else 10, ["--set", "comm.overlap=false"])),
-                       f"offline T=2 two hosts {link}")
+                       f"offline T=2 two hosts {link}", metrics=os.path.join(run, "metrics.jsonl"), skip=2)
                 s = summarize_training(metrics_lines(os.path.join(run, "metrics.jsonl")), skip=2)
                 s.update(link=link, rate=rate, trainers=2, round=k, **rn.last)
                 out["train"].append(s)
                 rn.log("  online run: trainer on host 0, two rollout ranks on host 1")
                 run = os.path.join(rn.workdir, f"twohost-online-{rate or 'none'}-{k}")
-                rn.run(h.mpirun([1, 2], online_args(run, 12 if rn.quick else 20, False)), f"online T=1 R=2 two hosts {link}")
+                rn.run(h.mpirun([1, 2], online_args(run, 12 if rn.quick else 20, False)), f"online T=1 R=2 two hosts {link}",
+                       metrics=os.path.join(run, "metrics.jsonl"), skip=3)
                 s = summarize_training(metrics_lines(os.path.join(run, "metrics.jsonl")), skip=3)
                 s.update(link=link, rate=rate, rollouts=2, round=k, **rn.last)
                 out["online"].append(s)

@@ -258,6 +258,9 @@ class Simulation:
         self.waiting_sends = []  # rollout ranks blocked in a synchronous send, in order
         self.steps = []
         self.capacity = c["buffer_groups"] * max(1, round(c["trainers"]))
+        if self.capacity < c["prompts"] and not c["multiplex"]:
+            # kat-dist would wait for ever too: the trainers' buffers cannot hold one batch.
+            raise ValueError(f"buffers of {self.capacity} groups cannot hold a batch of {c['prompts']} (raise buffer_groups)")
         self.dropped = 0
         self.generated_tokens = 0.0
         self.mux_groups = 0
@@ -402,15 +405,19 @@ class Simulation:
     def collect(self):
         c = self.c
         self.trainer_state = "collect"
-        self.intake()
-        # Drop stale groups, then take the oldest ones.
-        keep = []
-        for g in self.buffer:
-            if self.version - g[0] > c["max_staleness"]:
-                self.dropped += 1
-            else:
-                keep.append(g)
-        self.buffer = sorted(keep, key=lambda g: (g[0], g[1], g[2]))
+        while True:
+            self.intake()
+            # Drop stale groups (which frees room for more), then take the oldest ones.
+            keep = []
+            for g in self.buffer:
+                if self.version - g[0] > c["max_staleness"]:
+                    self.dropped += 1
+                else:
+                    keep.append(g)
+            freed = len(keep) < len(self.buffer)
+            self.buffer = sorted(keep, key=lambda g: (g[0], g[1], g[2]))
+            if len(self.buffer) >= c["prompts"] or not (freed and self.waiting_sends):
+                break
         if len(self.buffer) >= c["prompts"]:
             batch = self.buffer[:int(c["prompts"])]
             self.buffer = self.buffer[int(c["prompts"]):]
@@ -427,6 +434,7 @@ class Simulation:
                 for k in range(n):
                     self.buffer.append((self.version, -1 - k, self.mux_groups, c["group_tokens"], [self.version]))
                     self.mux_groups += 1
+                    self.generated_tokens += c["group_tokens"]
                 self.collect()
             self.trainer_state = "generating"
             self.add_job(work, made)
@@ -588,6 +596,439 @@ def fit_link(rows, ranks=2):
 
 
 # ---------------------------------------------------------------------------------------
+# The suite's runs, as the model sees them
+
+# kat-dist's default model (the online runs) and the trainer-scaling runs' model.
+DEFAULT_MODEL = dict(family="gpt2", C=128, L=4, NH=4, V=260, P=128)
+OFFLINE_MODEL = dict(family="gpt2", C=128, L=4, NH=4, V=260, P=256)
+FRAMING = 1448.0 / 1514.0  # TCP payload per Ethernet frame at MTU 1500: what a rate-limited link carries
+HEADER = 64                # bytes of a weights message before the parameters
+
+
+def available(cores, background):
+    """Cores left to the suite's ranks while other processes used `background` of them."""
+    return max(0.1, cores - background)
+
+
+def speed(cores, background, busy):
+    """Share of a core each of `busy` ranks gets (processor sharing)."""
+    return min(1.0, available(cores, background) / max(busy, 1e-9))
+
+
+def offline_shard(run, workload):
+    """Rows, head rows and attention pairs of the largest trainer shard of an offline step:
+    groups of G answers to one prompt, whole groups per trainer."""
+    g = workload["group"]
+    groups = run["trajectories_per_step"] // g
+    per = math.ceil(groups / run["trainers"])
+    c = group_counts(workload["prompt"], workload["answer"], g)
+    return {k: v * per for k, v in c.items()}
+
+
+def online_groups(run):
+    """Prompt and answer lengths of an online run's groups, from its metrics: G trajectories
+    of prompt p and answer a give G (p + a) flat and p + G a trie tokens per group."""
+    g = 8
+    groups = run["trajectories"] / g
+    f, t = run["tokens_flat"] / groups, run["tokens_trie"] / groups
+    a = max((t - f / g) / (g - 1), 1.0)
+    return groups, max(f / g - a, 1.0), a
+
+
+def fit_offline(runs, compute, workload):
+    """CPU seconds of one trainer's step = kappa x (FLOP-model seconds of its shard) + c0,
+    fitted on the one-trainer runs (strong and weak batch sizes). kappa holds what the
+    FLOP count leaves out (the loss, planning); c0 the per-step work beside the model
+    (metrics, the report). Also the optimizer's CPU seconds per parameter."""
+    ones = [r for r in runs if r["trainers"] == 1]
+    xs, ys = [], []
+    for r in ones:
+        sh = offline_shard(r, workload)
+        xs.append(compute_seconds(compute, OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]))
+        ys.append(r["step_wall_s"] * speed(r["cores"], r["background_cores"], 1))
+    kappa, c0 = median([y / x for x, y in zip(xs, ys)]), 0.0
+    if len(ones) >= 2 and abs(xs[0] - xs[-1]) > 0.2 * max(xs):
+        k2, c2 = least_squares([[x, 1.0] for x in xs], ys)
+        if k2 > 0 and c2 >= 0:
+            kappa, c0 = k2, c2
+    opt = median([r["t_optimizer"] * speed(r["cores"], r["background_cores"], 1) for r in ones]) / total_params(OFFLINE_MODEL)
+    return dict(kappa=kappa, c0=max(c0, 0.0), optimizer_s_per_param=opt)
+
+
+def predict_offline_step(run, p, link=None):
+    """Step wall time of an offline run with T trainers on this machine: each trainer's CPU
+    work at its share of the cores left by other processes, plus the gradient allreduce
+    (shared memory, or `link` between hosts)."""
+    o = p["offline"]
+    sh = offline_shard(run, p["offline_workload"])
+    work = o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"]
+    sp = speed(run["cores"], run["background_cores"], run["trainers"])
+    nbytes = 4 * total_params(OFFLINE_MODEL)
+    lk = link or p["links"]["shm"]["allreduce"]
+    return work / sp + ring_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"])
+
+
+def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30):
+    """Simulation settings of an online run (T=1, R rollout ranks on this machine's cores)."""
+    groups, pr, a = online_groups(run)
+    c = group_counts(pr, a, 8)
+    o = p["offline"]
+    train = o["kappa"] * compute_seconds(p["compute"], DEFAULT_MODEL, c["rows"] * groups, c["head_rows"] * groups, c["pairs"] * groups)
+    return dict(trainers=1, rollouts=run["rollouts"], cores=available(run["cores"], run["background_cores"]), prompts=round(groups),
+                group_tokens=c["flat"], per_batch=4, gen_s_per_token=gen_s_per_token, train_s=train,
+                optimizer_s=o["optimizer_s_per_param"] * total_params(DEFAULT_MODEL), step_overhead_s=o["c0"],
+                publish_s=4 * total_params(DEFAULT_MODEL) / p["copy_bw"], multiplex=bool(run["multiplex"]),
+                sync_delay_s=sync_delay_s, steps=steps, warmup_steps=5)
+
+
+def calibrate_generation(run, p):
+    """Core-seconds per generated token of a rollout rank: the value for which the simulated
+    run generates as many tokens per second as the measured one (bisection)."""
+    lo, hi = 1e-7, 1e-2
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        got = simulate(online_sim_config(run, p, mid))["generated_tokens_per_s"]
+        if got > run["generated_tokens_per_s"]:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def shaped_link(rate, latency_s):
+    """A rate-limited link: its rate (tc tbf, bits/s) times the TCP payload share, and the
+    latency measured on it (half the round trip of the smallest message)."""
+    return dict(alpha=latency_s, bandwidth=parse_rate(rate) / 8 * FRAMING)
+
+
+def parse_rate(rate):
+    m = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+    for suffix, f in m.items():
+        if rate.endswith(suffix):
+            return float(rate[:-len(suffix)]) * f
+    return float(rate)
+
+
+def fit(res):
+    """Every parameter of the model from the suite's measurements (`res`), using only the
+    points marked for fitting: the held-out ones are predicted in `held_out`."""
+    cores = res.get("run", {}).get("cores", 2)
+    for key in ("trainers", "rollouts"):
+        for r in res.get(key, []):
+            r.setdefault("cores", cores)
+            r.setdefault("background_cores", 0.0)
+    p = dict(cores=cores)
+    calib = [dict(r, best_s=r["cpu_s"]) for r in res["compute"] if r["batch"] in ("short", "long", "head") and r.get("cpu_s") is not None]
+    sg = None
+    p["compute"] = fit_compute(calib, sg)
+    p["offline_workload"] = res.get("offline_workload", dict(prompt=128, answer=32, group=8))
+    p["offline"] = fit_offline(res["trainers"], p["compute"], p["offline_workload"])
+    # Links: point-to-point and allreduce latency and bandwidth per link type.
+    links = {}
+    for a in res.get("allreduce", []):
+        if a.get("ranks", 2) == 2 and a.get("hosts", 1) == 1:
+            links[a["link"]] = fit_link([r for r in a["rows"]])
+    hosts = res.get("hosts") or {}
+    unshaped = [a for a in hosts.get("allreduce", []) if a.get("rate") is None]
+    if unshaped:
+        links["veth"] = fit_link(min_rows(unshaped))
+    p["links"] = links
+    # Network latency of the projections: MPI over TCP between hosts, as measured here.
+    p["net_alpha"] = (links.get("veth") or links.get("tcp") or links["shm"])["p2p"]["alpha"]
+    # The share of the ring bound an allreduce reaches over TCP (bus bandwidth over the
+    # point-to-point bandwidth), from the unshaped links.
+    # Taken at the largest messages (4 MiB and up: the gradient buckets' size), where
+    # bandwidth, not latency, sets the time.
+    by_link = {}
+    for a in res.get("allreduce", []) + unshaped:
+        if a.get("ranks", 2) == 2:
+            big = [r for r in a["rows"] if r["bytes"] >= 4 << 20]
+            if big:
+                by_link.setdefault(a["link"], []).extend(r["allreduce_best_s"] and r["oneway_best_s"] / r["allreduce_best_s"] for r in big)
+    p["allreduce_efficiency_by_link"] = {k: median(v) for k, v in by_link.items()}
+    eff = [p["allreduce_efficiency_by_link"][k] for k in ("veth", "tcp") if k in p["allreduce_efficiency_by_link"]]
+    p["allreduce_efficiency"] = median(eff) if eff else 0.5
+    # Weights: a rank's copy rate, from one host with one rollout rank (trainer 0 writes the
+    # node's memory, the rollout rank copies it: two copies).
+    ws1 = [w for w in res.get("weightsync", []) if w["hosts"] == 1 and w["rollouts"] == 1]
+    if ws1:
+        w = ws1[0]
+        p["copy_bw"] = 2 * w["bytes"] / w["latency_best_s"]
+    else:
+        p["copy_bw"] = 10e9
+    # Generation: calibrated on the one-rollout-rank run without multiplexing.
+    r1 = [r for r in res.get("rollouts", []) if r["rollouts"] == 1 and r["mode"] == "off"]
+    if r1:
+        p["gen_s_per_token"] = calibrate_generation(r1[0], p)
+        groups, pr, a = online_groups(r1[0])
+        # Decode efficiency: the FLOPs of generating a group (prefill of its prompt, then
+        # G answers token by token) over its CPU time, against the training kernel's rate.
+        gw = p["gen_s_per_token"] * group_counts(pr, a, 8)["flat"]
+        prefill = 2.0 * DEFAULT_MODEL["L"] * layer_params(DEFAULT_MODEL) * pr / rate(p["compute"], "lin", DEFAULT_MODEL["C"])
+        decode = 8 * sum(decode_flops(DEFAULT_MODEL, pr + k) for k in range(int(round(a))))
+        p["decode_efficiency"] = decode / max(gw - prefill, 1e-9) / rate(p["compute"], "lin", DEFAULT_MODEL["C"])
+        p["online_groups"] = dict(groups=groups, prompt=pr, answer=a)
+    env = res.get("env")
+    p["env_latency_s"] = env["episode_round_trip_s"] if env else 0.0
+    return p
+
+
+def min_rows(sweeps):
+    """Row by row, the best times over several sweeps of one link."""
+    out = []
+    for i, r in enumerate(sweeps[0]["rows"]):
+        rows = [s["rows"][i] for s in sweeps]
+        out.append(dict(r, allreduce_best_s=min(x["allreduce_best_s"] for x in rows), oneway_best_s=min(x["oneway_best_s"] for x in rows)))
+    return out
+
+
+def held_out(res, p):
+    """Predictions of the points the model was not fitted on, against the measurements.
+    Each item: point, unit, measured, predicted, error (%), and its printed line."""
+    out = []
+
+    def add(point, unit, measured, predicted):
+        err = 100.0 * (predicted - measured) / measured
+        line = f"held-out {point}: measured {fmt(measured)} {unit}, predicted {fmt(predicted)} {unit}, error {err:+.1f}%"
+        out.append(dict(point=point, unit=unit, measured=measured, predicted=predicted, error=err, line=line))
+
+    # Compute: the trie benchmark's batches (W1-W3, flat and trie), CPU seconds.
+    for r in res["compute"]:
+        if r["batch"].startswith("W") and r.get("cpu_s") is not None:
+            m = dict(family="gpt2", C=r["C"], L=r["L"], NH=4, V=r["V"])
+            pred = compute_seconds(p["compute"], m, r["rows"], r["head_rows"], r["pairs"])
+            add(f"{r['batch']} forward+backward (C=256, CPU time)", "s", r["cpu_s"], pred)
+    # The largest oversubscribed trainer layout, strong and weak.
+    tr = res.get("trainers", [])
+    if tr:
+        tmax = max(r["trainers"] for r in tr)
+        for r in tr:
+            if r["trainers"] == tmax:
+                add(f"offline step, T={tmax} trainers on {r['cores']} cores{' (oversubscribed)' if r['oversubscribed'] else ''}, {r['mode']} scaling",
+                    "s", r["step_wall_s"], predict_offline_step(r, p))
+    # The largest oversubscribed rollout layout, with and without multiplexing.
+    ro = res.get("rollouts", [])
+    if ro and "gen_s_per_token" in p:
+        rmax = max(r["rollouts"] for r in ro)
+        for r in ro:
+            if r["rollouts"] == rmax and r["mode"] in ("off", "on"):
+                sim = simulate(online_sim_config(r, p, p["gen_s_per_token"]))
+                tag = f"online T=1 R={rmax}{' (oversubscribed)' if r['oversubscribed'] else ''} multiplex {r['mode']}"
+                add(f"{tag}, step time", "s", r["step_wall_s"], sim["step_s"])
+                add(f"{tag}, generated tokens/s", "tok/s", r["generated_tokens_per_s"], sim["generated_tokens_per_s"])
+    hosts = res.get("hosts") or {}
+    shaped = [a for a in hosts.get("allreduce", []) if a.get("rate")]
+    for rate in sorted({a["rate"] for a in shaped}):
+        sw = [a for a in shaped if a["rate"] == rate]
+        rows = min_rows(sw)
+        link = shaped_link(rate, min(r["oneway_best_s"] for r in rows))
+        ar_bw = link["bandwidth"] * p["allreduce_efficiency"]
+        for r in rows:
+            if r["bytes"] in (1 << 20, 1 << 24):
+                pred = ring_allreduce(r["bytes"], 2, link["alpha"], ar_bw)
+                add(f"allreduce {r['bytes'] >> 20} MiB, two hosts, {rate}", "s", r["allreduce_best_s"], pred)
+        for w in hosts.get("weightsync", []):
+            if w.get("rate") == rate and w["hosts"] >= 2 and w.get("round", 0) == 0:
+                pred = predict_weightsync(p, w, link)
+                add(f"weight sync {w['bytes'] >> 20} MiB, {w['hosts']} hosts {w['slots']}, {rate}", "s", w["latency_s"], pred)
+        for t in hosts.get("train", []):
+            if t.get("rate") == rate and t.get("round", 0) == 0:
+                run = dict(t, trajectories_per_step=64, trainers=2, cores=p["cores"])
+                pred = predict_offline_step(run, p, dict(alpha=link["alpha"], bandwidth=ar_bw))
+                add(f"offline step, T=2 on two hosts, {rate}", "s", t["step_wall_s"], pred)
+        for t in hosts.get("online", []):
+            if t.get("rate") == rate and t.get("round", 0) == 0 and "gen_s_per_token" in p:
+                run = dict(t, multiplex=False, cores=p["cores"])
+                nbytes = 4 * total_params(DEFAULT_MODEL) + HEADER
+                _, last = weight_tree_times(nbytes, 2, link, p["copy_bw"], 2)
+                sim = simulate(online_sim_config(run, p, p["gen_s_per_token"], sync_delay_s=last))
+                add(f"online T=1 R=2 across two hosts, {rate}, step time", "s", t["step_wall_s"], sim["step_s"])
+    return out
+
+
+def predict_weightsync(p, w, link):
+    """Latency of the weightsync benchmark's layout: the tree over its hosts, then every
+    rank of a host copying its node's weights (sharing this machine's cores)."""
+    ready, _ = weight_tree_times(w["bytes"], w["hosts"], link, p["copy_bw"])
+    slots = w.get("slots") or [1 + w["rollouts"]]
+    last = 0.0
+    for i, s in enumerate(slots):
+        readers = s if i > 0 else s - 1
+        copy = readers * w["bytes"] / p["copy_bw"] / min(max(readers, 1), available(p["cores"], w.get("background_cores", 0.0)))
+        last = max(last, ready[i] + (copy if readers > 0 else 0.0))
+    return last
+
+
+def fmt(x):
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:.0f}"
+    if a >= 1:
+        return f"{x:.3g}" if a < 100 else f"{x:.0f}"
+    return f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------------------
+# Projections
+
+
+PROJECTION = dict(
+    nodes=[8, 64, 512],
+    cores_per_node=64,           # one rank per core
+    link_gbit=100.0,             # each node's network link
+    node_memory_GBps=200.0,      # a node's memory bandwidth (assumed: not measurable here)
+    prompts=1024,                # groups per step (fixed global batch)
+    group=16,                    # samples per prompt
+    tokens_per_trajectory=1024,  # prompt plus answer
+    trie_ratio=3.2,              # flat / trie tokens (W1 of the trie benchmark)
+    max_staleness=4,
+    buffer_groups=16,
+    per_batch=4,
+    max_tokens=16384,            # trie tokens per micro-batch
+    optimizer_shard=True,
+    env_turns=1,
+)
+
+
+def step_parts(p, m, nodes, trainers, rollouts, w):
+    """Per-step costs of a layout (seconds): one trainer's compute (its shard, the prefix
+    repeated when a group is cut), the exposed gradient allreduce, the sharded optimizer,
+    trainer 0's publishing, and the time for new weights to reach the last node."""
+    cpn = w["cores_per_node"]
+    prompt, answer = group_shape(w["tokens_per_trajectory"], w["group"], w["trie_ratio"])
+    g = group_counts(prompt, answer, w["group"])
+    P, T = w["prompts"], trainers
+    if T <= P:
+        share = math.ceil(P / T)
+        rows, head, pairs = g["rows"] * share, g["head_rows"] * share, g["pairs"] * share
+        repeat = 0.0
+    else:
+        # A group cut over T/P trainers: each computes the prompt and its share of answers.
+        f = P / T
+        rows = prompt + w["group"] * answer * f
+        head = max(rows - w["group"] * f, 0)
+        pairs = prompt * (prompt + 1) / 2 + w["group"] * f * (answer * prompt + answer * (answer + 1) / 2)
+        repeat = prompt / rows
+    o = p["offline"]
+    compute = o["kappa"] * compute_seconds(p["compute"], m, rows, head, pairs)
+    params = total_params(m)
+    nbytes = 4 * params
+    trainer_nodes = max(1, math.ceil(T / cpn))
+    per_node = min(T, cpn)
+    net = dict(alpha=p["net_alpha"], bandwidth=w["link_gbit"] * 1e9 / 8 * FRAMING * p["allreduce_efficiency"])
+    shm = p["links"]["shm"]["allreduce"]
+    ar = hierarchical_allreduce(nbytes, per_node, trainer_nodes, shm, net, w["node_memory_GBps"] * 1e9)
+    # Overlap: buckets start as backward finishes them, so the allreduce hides behind the
+    # last micro-batch's backward (two thirds of its compute) except for the last bucket.
+    micro = max(1, math.ceil(rows / w["max_tokens"]))
+    backward_last = compute / micro * 2 / 3
+    bucket = min(nbytes, 4 * 1048576)
+    ar_exposed = max(ar - backward_last, ar * bucket / nbytes)
+    opt = o["optimizer_s_per_param"] * params / (T if w["optimizer_shard"] else 1)
+    publish = (nbytes + HEADER) / p["copy_bw"]
+    rollout_nodes = max(1, math.ceil(rollouts / cpn))
+    link = dict(alpha=p["net_alpha"], bandwidth=w["link_gbit"] * 1e9 / 8 * FRAMING)
+    _, sync = weight_tree_times(nbytes + HEADER, rollout_nodes + 1, link, p["copy_bw"], cpn, w["node_memory_GBps"] * 1e9)
+    # Generation: core-seconds per group (prefill of the prompt once, then the answers token
+    # by token at the measured decode efficiency; at least one read of the weights per decode
+    # step from memory shared by the node's ranks), and the environment's replies.
+    r_lin = rate(p["compute"], "lin", m["C"])
+    prefill = 2.0 * m["L"] * layer_params(m) * prompt / r_lin
+    steps = int(round(answer))
+    streams = w["group"] * w["per_batch"]
+    decode = 0.0
+    for k in range(0, steps, max(1, steps // 32)):
+        stride = min(max(1, steps // 32), steps - k)
+        flops = w["group"] * decode_flops(m, prompt + k) / (p["decode_efficiency"] * r_lin)
+        floor = nbytes / (w["node_memory_GBps"] * 1e9 / cpn) / w["per_batch"]
+        decode += stride * max(flops, floor)
+    gen_group = prefill + decode
+    mem = dict(trainer_GB=(4 + 4 + 8 / (T if w["optimizer_shard"] else 1)) * params / 1e9
+               + rows / micro * m["C"] * m["L"] * 67 / 1e9,
+               rollout_GB=4 * params / 1e9)
+    return dict(compute=compute, allreduce=ar, allreduce_exposed=ar_exposed, optimizer=opt, publish=publish, sync=sync,
+                gen_group=gen_group, group_flat=g["flat"], repeat=repeat, rows=rows, micro=micro, memory=mem,
+                prompt=prompt, answer=answer)
+
+
+def simulate_layout(p, m, nodes, ratio, multiplex, w, steps):
+    """Simulated run of `nodes` nodes with R/T = ratio: a cell of the layout (a few trainers
+    and their rollout ranks, per-step costs of the full layout)."""
+    total = nodes * w["cores_per_node"]
+    T = max(1, int(round(total / (1 + ratio))))
+    R = max(1, total - T)
+    parts = step_parts(p, m, nodes, T, R, w)
+    P = w["prompts"]
+    if T <= P:
+        tc = min(T, 4)
+        pc = max(1, round(P * tc / T))
+    else:
+        pc = min(P, 4)
+        tc = T * pc / P
+    rc = max(1, int(round(R * tc / T)))
+    cfg = dict(trainers=tc, rollouts=rc, cores=None, prompts=pc, group_tokens=parts["group_flat"], per_batch=w["per_batch"],
+               gen_s_per_token=parts["gen_group"] / parts["group_flat"], env_latency_s=p["env_latency_s"] * w["group"] * w["env_turns"],
+               train_s=parts["compute"], micro_batches=parts["micro"], allreduce_s=parts["allreduce_exposed"],
+               optimizer_s=parts["optimizer"], publish_s=parts["publish"], step_overhead_s=p["offline"]["c0"],
+               sync_delay_s=parts["sync"], install_s=(4 * total_params(m)) / p["copy_bw"],
+               # buffer.max_groups large enough that the trainers' buffers hold two batches.
+               buffer_groups=max(w["buffer_groups"], math.ceil(2 * pc / max(1, round(tc)))),
+               max_staleness=w["max_staleness"], multiplex=multiplex, steps=steps, warmup_steps=max(3, steps // 5))
+    sim = simulate(cfg)
+    flat_per_step = P * parts["group_flat"]
+    return dict(T=T, R=R, ratio=R / T, parts=parts, sim=sim, tokens_per_s=flat_per_step / sim["step_s"])
+
+
+RATIOS = [0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+
+
+def bottleneck(x):
+    """The largest part of a step, by name."""
+    pt, sim = x["parts"], x["sim"]
+    parts = {"trainer compute": pt["compute"], "gradient allreduce": pt["allreduce_exposed"], "optimizer": pt["optimizer"],
+             "weight publishing": pt["publish"], "waiting for rollouts (generation)": sim["trainer_idle"] * sim["step_s"]}
+    name = max(parts, key=parts.get)
+    if name == "trainer compute" and pt["repeat"] > 0.3:
+        name = f"trainer compute, {100 * pt['repeat']:.0f}% of it the prompt repeated in every shard of a cut group"
+    return name
+
+
+def project(p, quick=False, w=None):
+    """For each model and node count: the smallest rollout-to-trainer ratio that keeps trainer
+    idle under 5% without multiplexing, the run at that ratio (step time, idle, staleness,
+    efficiency against one node, bottleneck), and trainer idle with multiplexing at it."""
+    w = dict(PROJECTION, **(w or {}))
+    steps = 24 if quick else 40
+    out = dict(workload=w, models={}, rows=[])
+    for name, m in MODELS.items():
+        out["models"][name] = dict(params=total_params(m), layer_params=layer_params(m) * m["L"])
+        base = None
+        for nodes in [1] + w["nodes"]:
+            chosen = None
+            for ratio in RATIOS:
+                x = simulate_layout(p, m, nodes, ratio, False, w, steps)
+                if x["sim"]["trainer_idle"] < 0.05:
+                    chosen = x
+                    break
+            if chosen is None:
+                chosen = x
+            on = simulate_layout(p, m, nodes, chosen["ratio"], True, w, steps)
+            if nodes == 1:
+                base = chosen
+                continue
+            eff = (chosen["tokens_per_s"] / nodes) / (base["tokens_per_s"] / 1)
+            out["rows"].append(dict(model=name, nodes=nodes, T=chosen["T"], R=chosen["R"], ratio=chosen["ratio"],
+                                    step_s=chosen["sim"]["step_s"], idle_off=chosen["sim"]["trainer_idle"],
+                                    idle_on=on["sim"]["trainer_idle"], step_on_s=on["sim"]["step_s"],
+                                    staleness_mean=chosen["sim"]["staleness_mean"], tokens_per_s=chosen["tokens_per_s"],
+                                    efficiency=eff, bottleneck=bottleneck(chosen), parts=chosen["parts"],
+                                    found=chosen["sim"]["trainer_idle"] < 0.05))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # CLI
 
 
@@ -615,12 +1056,10 @@ def main(argv=None):
             print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
             return 2
         return 0
-    import scaling_fit  # noqa: E402  (the fit and projections, beside this file)
     if args.cmd == "fit":
-        print(json.dumps(scaling_fit.fit(data), indent=1, sort_keys=True))
+        print(json.dumps(fit(data), indent=1, sort_keys=True))
     else:
-        params = scaling_fit.fit(data)
-        print(json.dumps(scaling_fit.project(params, quick=args.quick), indent=1))
+        print(json.dumps(project(fit(data), quick=args.quick), indent=1))
     return 0
 
 

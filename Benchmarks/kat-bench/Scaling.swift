@@ -119,24 +119,25 @@ func nodeKeys(_ world: MPICollective) throws -> (node: MPICollective, keys: [Int
 /// each message size from min to max by factors of 4, the time of kat-dist's in-place float
 /// allreduce over all ranks (best and median of the repeats, more repeats for small
 /// messages) and its bus bandwidth (2 (P-1)/P x bytes / time, the ring's traffic per rank),
-/// and the one-way time of a message of the same size between ranks 0 and 1 (half a ping-pong).
+/// the one-way time of a message of the same size between ranks 0 and 1 (half a ping-pong),
+/// and the time for ranks 0 and 1 to send each other that message at once (an exchange).
 func allreduceSweep() throws {
     let comm = try MPICollective.initWorld()
     defer { comm.finalize() }
     let (_, keys) = try nodeKeys(comm)
     let minBytes = option("min-kib", 4) * 1024, maxBytes = option("max-mib", 16) * 1_048_576, reps = option("repeat", 5)
-    let buf = FloatBuffer(count: maxBytes / 4)
+    let buf = FloatBuffer(count: 2 * maxBytes / 4) // the second half receives the exchange
     for i in 0..<buf.count { buf[i] = Float(i % 7) }
     let p = Double(comm.size)
     if comm.rank == 0 {
         print("# allreduce sweep: \(comm.size) ranks on \(Set(keys).count) node(s); one-way time between ranks 0 and 1 (same node: \(keys[0] == keys[min(1, keys.count - 1)]))")
-        print("bytes  repeats  allreduce_best_s  allreduce_median_s  busbw_GBps  oneway_best_s  oneway_median_s  p2p_GBps")
+        print("bytes  repeats  allreduce_best_s  allreduce_median_s  busbw_GBps  oneway_best_s  oneway_median_s  p2p_GBps  exchange_best_s")
     }
     var bytes = minBytes
     while bytes <= maxBytes {
         let count = bytes / 4
         let n = max(reps, min(100, reps * (1 << 20) / bytes))
-        var times: [Double] = [], oneway: [Double] = []
+        var times: [Double] = [], oneway: [Double] = [], exchange: [Double] = []
         // Warm-up: connections and registration.
         try comm.allreduceSum(buf.pointer, count: count)
         for _ in 0..<n {
@@ -150,13 +151,28 @@ func allreduceSweep() throws {
                 try comm.barrier()
                 let t0 = MPICollective.wallTime()
                 if comm.rank == 0 {
-                    _ = try comm.isend(from: buf.pointer, bytes: bytes, to: 1, tag: 21).map { s in while try !comm.test(s) {} }
+                    _ = try comm.isend(from: buf.pointer, bytes: bytes, to: 1, tag: 21).map { s in while try !comm.test(s) { usleep(20) } }
                     try comm.receive(into: buf.pointer, bytes: bytes, from: 1, tag: 22)
                 } else if comm.rank == 1 {
                     try comm.receive(into: buf.pointer, bytes: bytes, from: 0, tag: 21)
-                    _ = try comm.isend(from: buf.pointer, bytes: bytes, to: 0, tag: 22).map { s in while try !comm.test(s) {} }
+                    _ = try comm.isend(from: buf.pointer, bytes: bytes, to: 0, tag: 22).map { s in while try !comm.test(s) { usleep(20) } }
                 }
                 oneway.append((MPICollective.wallTime() - t0) / 2)
+            }
+            // Exchange: ranks 0 and 1 send each other the message at the same time (what
+            // one step of a ring does on each link).
+            let half = UnsafeMutableRawPointer(buf.pointer) + bytes
+            let room = buf.count * 4 - bytes >= bytes
+            for _ in 0..<n where room {
+                try comm.barrier()
+                let t0 = MPICollective.wallTime()
+                if comm.rank < 2 {
+                    let other = 1 - comm.rank
+                    let sends = try comm.isend(from: buf.pointer, bytes: bytes, to: other, tag: 23)
+                    try comm.receive(into: half, bytes: bytes, from: other, tag: 23)
+                    for s in sends { while try !comm.test(s) { usleep(20) } }
+                }
+                exchange.append(MPICollective.wallTime() - t0)
             }
         }
         for i in 0..<count { buf[i] = Float(i % 7) } // keep the sums finite
@@ -164,8 +180,10 @@ func allreduceSweep() throws {
             times.sort(); oneway.sort()
             let med = times[times.count / 2], ow = oneway.isEmpty ? Double.nan : oneway[0]
             let owMed = oneway.isEmpty ? Double.nan : oneway[oneway.count / 2]
-            print(String(format: "%d  %d  %.7f  %.7f  %.4f  %.7f  %.7f  %.4f", bytes, n, times[0], med,
-                         Double(bytes) * 2 * (p - 1) / p / times[0] / 1e9, ow, owMed, Double(bytes) / ow / 1e9))
+            exchange.sort()
+            print(String(format: "%d  %d  %.7f  %.7f  %.4f  %.7f  %.7f  %.4f  %@", bytes, n, times[0], med,
+                         Double(bytes) * 2 * (p - 1) / p / times[0] / 1e9, ow, owMed, Double(bytes) / ow / 1e9,
+                         exchange.isEmpty ? "-" : String(format: "%.7f", exchange[0]) as NSString))
         }
         bytes *= 4
     }
