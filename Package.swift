@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // End to end: the executables, under mpirun where it matters.
         .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATDist", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],
-                    exclude: ["Malformed"]),
+                    exclude: ["Malformed", "Fixtures"]),
         .executableTarget(name: "kat-bench", dependencies: ["KATModel", "KATTrie", "KATRL", "KATDist", "KATEnv", "KATSupport"],
                           path: "Benchmarks/kat-bench"),
     ]

@@ -586,6 +586,12 @@ def part_hosts(rn, res):
                 rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick)), f"allreduce sweep 2 hosts {link}",
                                          capture_name=f"allreduce-2host-{rate or 'none'}-{k}.txt"))
                 out["allreduce"].append(dict(link=link, rate=rate, ranks=2, hosts=2, rows=rows, round=k))
+                if rate and k == 0:
+                    # The same with libnbc's ring algorithm, for comparison (kat-dist's in-place
+                    # allreduce always gets the binomial one).
+                    rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick), extra=["--mca", "coll_libnbc_iallreduce_algorithm", "1"]),
+                                             f"allreduce sweep 2 hosts {link} ring", capture_name=f"allreduce-2host-{rate}-ring.txt"))
+                    out.setdefault("allreduce_ring", []).append(dict(link=link, rate=rate, ranks=2, hosts=2, rows=rows))
                 layouts = [[1, 2], [1, 1, 1]] + ([[1, 1, 1, 1]] if n >= 4 else [])
                 for slots in layouts:
                     rn.log(f"  weight sync, ranks per host {slots}")

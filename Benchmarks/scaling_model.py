@@ -2,6 +2,7 @@
 """A performance model of kat-dist, fitted from the scaling suite's measurements.
 
     python3 Benchmarks/scaling_model.py simulate --input CONFIG.json     one simulated run (JSON out)
+    python3 Benchmarks/scaling_model.py fit-compute --input ROWS.json    kernel rates from `kat-bench compute` rows
     python3 Benchmarks/scaling_model.py fit --input MEASUREMENTS.json    fitted parameters (JSON out)
     python3 Benchmarks/scaling_model.py project --input MEASUREMENTS.json [--quick]
 
@@ -44,6 +45,16 @@ MODELS = {
     # A Llama-style 1B (the shape of Llama 3.2 1B: grouped-query attention, SwiGLU, tied head).
     "llama-1b": dict(family="llama", C=2048, L=16, NH=32, g=8, d=64, F=8192, V=128256, P=131072),
 }
+
+
+for _name, _m in MODELS.items():
+    _m["name"] = _name
+
+
+def ranks_cores(w, m):
+    """Cores (BLAS threads) per rank of model m in projection settings w."""
+    c = w["cores_per_rank"]
+    return c.get(m.get("name"), 1) if isinstance(c, dict) else c
 
 
 def layer_params(m):
@@ -160,6 +171,37 @@ def ring_allreduce(nbytes, p, alpha, bandwidth):
     if p <= 1:
         return 0.0
     return 2 * (p - 1) * alpha + 2.0 * (p - 1) / p * nbytes / bandwidth
+
+
+def binomial_allreduce(nbytes, p, alpha, bandwidth, op_bw):
+    """Seconds of kat-dist's allreduce of nbytes over p ranks on one kind of link. kat-dist
+    sums in place with MPI_Iallreduce, which Open MPI runs in its libnbc component, and libnbc
+    takes its binomial algorithm for every in-place call (and for any call on fewer than 4
+    ranks): ceil(log2 p) rounds up a binomial tree, each moving the whole message and then
+    summing it, and ceil(log2 p) rounds down. So 2 ceil(log2 p) (alpha + n / B) + ceil(log2 p)
+    n / op_bw, against the ring's 2 (p-1) alpha + 2 (p-1)/p n / B."""
+    if p <= 1:
+        return 0.0
+    r = math.ceil(math.log2(p))
+    return 2 * r * (alpha + nbytes / bandwidth) + r * nbytes / op_bw
+
+
+def binomial_hierarchical(nbytes, ranks_per_node, nodes, shm, net, op_bw, node_memory_bw=None):
+    """The binomial allreduce over nodes x ranks_per_node ranks placed node by node: its first
+    log2(ranks per node) rounds pair ranks of one node (shared memory; the pairs of a round
+    share the node's memory bandwidth), the rest pair nodes over the network."""
+    k = max(1, ranks_per_node)
+    r_in = math.ceil(math.log2(k)) if k > 1 else 0
+    r_out = math.ceil(math.log2(nodes)) if nodes > 1 else 0
+    t = 0.0
+    for r in range(r_in):
+        pairs = k / 2 ** (r + 1)
+        step = shm["alpha"] + nbytes / shm["bandwidth"]
+        if node_memory_bw:
+            step = max(step, pairs * nbytes * 2 / node_memory_bw)
+        t += 2 * step
+    t += 2 * r_out * (net["alpha"] + nbytes / net["bandwidth"])
+    return t + (r_in + r_out) * nbytes / op_bw
 
 
 def hierarchical_allreduce(nbytes, ranks_per_node, nodes, shm, net, node_memory_bw=None):
@@ -664,8 +706,8 @@ def predict_offline_step(run, p, link=None):
     work = o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"]
     sp = speed(run["cores"], run["background_cores"], run["trainers"])
     nbytes = 4 * total_params(OFFLINE_MODEL)
-    lk = link or p["links"]["shm"]["allreduce"]
-    return work / sp + ring_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"])
+    lk = link or p["links"]["shm"]["p2p"]
+    return work / sp + binomial_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"], p["op_bw"])
 
 
 def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30):
@@ -735,19 +777,22 @@ def fit(res):
     p["links"] = links
     # Network latency of the projections: MPI over TCP between hosts, as measured here.
     p["net_alpha"] = (links.get("veth") or links.get("tcp") or links["shm"])["p2p"]["alpha"]
-    # The share of the ring bound an allreduce reaches over TCP (bus bandwidth over the
-    # point-to-point bandwidth), from the unshaped links.
-    # Taken at the largest messages (4 MiB and up: the gradient buckets' size), where
-    # bandwidth, not latency, sets the time.
-    by_link = {}
+    # The sum of the binomial allreduce: what an allreduce over shared memory takes beyond
+    # its two whole-message transfers (the in-place copy and the reduction), per byte.
+    shm_rows = [r for a in res.get("allreduce", []) if a["link"] == "shm" and a.get("ranks", 2) == 2 for r in a["rows"]]
+    ops = [r["bytes"] / (r["allreduce_best_s"] - 2 * r["oneway_best_s"]) for r in shm_rows
+           if r["bytes"] >= 1 << 20 and r["allreduce_best_s"] > 2 * r["oneway_best_s"]]
+    p["op_bw"] = median(ops) if ops else 5e9
+    # How well the binomial model holds on each measured link (ratio measured / model at the
+    # largest messages); the rate-limited links are held out.
+    check = {}
     for a in res.get("allreduce", []) + unshaped:
-        if a.get("ranks", 2) == 2:
+        lk = links.get(a["link"])
+        if lk and a.get("ranks", 2) == 2:
             big = [r for r in a["rows"] if r["bytes"] >= 4 << 20]
-            if big:
-                by_link.setdefault(a["link"], []).extend(r["allreduce_best_s"] and r["oneway_best_s"] / r["allreduce_best_s"] for r in big)
-    p["allreduce_efficiency_by_link"] = {k: median(v) for k, v in by_link.items()}
-    eff = [p["allreduce_efficiency_by_link"][k] for k in ("veth", "tcp") if k in p["allreduce_efficiency_by_link"]]
-    p["allreduce_efficiency"] = median(eff) if eff else 0.5
+            check[a["link"]] = median([r["allreduce_best_s"] / binomial_allreduce(r["bytes"], 2, lk["p2p"]["alpha"], lk["p2p"]["bandwidth"], p["op_bw"])
+                                       for r in big]) if big else None
+    p["binomial_check"] = check
     # Weights: a rank's copy rate, from one host with one rollout rank (trainer 0 writes the
     # node's memory, the rollout rank copies it: two copies).
     ws1 = [w for w in res.get("weightsync", []) if w["hosts"] == 1 and w["rollouts"] == 1]
@@ -822,10 +867,9 @@ def held_out(res, p):
         sw = [a for a in shaped if a["rate"] == rate]
         rows = min_rows(sw)
         link = shaped_link(rate, min(r["oneway_best_s"] for r in rows))
-        ar_bw = link["bandwidth"] * p["allreduce_efficiency"]
         for r in rows:
-            if r["bytes"] in (1 << 20, 1 << 24):
-                pred = ring_allreduce(r["bytes"], 2, link["alpha"], ar_bw)
+            if r["bytes"] in (4 << 20, 16 << 20, 64 << 20):
+                pred = binomial_allreduce(r["bytes"], 2, link["alpha"], link["bandwidth"], p["op_bw"])
                 add(f"allreduce {r['bytes'] >> 20} MiB, two hosts, {rate}", "s", r["allreduce_best_s"], pred)
         for w in hosts.get("weightsync", []):
             if w.get("rate") == rate and w["hosts"] >= 2 and w.get("round", 0) == 0:
@@ -834,7 +878,7 @@ def held_out(res, p):
         for t in hosts.get("train", []):
             if t.get("rate") == rate and t.get("round", 0) == 0:
                 run = dict(t, trajectories_per_step=64, trainers=2, cores=p["cores"])
-                pred = predict_offline_step(run, p, dict(alpha=link["alpha"], bandwidth=ar_bw))
+                pred = predict_offline_step(run, p, link)
                 add(f"offline step, T=2 on two hosts, {rate}", "s", t["step_wall_s"], pred)
         for t in hosts.get("online", []):
             if t.get("rate") == rate and t.get("round", 0) == 0 and "gen_s_per_token" in p:
@@ -876,7 +920,9 @@ def fmt(x):
 
 PROJECTION = dict(
     nodes=[8, 64, 512],
-    cores_per_node=64,           # one rank per core
+    cores_per_node=64,
+    cores_per_rank={"gpt2-124m": 1, "gpt2-1.5b": 8, "llama-1b": 8},  # BLAS threads per rank
+    thread_efficiency=0.8,       # a rank's k threads run at k x this x one thread's rate (assumed)
     link_gbit=100.0,             # each node's network link
     node_memory_GBps=200.0,      # a node's memory bandwidth (assumed: not measurable here)
     prompts=1024,                # groups per step (fixed global batch)
@@ -886,7 +932,7 @@ PROJECTION = dict(
     max_staleness=4,
     buffer_groups=16,
     per_batch=4,
-    max_tokens=16384,            # trie tokens per micro-batch
+    max_tokens=4096,             # trie tokens per micro-batch
     optimizer_shard=True,
     env_turns=1,
 )
@@ -896,12 +942,15 @@ def step_parts(p, m, nodes, trainers, rollouts, w):
     """Per-step costs of a layout (seconds): one trainer's compute (its shard, the prefix
     repeated when a group is cut), the exposed gradient allreduce, the sharded optimizer,
     trainer 0's publishing, and the time for new weights to reach the last node."""
-    cpn = w["cores_per_node"]
+    cpr = ranks_cores(w, m)
+    cpn = w["cores_per_node"] // cpr          # ranks per node
+    speedup = cpr * (w["thread_efficiency"] if cpr > 1 else 1.0)
     prompt, answer = group_shape(w["tokens_per_trajectory"], w["group"], w["trie_ratio"])
     g = group_counts(prompt, answer, w["group"])
     P, T = w["prompts"], trainers
     if T <= P:
-        share = math.ceil(P / T)
+        # Shards balanced by estimated cost (kat-dist cuts the trie at subtrees).
+        share = P / T
         rows, head, pairs = g["rows"] * share, g["head_rows"] * share, g["pairs"] * share
         repeat = 0.0
     else:
@@ -912,21 +961,21 @@ def step_parts(p, m, nodes, trainers, rollouts, w):
         pairs = prompt * (prompt + 1) / 2 + w["group"] * f * (answer * prompt + answer * (answer + 1) / 2)
         repeat = prompt / rows
     o = p["offline"]
-    compute = o["kappa"] * compute_seconds(p["compute"], m, rows, head, pairs)
+    compute = o["kappa"] * compute_seconds(p["compute"], m, rows, head, pairs) / speedup
     params = total_params(m)
     nbytes = 4 * params
     trainer_nodes = max(1, math.ceil(T / cpn))
     per_node = min(T, cpn)
-    net = dict(alpha=p["net_alpha"], bandwidth=w["link_gbit"] * 1e9 / 8 * FRAMING * p["allreduce_efficiency"])
-    shm = p["links"]["shm"]["allreduce"]
-    ar = hierarchical_allreduce(nbytes, per_node, trainer_nodes, shm, net, w["node_memory_GBps"] * 1e9)
+    net = dict(alpha=p["net_alpha"], bandwidth=w["link_gbit"] * 1e9 / 8 * FRAMING)
+    shm = p["links"]["shm"]["p2p"]
+    ar = binomial_hierarchical(nbytes, per_node, trainer_nodes, shm, net, p["op_bw"], w["node_memory_GBps"] * 1e9)
     # Overlap: buckets start as backward finishes them, so the allreduce hides behind the
     # last micro-batch's backward (two thirds of its compute) except for the last bucket.
     micro = max(1, math.ceil(rows / w["max_tokens"]))
     backward_last = compute / micro * 2 / 3
     bucket = min(nbytes, 4 * 1048576)
     ar_exposed = max(ar - backward_last, ar * bucket / nbytes)
-    opt = o["optimizer_s_per_param"] * params / (T if w["optimizer_shard"] else 1)
+    opt = o["optimizer_s_per_param"] * params / (T if w["optimizer_shard"] else 1) / speedup
     publish = (nbytes + HEADER) / p["copy_bw"]
     rollout_nodes = max(1, math.ceil(rollouts / cpn))
     link = dict(alpha=p["net_alpha"], bandwidth=w["link_gbit"] * 1e9 / 8 * FRAMING)
@@ -944,11 +993,11 @@ def step_parts(p, m, nodes, trainers, rollouts, w):
         flops = w["group"] * decode_flops(m, prompt + k) / (p["decode_efficiency"] * r_lin)
         floor = nbytes / (w["node_memory_GBps"] * 1e9 / cpn) / w["per_batch"]
         decode += stride * max(flops, floor)
-    gen_group = prefill + decode
+    gen_group = (prefill + decode) / speedup
     mem = dict(trainer_GB=(4 + 4 + 8 / (T if w["optimizer_shard"] else 1)) * params / 1e9
                + rows / micro * m["C"] * m["L"] * 67 / 1e9,
                rollout_GB=4 * params / 1e9)
-    return dict(compute=compute, allreduce=ar, allreduce_exposed=ar_exposed, optimizer=opt, publish=publish, sync=sync,
+    return dict(ranks_per_node=cpn, cores_per_rank=cpr, compute=compute, allreduce=ar, allreduce_exposed=ar_exposed, optimizer=opt, publish=publish, sync=sync,
                 gen_group=gen_group, group_flat=g["flat"], repeat=repeat, rows=rows, micro=micro, memory=mem,
                 prompt=prompt, answer=answer)
 
@@ -956,7 +1005,7 @@ def step_parts(p, m, nodes, trainers, rollouts, w):
 def simulate_layout(p, m, nodes, ratio, multiplex, w, steps):
     """Simulated run of `nodes` nodes with R/T = ratio: a cell of the layout (a few trainers
     and their rollout ranks, per-step costs of the full layout)."""
-    total = nodes * w["cores_per_node"]
+    total = nodes * (w["cores_per_node"] // ranks_cores(w, m))
     T = max(1, int(round(total / (1 + ratio))))
     R = max(1, total - T)
     parts = step_parts(p, m, nodes, T, R, w)
@@ -990,7 +1039,10 @@ def bottleneck(x):
     parts = {"trainer compute": pt["compute"], "gradient allreduce": pt["allreduce_exposed"], "optimizer": pt["optimizer"],
              "weight publishing": pt["publish"], "waiting for rollouts (generation)": sim["trainer_idle"] * sim["step_s"]}
     name = max(parts, key=parts.get)
-    if name == "trainer compute" and pt["repeat"] > 0.3:
+    if sim["dropped_groups"] > 0 and sim["trainer_idle"] >= 0.05:
+        name = ("stale rollouts: a rollout rank takes longer to decode its groups than max_staleness steps, "
+                "so groups are dropped and trainers wait")
+    elif name == "trainer compute" and pt["repeat"] > 0.3:
         name = f"trainer compute, {100 * pt['repeat']:.0f}% of it the prompt repeated in every shard of a cut group"
     return name
 
@@ -998,33 +1050,36 @@ def bottleneck(x):
 def project(p, quick=False, w=None):
     """For each model and node count: the smallest rollout-to-trainer ratio that keeps trainer
     idle under 5% without multiplexing, the run at that ratio (step time, idle, staleness,
-    efficiency against one node, bottleneck), and trainer idle with multiplexing at it."""
+    efficiency: throughput per node against the smallest node count, bottleneck), and trainer
+    idle with multiplexing at it."""
     w = dict(PROJECTION, **(w or {}))
     steps = 24 if quick else 40
     out = dict(workload=w, models={}, rows=[])
     for name, m in MODELS.items():
         out["models"][name] = dict(params=total_params(m), layer_params=layer_params(m) * m["L"])
         base = None
-        for nodes in [1] + w["nodes"]:
-            chosen = None
+        for nodes in w["nodes"]:
+            chosen, tried = None, []
             for ratio in RATIOS:
                 x = simulate_layout(p, m, nodes, ratio, False, w, steps)
+                tried.append(x)
                 if x["sim"]["trainer_idle"] < 0.05:
                     chosen = x
                     break
+            found = chosen is not None
             if chosen is None:
-                chosen = x
+                # No ratio keeps idle under 5%: the one with the highest throughput.
+                chosen = max(tried, key=lambda t: t["tokens_per_s"])
             on = simulate_layout(p, m, nodes, chosen["ratio"], True, w, steps)
-            if nodes == 1:
-                base = chosen
-                continue
-            eff = (chosen["tokens_per_s"] / nodes) / (base["tokens_per_s"] / 1)
+            if base is None:
+                base = (nodes, chosen)
+            eff = (chosen["tokens_per_s"] / nodes) / (base[1]["tokens_per_s"] / base[0])
             out["rows"].append(dict(model=name, nodes=nodes, T=chosen["T"], R=chosen["R"], ratio=chosen["ratio"],
                                     step_s=chosen["sim"]["step_s"], idle_off=chosen["sim"]["trainer_idle"],
                                     idle_on=on["sim"]["trainer_idle"], step_on_s=on["sim"]["step_s"],
                                     staleness_mean=chosen["sim"]["staleness_mean"], tokens_per_s=chosen["tokens_per_s"],
-                                    efficiency=eff, bottleneck=bottleneck(chosen), parts=chosen["parts"],
-                                    found=chosen["sim"]["trainer_idle"] < 0.05))
+                                    dropped=chosen["sim"]["dropped_groups"], efficiency=eff, bottleneck=bottleneck(chosen),
+                                    parts=chosen["parts"], found=found))
     return out
 
 
@@ -1037,6 +1092,8 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("simulate", help="one simulated asynchronous run")
     s.add_argument("--input", required=True, help="JSON object of simulation settings (others default)")
+    fc = sub.add_parser("fit-compute", help="kernel rates from `kat-bench compute` rows (JSON list; times in best_s)")
+    fc.add_argument("--input", required=True)
     f = sub.add_parser("fit", help="fitted parameters from the suite's measurements")
     f.add_argument("--input", required=True)
     p = sub.add_parser("project", help="projections at 8, 64 and 512 nodes")
@@ -1053,6 +1110,13 @@ def main(argv=None):
         try:
             print(json.dumps(simulate(data), sort_keys=True))
         except ValueError as e:
+            print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.cmd == "fit-compute":
+        try:
+            print(json.dumps(fit_compute(data), sort_keys=True))
+        except (ValueError, KeyError, TypeError) as e:
             print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
             return 2
         return 0

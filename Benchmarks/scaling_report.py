@@ -61,7 +61,7 @@ def esc(t):
 def chart(series, title, xlabel, ylabel, logx=False, logy=False, width=640, height=380, xticks=None, ylim=None, bars=None):
     """A line chart (series: name, points [(x, y)], optional dash, hollow markers, no line)
     or, with `bars` (categories, [(name, values)]), a grouped bar chart."""
-    L, R, Tp, B = 78, 20, 62, 56
+    L, R, Tp, B = 86, 20, 62, 56
     pw, ph = width - L - R, height - Tp - B
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            f'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
@@ -94,7 +94,7 @@ def chart(series, title, xlabel, ylabel, logx=False, logy=False, width=640, heig
         xlo, xhi = min(xs), max(xs)
         ylo, yhi = (min(ys_), max(ys_)) if ylim is None else ylim
         if logx:
-            xlo, xhi = 10 ** math.floor(math.log10(xlo) * 4) ** 0 * xlo / 1.2, xhi * 1.2
+            xlo, xhi = xlo / 1.3, xhi * 1.3
         if logy:
             ylo, yhi = ylo / 1.5, yhi * 1.5
         else:
@@ -135,7 +135,7 @@ def chart(series, title, xlabel, ylabel, logx=False, logy=False, width=640, heig
             legend.append((s["name"], col, s.get("dash"), s.get("hollow"), s.get("no_markers")))
     out.append(f'<rect x="{L}" y="{Tp}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
     out.append(f'<text x="{L + pw / 2}" y="{height - 12}" text-anchor="middle">{esc(xlabel)}</text>')
-    out.append(f'<text transform="translate(16,{Tp + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
+    out.append(f'<text transform="translate(18,{Tp + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
     # Legend above the plot, wrapped.
     x, y = L, 38
     for name, col, dash, hollow, nom in legend:
@@ -388,6 +388,22 @@ def write(res, p, held, proj, out):
     if series:
         svg("allreduce.svg", chart(series, "Allreduce bus bandwidth vs message size (2 ranks; dashed: point-to-point bound)",
                                    "message bytes", "GB/s", logx=True, logy=True, width=760, height=460))
+    ring = hosts.get("allreduce_ring", [])
+    if ring:
+        add("kat-dist's allreduce is in place, and Open MPI's libnbc (which runs every non-blocking collective) then always "
+            "takes its binomial algorithm: with two ranks, the whole message goes up to rank 0, is summed, and comes back "
+            "down, two transfers where a ring needs one. The same sweep with libnbc's ring forced "
+            "(`--mca coll_libnbc_iallreduce_algorithm 1`) on the rate-limited link:\n")
+        cmd("allreduce sweep 2 hosts veth", "   # add --mca coll_libnbc_iallreduce_algorithm 1 for the ring")
+        rows = []
+        for rg in ring:
+            base = model.min_rows([a for a in hosts["allreduce"] if a.get("rate") == rg["rate"]])
+            for rb, rr in zip(base, rg["rows"]):
+                if rb["bytes"] >= 1 << 20:
+                    rows.append([rg["link"], rb["bytes"], f(rb["allreduce_best_s"], 4), f(rr["allreduce_best_s"], 4), f(rb["oneway_best_s"], 4),
+                                 f(rb["oneway_best_s"] / rb["allreduce_best_s"], 2), f(rr["oneway_best_s"] / rr["allreduce_best_s"], 2)])
+        add(table(["link", "bytes", "binomial, as kat-dist runs (s)", "ring (s)", "one transfer (s)", "binomial / ring bound",
+                   "ring / ring bound"], rows) + "\n")
     if "links" in p:
         rows = []
         for name, lk in sorted(p["links"].items()):
@@ -475,12 +491,18 @@ def write(res, p, held, proj, out):
         f"holds what the FLOP count leaves out (the loss, planning), c0 = {f(o['c0'], 3)} s the work beside the model (metrics, "
         f"report); fitted on the one-trainer offline runs. The optimizer costs {o['optimizer_s_per_param'] * 1e9:.2f} ns per "
         f"parameter (divided over trainers when sharded).\n")
-    add(f"- **Allreduce** per link as above; over a link of point-to-point bandwidth B the allreduce reaches "
-        f"{f(p['allreduce_efficiency'], 2)} of the ring bound (the median over the unshaped TCP links: "
-        + ", ".join(f"{k} {f(v, 2)}" for k, v in sorted(p.get("allreduce_efficiency_by_link", {}).items())) +
-        "). A rate-limited link carries its tbf rate times 1448/1514 (TCP payload per frame); its latency is the "
-        "smallest message's measured one-way time. Across nodes, a hierarchical ring: within the node over shared memory "
-        "(no faster than the node's memory bandwidth allows), across nodes one rank each.\n")
+    bc = ", ".join(f"{k} {f(v, 2)}" for k, v in sorted(p.get("binomial_check", {}).items()) if v)
+    add(f"- **Allreduce.** kat-dist sums in place with `MPI_Iallreduce`; Open MPI runs it in its libnbc component, "
+        f"which takes its binomial algorithm for every in-place call: ceil(log2 p) rounds up a binomial tree, each "
+        f"moving the whole message and summing it, then ceil(log2 p) rounds down. So an allreduce costs "
+        f"2 ceil(log2 p) (alpha + n / B) + ceil(log2 p) n / S, with alpha and B the link's point-to-point latency and "
+        f"bandwidth and S = {f(p['op_bw'] / 1e9, 1)} GB/s the in-place copy and sum (measured over shared memory as what "
+        f"the allreduce takes beyond its two transfers). With two ranks that is two whole-message transfers where a ring "
+        f"needs one: the bus bandwidth stays near half the ring bound on every link (measured / model at 4 MiB and up: "
+        f"{bc}). Over p ranks placed node by node, the first log2(ranks per node) rounds stay within a node (shared "
+        f"memory, the round's pairs sharing the node's memory bandwidth) and the rest cross nodes. A rate-limited link "
+        f"carries its tbf rate times 1448/1514 (TCP payload per frame); its latency is the smallest message's measured "
+        f"one-way time.\n")
     add(f"- **Weight sync** per the tree: trainer 0 copies into its node's memory at {f(p['copy_bw'] / 1e9, 1)} GB/s per "
         f"rank (from one host, one rollout rank), sends to its children (two sends share its link), each leader forwards "
         f"whole messages, and every rank copies its node's weights.\n")
@@ -526,21 +548,24 @@ def write(res, p, held, proj, out):
     # 9. Projections
     add("## Projections: 8, 64 and 512 nodes\n")
     w = proj["workload"]
-    add(f"The model at scale: nodes of {w['cores_per_node']} cores (one rank per core, as measured here), a "
+    cpr = ", ".join(f"{k} {v}" for k, v in w["cores_per_rank"].items()) if isinstance(w["cores_per_rank"], dict) else str(w["cores_per_rank"])
+    add(f"The model at scale: nodes of {w['cores_per_node']} cores, ranks of one core for the small model and several "
+        f"for the large ones (BLAS threads per rank: {cpr}; threads beyond the first assumed to run at "
+        f"{w['thread_efficiency']:g} of a core each: a 2-core machine cannot measure that), a "
         f"{w['link_gbit']:g} Gbit/s link per node with the latency measured here between hosts, "
         f"{w['node_memory_GBps']:g} GB/s of memory bandwidth per node (assumed), a fixed global batch of {w['prompts']} "
         f"prompts x {w['group']} samples of {w['tokens_per_trajectory']} tokens with trie ratio {w['trie_ratio']} (W1's), "
         f"max_staleness {w['max_staleness']}, sharded optimizer state, gradient buckets overlapped with backward. For each "
         f"node count the smallest rollout-to-trainer ratio R/T that keeps trainer idle under 5% with multiplexing off is "
         f"found by simulation; the idle with multiplexing on at that ratio is beside it. Efficiency is throughput per node "
-        f"against one node (with its own ratio).\n")
+        f"against {w['nodes'][0]} nodes.\n")
     add("    python3 Benchmarks/scaling_model.py project --input Docs/scaling/measurements.json\n")
     rows = []
     for r in proj["rows"]:
         pt = r["parts"]
         rows.append([r["model"], r["nodes"], f"{r['ratio']:.2f}" + ("" if r["found"] else " (none under 5%)"), r["T"], r["R"],
                      f(r["step_s"], 2), f(r["idle_off"], 3), f(r["idle_on"], 3), f(r["staleness_mean"], 2), f(r["efficiency"], 2),
-                     f(pt["compute"], 2), f(pt["allreduce_exposed"], 3), f(pt["sync"], 3), f(pt["memory"]["trainer_GB"] * w["cores_per_node"], 0),
+                     f(pt["compute"], 2), f(pt["allreduce_exposed"], 3), f(pt["sync"], 3), f(pt["memory"]["trainer_GB"] * pt["ranks_per_node"], 0),
                      r["bottleneck"]])
     add(table(["model", "nodes", "R/T (idle < 5%, multiplex off)", "trainers", "rollout ranks", "step (s)", "idle off", "idle on",
                "staleness", "efficiency", "compute (s)", "allreduce exposed (s)", "weights to last node (s)", "trainer node memory (GB)",
@@ -548,7 +573,7 @@ def write(res, p, held, proj, out):
     series = []
     for k, name in enumerate(proj["models"]):
         series.append(dict(name=name, points=[(r["nodes"], r["efficiency"]) for r in proj["rows"] if r["model"] == name]))
-    svg("projection.svg", chart(series, "Projected scaling efficiency (throughput per node against one node)", "nodes", "efficiency",
+    svg("projection.svg", chart(series, f"Projected scaling efficiency (throughput per node against {w['nodes'][0]} nodes)", "nodes", "efficiency",
                                 logx=True, xticks=w["nodes"], ylim=(0, 1.1)))
     add("Model sizes: " + ", ".join(f"{k} {v['params'] / 1e9:.2f} B parameters ({v['layer_params'] / 1e9:.2f} B in layers)"
                                    for k, v in proj["models"].items()) + ".\n")

@@ -117,7 +117,7 @@ func nodeKeys(_ world: MPICollective) throws -> (node: MPICollective, keys: [Int
 
 /// `mpirun -np P kat-bench allreduce --sweep [--min-kib 4] [--max-mib 16] [--repeat 5]`: for
 /// each message size from min to max by factors of 4, the time of kat-dist's in-place float
-/// allreduce over all ranks (best and median of the repeats, more repeats for small
+/// allreduce over all ranks (until the last rank has finished) (best and median of the repeats, more repeats for small
 /// messages) and its bus bandwidth (2 (P-1)/P x bytes / time, the ring's traffic per rank),
 /// the one-way time of a message of the same size between ranks 0 and 1 (half a ping-pong),
 /// and the time for ranks 0 and 1 to send each other that message at once (an exchange).
@@ -144,7 +144,9 @@ func allreduceSweep() throws {
             try comm.barrier()
             let t0 = MPICollective.wallTime()
             try comm.allreduceSum(buf.pointer, count: count)
-            times.append(MPICollective.wallTime() - t0)
+            // Until the last rank has the sum: a rank's part may end early (the root's last
+            // send completes once the kernel has buffered it).
+            times.append(try comm.allreduceMaxMin(MPICollective.wallTime() - t0).max)
         }
         if comm.size > 1 {
             for _ in 0..<n {
@@ -172,7 +174,7 @@ func allreduceSweep() throws {
                     try comm.receive(into: half, bytes: bytes, from: other, tag: 23)
                     for s in sends { while try !comm.test(s) { usleep(20) } }
                 }
-                exchange.append(MPICollective.wallTime() - t0)
+                exchange.append(try comm.allreduceMaxMin(MPICollective.wallTime() - t0).max)
             }
         }
         for i in 0..<count { buf[i] = Float(i % 7) } // keep the sums finite
