@@ -131,7 +131,8 @@ def summarize_training(lines, skip):
         raise ValueError(f"only {len(rows)} steps after skipping {skip}")
     walls = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]
     med = lambda k: statistics.median(m[k] for m in rows)  # noqa: E731
-    out = dict(steps=len(rows), step_wall_s=statistics.median(walls),
+    # The mean step (the run's wall time over its steps), as the model predicts it; the median too.
+    out = dict(steps=len(rows), step_wall_s=(rows[-1]["time"] - rows[0]["time"]) / (len(rows) - 1), step_median_s=statistics.median(walls),
                step_parts_s=statistics.median(m["t_forward_backward"] + m["t_allreduce"] + m["t_optimizer"] for m in rows),
                t_forward_backward=med("t_forward_backward"), t_allreduce=med("t_allreduce"), t_optimizer=med("t_optimizer"),
                t_wait_data=med("t_wait_data"), t_weight_sync=med("t_weight_sync"),
@@ -260,6 +261,7 @@ class Sampler:
                 lines = 0
             self.samples.append((time.time(), machine_busy_seconds(), tree_cpu_seconds(self.pid), lines))
 
+
     def stop(self):
         self.done.set()
         self.thread.join()
@@ -270,17 +272,23 @@ class Sampler:
         if not self.samples:
             return None
         final = self.samples[-1][3]
-        first = next((s for s in self.samples if s[3] >= skip + 1), None)
-        last = next((s for s in self.samples if s[3] >= final), None)
-        if first is None or last is None or last[0] - first[0] < 0.5:
+        i = next((k for k, s in enumerate(self.samples) if s[3] >= skip + 1), None)
+        j = next((k for k, s in enumerate(self.samples) if s[3] >= final), None)
+        if i is None or j is None or self.samples[j][0] - self.samples[i][0] < 0.5:
             return None
+        first, last = self.samples[i], self.samples[j]
         dt = last[0] - first[0]
-        ours = max(0.0, last[2] - first[2])
+        # Per process, its last CPU time seen by then (a rank may exit before the last sample)
+        # minus its CPU time at the first sample.
+        seen = {}
+        for s in self.samples[i:j + 1]:
+            seen.update(s[2])
+        ours = sum(v - first[2].get(pid, 0.0) for pid, v in seen.items())
         return dict(our_cores=ours / dt, background_cores=max(0.0, last[1] - first[1] - ours) / dt, sampled_s=dt)
 
 
 def tree_cpu_seconds(root):
-    """CPU seconds (user + system) of `root` and its live descendants, from /proc."""
+    """CPU seconds (user + system) of `root` and each of its live descendants, by pid, from /proc."""
     parent, cpu = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -305,7 +313,7 @@ def tree_cpu_seconds(root):
                     mine.add(c)
                     nxt.append(c)
         frontier = nxt
-    return sum(cpu.get(p, 0.0) for p in mine)
+    return {p: cpu[p] for p in mine if p in cpu}
 
 
 def machine_busy_seconds():
@@ -438,8 +446,8 @@ def part_rollouts(rn, res):
     res["rollouts"] = [best[k] for k in sorted(best)]
 
 
-def sweep_args(quick):
-    return ["allreduce", "--sweep", "--min-kib", "4", "--max-mib", "16" if quick else "64", "--repeat", "5" if quick else "7"]
+def sweep_args(quick, max_mib=None):
+    return ["allreduce", "--sweep", "--min-kib", "4", "--max-mib", str(max_mib or (16 if quick else 64)), "--repeat", "5" if quick else "7"]
 
 
 def merge_sweeps(runs):
@@ -583,19 +591,21 @@ def part_hosts(rn, res):
                 h.shape(rate)
                 link = "veth" if rate is None else f"veth {rate}"
                 rn.log(f"hosts round {k + 1}/{rounds}, link {link}: allreduce sweep between 2 hosts")
-                rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick)), f"allreduce sweep 2 hosts {link}",
+                # Slow links: up to 16 MiB (a 64 MiB binomial allreduce at 200 Mbit/s takes 6 s a repeat).
+                cap = 16 if rate and model.parse_rate(rate) < 1e9 else None
+                rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick, cap)), f"allreduce sweep 2 hosts {link}",
                                          capture_name=f"allreduce-2host-{rate or 'none'}-{k}.txt"))
                 out["allreduce"].append(dict(link=link, rate=rate, ranks=2, hosts=2, rows=rows, round=k))
                 if rate and k == 0:
                     # The same with libnbc's ring algorithm, for comparison (kat-dist's in-place
                     # allreduce always gets the binomial one).
-                    rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick), extra=["--mca", "coll_libnbc_iallreduce_algorithm", "1"]),
+                    rows = parse_rows(rn.run(h.mpirun([1, 1], [BENCH] + sweep_args(rn.quick, cap), extra=["--mca", "coll_libnbc_iallreduce_algorithm", "1"]),
                                              f"allreduce sweep 2 hosts {link} ring", capture_name=f"allreduce-2host-{rate}-ring.txt"))
                     out.setdefault("allreduce_ring", []).append(dict(link=link, rate=rate, ranks=2, hosts=2, rows=rows))
                 layouts = [[1, 2], [1, 1, 1]] + ([[1, 1, 1, 1]] if n >= 4 else [])
                 for slots in layouts:
                     rn.log(f"  weight sync, ranks per host {slots}")
-                    w = parse_weightsync(rn.run(h.mpirun(slots, [BENCH, "weightsync", "--mib", mib, "--repeat", "5"]),
+                    w = parse_weightsync(rn.run(h.mpirun(slots, [BENCH, "weightsync", "--mib", "16" if rate else mib, "--repeat", "5"]),
                                                 f"weightsync hosts {slots} {link}"))
                     w.update(hosts=len(slots), slots=slots, rollouts=sum(slots) - 1, link=link, rate=rate, round=k, **rn.last)
                     out["weightsync"].append(w)
@@ -722,7 +732,8 @@ def cpu_name():
 def blas_summary():
     try:
         r = subprocess.run([KAT, "--version"], capture_output=True, text=True, timeout=30)
-        return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        lines = [l for l in r.stdout.splitlines() if "OpenBLAS" in l or "kernel" in l]
+        return lines[0].strip() if lines else ""
     except (OSError, subprocess.SubprocessError):
         return ""
 

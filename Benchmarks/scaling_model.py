@@ -308,6 +308,7 @@ class Simulation:
         self.mux_groups = 0
         self.trainer_state = None
         self.waiter = None
+        self.cpu = 0.0          # core-seconds the simulated ranks ran
 
     # --- CPU as processor sharing
     def speed(self):
@@ -342,6 +343,7 @@ class Simulation:
             dt = t - self.now
             for k in self.jobs:
                 self.jobs[k][0] -= dt * s
+            self.cpu += dt * s * len(self.jobs)
             self.now = t
             if t_job <= t_timer:
                 _, cb = self.jobs.pop(jid)
@@ -558,6 +560,7 @@ class Simulation:
             token_lag_mean=sum(x["token_lag"] for x in s) / len(s),
             dropped_groups=self.dropped,
             multiplexed_groups=self.mux_groups,
+            cores_used=self.cpu / self.now,
         )
 
 
@@ -710,31 +713,56 @@ def predict_offline_step(run, p, link=None):
     return work / sp + binomial_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"], p["op_bw"])
 
 
-def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30):
-    """Simulation settings of an online run (T=1, R rollout ranks on this machine's cores)."""
+def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30, background=None):
+    """Simulation settings of an online run (T=1, R rollout ranks on this machine's cores,
+    shared with `background` other busy processes)."""
     groups, pr, a = online_groups(run)
     c = group_counts(pr, a, 8)
     o = p["offline"]
     train = o["kappa"] * compute_seconds(p["compute"], DEFAULT_MODEL, c["rows"] * groups, c["head_rows"] * groups, c["pairs"] * groups)
-    return dict(trainers=1, rollouts=run["rollouts"], cores=available(run["cores"], run["background_cores"]), prompts=round(groups),
+    if background is None:
+        background = background_jobs(run, p, gen_s_per_token, sync_delay_s)
+    return dict(trainers=1, rollouts=run["rollouts"], cores=run["cores"], background=background, prompts=round(groups),
                 group_tokens=c["flat"], per_batch=4, gen_s_per_token=gen_s_per_token, train_s=train,
                 optimizer_s=o["optimizer_s_per_param"] * total_params(DEFAULT_MODEL), step_overhead_s=o["c0"],
                 publish_s=4 * total_params(DEFAULT_MODEL) / p["copy_bw"], multiplex=bool(run["multiplex"]),
                 sync_delay_s=sync_delay_s, steps=steps, warmup_steps=5)
 
 
-def calibrate_generation(run, p):
-    """Core-seconds per generated token of a rollout rank: the value for which the simulated
-    run generates as many tokens per second as the measured one (bisection)."""
-    lo, hi = 1e-7, 1e-2
-    for _ in range(40):
-        mid = math.sqrt(lo * hi)
-        got = simulate(online_sim_config(run, p, mid))["generated_tokens_per_s"]
-        if got > run["generated_tokens_per_s"]:
+def background_jobs(run, p, gen_s_per_token, sync_delay_s=0.0):
+    """The number of other busy processes that leaves the simulated run the CPU share the
+    measured run had (its `our_cores`), under processor sharing (bisection)."""
+    target = run.get("our_cores")
+    if not target:
+        return 0.0
+    lo, hi = 0.0, 64.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        used = simulate(online_sim_config(run, p, gen_s_per_token, sync_delay_s, steps=20, background=mid))["cores_used"]
+        if used > target:
             lo = mid
         else:
             hi = mid
-    return math.sqrt(lo * hi)
+    return 0.5 * (lo + hi)
+
+
+def calibrate_generation(run, p):
+    """Core-seconds per generated token of a rollout rank: the value for which the simulated
+    run generates as many tokens per second as the measured one (bisection)."""
+    g = 1e-4
+    for _ in range(3):
+        # The background for the current estimate, then the rate for that background.
+        bg = background_jobs(run, p, g)
+        lo, hi = 1e-7, 1e-2
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            got = simulate(online_sim_config(run, p, mid, background=bg))["generated_tokens_per_s"]
+            if got > run["generated_tokens_per_s"]:
+                lo = mid
+            else:
+                hi = mid
+        g = math.sqrt(lo * hi)
+    return g
 
 
 def shaped_link(rate, latency_s):
@@ -892,13 +920,14 @@ def held_out(res, p):
 
 def predict_weightsync(p, w, link):
     """Latency of the weightsync benchmark's layout: the tree over its hosts, then every
-    rank of a host copying its node's weights (sharing this machine's cores)."""
+    rank of a host copying its node's weights (the copies of all hosts sharing this
+    machine's cores)."""
     ready, _ = weight_tree_times(w["bytes"], w["hosts"], link, p["copy_bw"])
     slots = w.get("slots") or [1 + w["rollouts"]]
     last = 0.0
     for i, s in enumerate(slots):
         readers = s if i > 0 else s - 1
-        copy = readers * w["bytes"] / p["copy_bw"] / min(max(readers, 1), available(p["cores"], w.get("background_cores", 0.0)))
+        copy = readers * w["bytes"] / p["copy_bw"] / min(max(readers, 1), p["cores"])
         last = max(last, ready[i] + (copy if readers > 0 else 0.0))
     return last
 
