@@ -1109,6 +1109,16 @@ def project(p, quick=False, w=None):
                                     staleness_mean=chosen["sim"]["staleness_mean"], tokens_per_s=chosen["tokens_per_s"],
                                     dropped=chosen["sim"]["dropped_groups"], efficiency=eff, bottleneck=bottleneck(chosen),
                                     parts=chosen["parts"], found=found))
+            if nodes == w["nodes"][-1]:
+                # The largest layout again at slower links (same ratio), to show where the
+                # bottleneck goes when the network is the scarce part.
+                for gbit in sorted({10.0, 25.0, float(w["link_gbit"])}):
+                    x = chosen if gbit == w["link_gbit"] else simulate_layout(p, m, nodes, chosen["ratio"], False, dict(w, link_gbit=gbit), steps)
+                    out.setdefault("links", []).append(dict(model=name, nodes=nodes, link_gbit=gbit, ratio=x["ratio"],
+                                                            step_s=x["sim"]["step_s"], allreduce=x["parts"]["allreduce"],
+                                                            exposed=x["parts"]["allreduce_exposed"], sync=x["parts"]["sync"],
+                                                            idle=x["sim"]["trainer_idle"], staleness=x["sim"]["staleness_mean"],
+                                                            bottleneck=bottleneck(x)))
     return out
 
 

@@ -578,11 +578,32 @@ def write(res, p, held, proj, out):
         pt = r["parts"]
         rows.append([r["model"], r["nodes"], f"{r['ratio']:.2f}" + ("" if r["found"] else " (none under 5%)"), r["T"], r["R"],
                      f(r["step_s"], 2), f(r["idle_off"], 3), f(r["idle_on"], 3), f(r["staleness_mean"], 2), f(r["efficiency"], 2),
-                     f(pt["compute"], 2), f(pt["allreduce_exposed"], 3), f(pt["sync"], 3), f(pt["memory"]["trainer_GB"] * pt["ranks_per_node"], 0),
+                     f(pt["compute"], 2), f"{f(pt['allreduce'], 3)}, {f(pt['allreduce_exposed'], 3)}", f(pt["sync"], 3), f(pt["memory"]["trainer_GB"] * pt["ranks_per_node"], 0),
                      r["bottleneck"]])
     add(table(["model", "nodes", "R/T (idle < 5%, multiplex off)", "trainers", "rollout ranks", "step (s)", "idle off", "idle on",
-               "staleness", "efficiency", "compute (s)", "allreduce exposed (s)", "weights to last node (s)", "trainer node memory (GB)",
+               "staleness", "efficiency", "compute (s)", "allreduce (s), exposed", "weights to last node (s)", "trainer node memory (GB)",
                "bottleneck"], rows) + "\n")
+    add("Columns: trainers and rollout ranks (ranks of the BLAS threads above); step, the simulated mean step with "
+        "multiplexing off; idle off / on, the trainers' idle share without and with multiplexing at that ratio; staleness, "
+        "the mean lag of trained groups; compute, one trainer's forward and backward per step; allreduce, the gradient "
+        "sum (kat-dist's binomial tree) and the part of it left after overlapping the last micro-batch's backward; "
+        "weights to last node, from trainer 0's publishing to the last node's copy; trainer node memory, weights, "
+        "gradients, sharded Adam moments and one micro-batch's activations for the node's trainer ranks.\n")
+    moves = []
+    for name in proj["models"]:
+        seq = [(r["nodes"], r["bottleneck"].split(":")[0].split(",")[0]) for r in proj["rows"] if r["model"] == name]
+        moves.append(f"{name}: " + " -> ".join(f"{b} ({n})" for n, b in seq))
+    worst_on = max((r["idle_on"] for r in proj["rows"]), default=0.0)
+    add("Where the bottleneck moves (nodes in brackets): " + "; ".join(moves) + f". With multiplexing (a trainer that "
+        f"would wait generates instead) the trainers' idle at the table's ratio is at most {100 * worst_on:.1f}%; "
+        "the ratio is what it takes without it.\n")
+    lk = proj.get("links", [])
+    if lk:
+        add(f"The largest layout at other link speeds (same ratio; `link_gbit` of the projection):\n")
+        add(table(["model", "nodes", "link (Gbit/s)", "step (s)", "allreduce (s)", "exposed (s)", "weights to last node (s)", "idle", "staleness",
+                   "bottleneck"],
+                  [[x["model"], x["nodes"], f"{x['link_gbit']:g}", f(x["step_s"], 2), f(x["allreduce"], 3), f(x["exposed"], 3), f(x["sync"], 3),
+                    f(x["idle"], 3), f(x["staleness"], 2), x["bottleneck"]] for x in lk]) + "\n")
     series = []
     for k, name in enumerate(proj["models"]):
         series.append(dict(name=name, points=[(r["nodes"], r["efficiency"]) for r in proj["rows"] if r["model"] == name]))
