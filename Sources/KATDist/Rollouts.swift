@@ -122,13 +122,13 @@ final class GroupGenerator {
 
     /// Episodes truncated by the context and abandoned since the last call; abandoned
     /// episodes are reported in one line on standard error, with the last failure.
-    func takeEpisodeCounts() -> [Int] {
+    func takeEpisodeCounts() -> EpisodeCounts {
         let c = worker.takeEpisodeCounts()
         if let last = c.failures.last {
             let line = "kat-dist: rank \(LaunchEnvironment.worldRank): \(c.abandoned) episodes abandoned after environment failures; the last: \(last)\n"
             FileHandle.standardError.write(Data(line.utf8))
         }
-        return [c.truncated, c.abandoned]
+        return EpisodeCounts(truncated: c.truncated, abandoned: c.abandoned)
     }
 }
 

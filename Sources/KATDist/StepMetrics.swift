@@ -37,6 +37,11 @@ public struct StepMetrics: Sendable {
     public var stalenessHist: [Int] = []
     /// Trajectories dropped for being older than max_staleness.
     public var droppedStale = 0
+    /// Flat tokens of the trajectories dropped for being stale (generated, never trained).
+    public var droppedStaleTokens = 0
+    /// Seconds a rollout rank (mean over rollout ranks) waited for newer weights because
+    /// admission control allowed no new group, as reported with the groups received.
+    public var throttledS = 0.0
     // Time breakdown, seconds.
     public var tWaitData = 0.0
     public var tForwardBackward = 0.0
@@ -104,6 +109,7 @@ public struct StepMetrics: Sendable {
             ("trie_ratio", JSON(trieRatio)), ("tokens_per_s", JSON(tokensPerS)), ("trajectories", JSON(trajectories)),
             ("staleness_mean", JSON(stalenessMean)), ("staleness_max", JSON(stalenessMax)),
             ("staleness_hist", .array(stalenessHist.map { JSON($0) })), ("dropped_stale", JSON(droppedStale)),
+            ("dropped_stale_tokens", JSON(droppedStaleTokens)), ("throttled_s", JSON(throttledS)),
             ("skipped", .bool(stats.skipped)),
             ("t_wait_data", JSON(tWaitData)), ("t_forward_backward", JSON(tForwardBackward)),
             ("t_allreduce", JSON(tAllreduce)), ("t_optimizer", JSON(tOptimizer)), ("t_weight_sync", JSON(tWeightSync)),

@@ -237,7 +237,7 @@ final class TrainerLoop {
             return true
         }
         guard !batch.trajectories.isEmpty else {
-            throw RunError.emptyBatch(step: stepIndex + 1, abandoned: batch.abandonedEpisodes)
+            throw RunError.emptyBatch(step: stepIndex + 1, abandoned: batch.episodes.abandoned)
         }
         let advantages = try batch.advantages ?? computeAdvantages(batch.trajectories, config: settings.advantage)
         var m = StepMetrics()
@@ -258,11 +258,13 @@ final class TrainerLoop {
         m.stats = stats
         m.tWaitData = batch.waitSeconds
         m.droppedStale = batch.droppedStale
+        m.droppedStaleTokens = batch.droppedStaleTokens
+        m.throttledS = batch.throttledSeconds
         m.generatedTokens = batch.generatedTokens
         m.epoch = batch.epoch
-        m.truncatedEpisodes = batch.truncatedEpisodes
-        m.abandonedEpisodes = batch.abandonedEpisodes
-        if batch.truncatedEpisodes > 0, !reportedTruncation {
+        m.truncatedEpisodes = batch.episodes.truncated
+        m.abandonedEpisodes = batch.episodes.abandoned
+        if batch.episodes.truncated > 0, !reportedTruncation {
             reportedTruncation = true
             console.line("episodes cut short by the context length (model.n_positions) are trained with the reward they earned; metrics.jsonl counts them in truncated_episodes")
         }

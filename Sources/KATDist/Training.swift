@@ -234,7 +234,8 @@ public enum Training {
                 let p = RolloutPeers(link: link, publisher: publisher, ring: ringOnly(collective, settings)?.ring)
                 peers = p
                 let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
-                phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, settings: settings))
+                phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, rolloutRanks: layout.rollouts,
+                                                   settings: settings))
             } else {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
