@@ -26,6 +26,8 @@ enum Tag {
     static let trainerHeartbeat = 16
     /// trainer -> the next trainer around the ring: alive.
     static let ringHeartbeat = 17
+    /// rollout -> home trainer: SIGUSR1 arrived here; stop the run as if it had arrived there.
+    static let preempt = 18
 }
 
 /// Heartbeats between two sides: when to send the next one, and when the other side was
@@ -160,6 +162,11 @@ final class RolloutLink {
                 beats[rank] = try world.isend([], to: rank, tag: Tag.trainerHeartbeat)
             }
         }
+        while let m = try world.probe(source: nil, tag: Tag.preempt) {
+            _ = try world.receive(from: m.source, tag: Tag.preempt)
+            liveness.heard(m.source)
+            Preemption.request()
+        }
         while !buffer.isFull, let m = try world.probe(source: nil, tag: Tag.group) {
             let bytes = try world.receive(from: m.source, tag: Tag.group)
             liveness.heard(m.source)
@@ -193,7 +200,9 @@ final class RolloutLink {
                 done.insert(m.source)
                 liveness.heard(m.source)
             }
-            while let m = try world.probe(source: nil, tag: Tag.group) { _ = try world.receive(from: m.source, tag: Tag.group); liveness.heard(m.source) }
+            for tag in [Tag.group, Tag.preempt] {
+                while let m = try world.probe(source: nil, tag: tag) { _ = try world.receive(from: m.source, tag: tag); liveness.heard(m.source) }
+            }
             while let m = try world.probe(source: nil, tag: Tag.rolloutHeartbeat) {
                 _ = try world.receive(from: m.source, tag: Tag.rolloutHeartbeat)
                 liveness.heard(m.source)
@@ -225,7 +234,7 @@ final class WeightPublisher {
     private(set) var lastPublication = -1
     /// A publication that found no free slot (each was the newest, read, or still being
     /// sent from), retried by `retry` while the weights are still the same.
-    private(set) var pending: (version: Int, publication: Int)?
+    private(set) var pending: Publication?
 
     init(world: MPICollective, node: NodeWeights, tree: WeightTree) {
         self.world = world
@@ -247,8 +256,9 @@ final class WeightPublisher {
     /// Publishes the weights of `version` under the next publication number; when no
     /// slot is free it is kept pending (a newer publication replaces it).
     /// - Returns: the bytes this rank sent for it (one message per tree child).
-    func publish(_ params: FloatBuffer, version: Int) throws -> Int {
-        pending = (version, nextPublication)
+    /// - Parameter trainerGroups: groups the trainers generated themselves so far.
+    func publish(_ params: FloatBuffer, version: Int, trainerGroups: Int) throws -> Int {
+        pending = Publication(version: version, number: nextPublication, trainerGroups: trainerGroups)
         nextPublication += 1
         return try retry(params)
     }
@@ -259,9 +269,9 @@ final class WeightPublisher {
     ///   was pending or no slot was free.
     func retry(_ params: FloatBuffer) throws -> Int {
         try poll()
-        guard let p = pending, let slot = node.publish(params.pointer, version: p.version, publication: p.publication) else { return 0 }
+        guard let p = pending, let slot = node.publish(params.pointer, p) else { return 0 }
         pending = nil
-        lastPublication = p.publication
+        lastPublication = p.number
         guard !children.isEmpty else { return 0 }
         node.pin(slot)
         var out: [MPICollective.PendingSend] = []
@@ -355,6 +365,9 @@ final class AsynchronousRollouts: BatchSource {
     }
 
     var phase: Phase { .rl }
+    /// Groups all trainers generated themselves this run segment (as of the last batch):
+    /// rollout ranks leave that much of the admission bound to them.
+    var trainerGroups = 0
     var buffer: RolloutBuffer {
         get { peers.link?.buffer ?? localBuffer }
         set { if let link = peers.link { link.buffer = newValue } else { localBuffer = newValue } }
@@ -362,7 +375,7 @@ final class AsynchronousRollouts: BatchSource {
     /// The buffer of a trainer that is home to no rollout rank (its multiplexed groups).
     var localBuffer = RolloutBuffer(capacity: Int.max)
 
-    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version) }
+    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version, trainerGroups: trainerGroups) }
 
     /// One trainer's view of its buffer, as exchanged to agree on a batch.
     struct Offer {
@@ -425,6 +438,7 @@ final class AsynchronousRollouts: BatchSource {
                                                     indices: [2_000_000 + collective.rank], version: version, names: [name])
                 for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
                 buffer.counts.episodes += generator.takeEpisodeCounts()
+                buffer.counts.multiplexedGroups += 1
                 sequence += 1
                 generating += monotonicSeconds() - t
             } else {
@@ -470,6 +484,7 @@ final class AsynchronousRollouts: BatchSource {
         batch.idleSeconds = Double(sums.idleMicros) / 1e6 / Double(collective.size)
         batch.generateSeconds = Double(sums.generateMicros) / 1e6 / Double(collective.size)
         batch.throttledSeconds = Double(sums.throttledMicros) / 1e6 / Double(max(1, rolloutRanks))
+        trainerGroups += sums.multiplexedGroups
         batch.waitSeconds = monotonicSeconds() - started
         return batch
     }
@@ -479,7 +494,7 @@ final class AsynchronousRollouts: BatchSource {
     /// control.
     func stepDone(version: Int, updated: Bool) throws -> Int {
         guard let publisher = peers.publisher else { return 0 }
-        return try publisher.publish(model.params, version: version)
+        return try publisher.publish(model.params, version: version, trainerGroups: trainerGroups)
     }
 
     func prepareCheckpoint() throws {
@@ -564,9 +579,11 @@ final class RolloutRankLoop {
 
     deinit { scratch?.deallocate() }
 
-    /// The policy version and publication number of the weights this rank holds (-1: none yet).
+    /// The policy version and publication number of the weights this rank holds (-1: none
+    /// yet), and the groups the trainers had generated by then.
     var version = -1
     var publication = -1
+    var trainerGroups = 0
     var liveness: Liveness
     var beat: MPICollective.PendingSend?
 
@@ -634,17 +651,25 @@ final class RolloutRankLoop {
     /// Copies the node's newest weights when they are newer than ours. The slot is pinned
     /// while copying, so it is never overwritten under us.
     func installWeights() {
-        guard let (slot, v, p) = node.pinNewer(than: publication) else { return }
+        guard let (slot, header) = node.pinNewer(than: publication) else { return }
         model.params.pointer.update(from: node.parameters(slot), count: node.floats)
         node.unpin(slot)
-        version = v
-        publication = p
+        version = header.version
+        publication = header.number
+        trainerGroups = header.trainerGroups
     }
+
+    /// Whether this rank already passed a SIGUSR1 on to its home trainer.
+    var preemptionSent = false
 
     func serve() throws {
         try keepAlive()
         try relayWeights()
         installWeights()
+        if Preemption.requested, !preemptionSent {
+            preemptionSent = true
+            try world.send([], to: home, tag: Tag.preempt)
+        }
     }
 
     /// The stop message's last publication number, or nil when no stop came.
@@ -672,14 +697,15 @@ final class RolloutRankLoop {
         _ = try world.receive(from: home, tag: Tag.bye)
     }
 
-    /// The groups this rank may have started since it first held weights while it holds
-    /// publication `publication` (trainers publish once per step, so publications count
-    /// steps): its share of (steps + stepsAhead + 1) x batch.prompts, where stepsAhead =
-    /// max_staleness / updates per step is how many steps a group may wait and still be
-    /// trained. The shares of all rollout ranks sum to the total. This is AReaL's admission
-    /// rule (Fu et al. 2025, "AReaL", section 5.1) with steps in place of versions.
-    static func admitted(publications: Int, stepsAhead: Int, prompts: Int, rank index: Int, of ranks: Int) -> Int {
-        let total = (publications + stepsAhead + 1) * prompts
+    /// The groups this rank may have started since it first held weights, `publications`
+    /// publications later (trainers publish once per step, so publications count steps):
+    /// its share of (steps + stepsAhead + 1) x batch.prompts less the groups the trainers
+    /// generated themselves in that time, where stepsAhead = max_staleness / updates per
+    /// step is how many steps a group may wait and still be trained. The shares of all
+    /// rollout ranks sum to the total. This is AReaL's admission rule (Fu et al. 2025,
+    /// "AReaL", section 5.1) with steps in place of versions.
+    static func admitted(publications: Int, stepsAhead: Int, prompts: Int, trainerGroups: Int, rank index: Int, of ranks: Int) -> Int {
+        let total = max(0, (publications + stepsAhead + 1) * prompts - trainerGroups)
         return total / ranks + (index < total % ranks ? 1 : 0)
     }
 
@@ -691,7 +717,7 @@ final class RolloutRankLoop {
         }
         // Groups are decoded several at a time (one cache call per token for all their
         // samples) and sent one by one; a new batch starts when the last one is on its way.
-        var firstVersion = -1, firstPublication = -1
+        var firstVersion = -1, firstPublication = -1, firstTrainerGroups = 0
         var counter = 0, sequence = 0, started = 0
         var throttled = 0.0
         var ready: [[Trajectory]] = []
@@ -705,8 +731,9 @@ final class RolloutRankLoop {
             }
             pending = nil
             if ready.isEmpty {
-                if firstVersion < 0 { firstVersion = version; firstPublication = publication }
+                if firstVersion < 0 { firstVersion = version; firstPublication = publication; firstTrainerGroups = trainerGroups }
                 let allowed = Self.admitted(publications: publication - firstPublication, stepsAhead: stepsAhead, prompts: prompts,
+                                            trainerGroups: trainerGroups - firstTrainerGroups,
                                             rank: world.rank - (world.size - rolloutRanks), of: rolloutRanks)
                 if started >= allowed {
                     // Admission control: wait for newer weights rather than make groups

@@ -110,16 +110,18 @@ struct BatchCounts: MessageTrailer {
     var generateMicros = 0
     /// Microseconds its rollout ranks were held back by admission control (summed).
     var throttledMicros = 0
+    /// Groups this trainer generated itself (multiplexing).
+    var multiplexedGroups = 0
 
-    static let fieldCount = 8
+    static let fieldCount = 9
     var words: [Int] {
-        [droppedStale, droppedStaleTokens, receivedTokens] + episodes.words + [idleMicros, generateMicros, throttledMicros]
+        [droppedStale, droppedStaleTokens, receivedTokens] + episodes.words + [idleMicros, generateMicros, throttledMicros, multiplexedGroups]
     }
     init() {}
     init(words w: [Int]) {
         droppedStale = w[0]; droppedStaleTokens = w[1]; receivedTokens = w[2]
         episodes = EpisodeCounts(words: Array(w[3..<5]))
-        idleMicros = w[5]; generateMicros = w[6]; throttledMicros = w[7]
+        idleMicros = w[5]; generateMicros = w[6]; throttledMicros = w[7]; multiplexedGroups = w[8]
     }
 
     static func + (a: Self, b: Self) -> Self { Self(words: zip(a.words, b.words).map { $0 + $1 }) }

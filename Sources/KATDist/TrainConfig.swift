@@ -140,7 +140,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "comm.bucket_mib", kind: .double(0.001...4096), defaultValue: 4.0, help: "gradient bucket size, MiB"),
         ConfigKey(name: "optimizer.shard", kind: .bool, defaultValue: false, help: "shard the optimizer state over trainers (reduce-scatter, slice update, allgather)"),
         ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data"),
-        ConfigKey(name: "max_staleness", kind: .int(0...1_000_000), defaultValue: 4, help: "largest policy lag trained"),
+        ConfigKey(name: "max_staleness", kind: .int(0...1000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
         ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out, seconds"),
         ConfigKey(name: "watchdog_s", kind: .double(1...1_000_000), defaultValue: 300.0, help: "seconds a rank may stay silent (no heartbeat) before the job ends naming it"),
@@ -301,6 +301,10 @@ public struct TrainConfig: Sendable {
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {
             throw .badValue(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
+        }
+        if string("data.trajectories") == nil, int("batch.minibatches") > int("batch.prompts") {
+            throw .badValue(source: source, key: "batch.minibatches",
+                            reason: "must not exceed batch.prompts (\(int("batch.prompts"))): a minibatch holds whole groups, got \(int("batch.minibatches"))")
         }
         if double("advantage.entropy_min") > double("advantage.entropy_max") {
             throw .badValue(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")

@@ -279,17 +279,20 @@ final class BatchAssemblyTests: XCTestCase {
     }
 
     /// Admission shares: the rollout ranks' shares sum to (steps + steps ahead + 1) x
-    /// prompts at every step, differ by at most one, and grow by batch.prompts per step.
+    /// prompts less the trainers' own groups (never below 0), and differ by at most one.
     func testAdmissionSharesSumToTheBound() {
         for ranks in 1...5 {
             for prompts in [1, 3, 8] {
                 for ahead in 0...2 {
                     for steps in 0...4 {
-                        let shares = (0..<ranks).map {
-                            RolloutRankLoop.admitted(publications: steps, stepsAhead: ahead, prompts: prompts, rank: $0, of: ranks)
+                        for trainerGroups in [0, 2, 1000] {
+                            let shares = (0..<ranks).map {
+                                RolloutRankLoop.admitted(publications: steps, stepsAhead: ahead, prompts: prompts, trainerGroups: trainerGroups,
+                                                         rank: $0, of: ranks)
+                            }
+                            XCTAssertEqual(shares.reduce(0, +), max(0, (steps + ahead + 1) * prompts - trainerGroups))
+                            XCTAssertLessThanOrEqual(shares.max()! - shares.min()!, 1)
                         }
-                        XCTAssertEqual(shares.reduce(0, +), (steps + ahead + 1) * prompts)
-                        XCTAssertLessThanOrEqual(shares.max()! - shares.min()!, 1)
                     }
                 }
             }
