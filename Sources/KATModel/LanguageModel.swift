@@ -120,10 +120,11 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// - Parameter dlogprobs: dL/dl per row of the last batch. (N)
     func beginBackward(dlogprobs: [Float]) -> BackwardPass
     /// The family's half of `KVCache.extend`: runs the rows `newRows` (already appended to
-    /// the cache, root paths set) through the model, stores their keys and values, and
-    /// returns the logits (before temperature) of `outputs` (indices into `newRows`).
-    /// - Returns: (outputs.count, V), row-major.
-    func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> [Float]
+    /// the cache, their slots and key runs planned) through the model, stores their keys and
+    /// values, and writes the final norm's output of `outputs` (indices into `newRows`) to
+    /// the cache's hidden buffer, (outputs.count, C); the cache runs the output head.
+    /// - Returns: the head matrix (V, C).
+    func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> UnsafeMutablePointer<Float>
 }
 
 extension LanguageModel {

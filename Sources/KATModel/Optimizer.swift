@@ -1,3 +1,4 @@
+import CKATKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,66 +39,54 @@ public final class Optimizer: @unchecked Sendable {
     public let v: FloatBuffer
     /// Number of updates applied (Adam's bias-correction step).
     public var t: Int = 0
-    /// 1 where weight decay applies, 0 elsewhere.
-    let decayMask: FloatBuffer
+    /// The buffer in runs of tensors that all take weight decay or all do not, in order
+    /// (a few dozen ranges instead of a mask as large as the parameters).
+    let decayRuns: [(range: Range<Int>, decays: Bool)]
+    let parameterCount: Int
 
     public init(config: OptimizerConfig, layout: any ParameterTable) {
         self.config = config
         let n = config.kind == .adamw ? layout.count : 0
         m = FloatBuffer(count: n)
         v = FloatBuffer(count: n)
-        decayMask = FloatBuffer(count: layout.count)
-        for t in layout.tensors where t.decays {
-            (decayMask.pointer + t.offset).update(repeating: 1, count: t.count)
+        parameterCount = layout.count
+        var runs: [(range: Range<Int>, decays: Bool)] = []
+        for t in layout.tensors.sorted(by: { $0.offset < $1.offset }) {
+            let r = t.offset..<(t.offset + t.count)
+            if let last = runs.last, last.decays == t.decays, last.range.upperBound == r.lowerBound {
+                runs[runs.count - 1].range = last.range.lowerBound..<r.upperBound
+            } else {
+                runs.append((r, t.decays))
+            }
         }
+        decayRuns = runs
     }
 
-    /// L2 norm of a gradient buffer, accumulated in double.
+    /// L2 norm of a gradient buffer: float sums of squares over blocks of 4096, added in double.
     public static func globalNorm(_ grads: FloatBuffer) -> Float {
-        var s: Double = 0
-        let g = grads.pointer
-        var i = 0
-        let n = grads.count
-        // Float sums over blocks of 4096, added in double: fast and accurate.
-        while i < n {
-            let end = min(n, i + 4096)
-            var block: Float = 0
-            for j in i..<end { block += g[j] * g[j] }
-            s += Double(block)
-            i = end
-        }
-        return Float(s.squareRoot())
+        Float(kat_sum_squares(grads.pointer, grads.count).squareRoot())
     }
 
     /// Applies one update with learning rate `lr`, clipping `grads` in place first when
     /// `gradClip` > 0. Returns the gradient norm measured before clipping.
     @discardableResult
     public func step(params: FloatBuffer, grads: FloatBuffer, lr: Float) -> Float {
-        precondition(params.count == grads.count && params.count == decayMask.count, "Optimizer.step: layout mismatch")
+        precondition(params.count == grads.count && params.count == parameterCount, "Optimizer.step: layout mismatch")
         let norm = Optimizer.globalNorm(grads)
         var gscale: Float = 1
         if config.gradClip > 0, norm > config.gradClip { gscale = config.gradClip / norm }
-        let p = params.pointer, g = grads.pointer, dm = decayMask.pointer, n = params.count
-        let wd = config.weightDecay
         t += 1
-        switch config.kind {
-        case .sgd:
-            for i in 0..<n {
-                p[i] -= lr * (gscale * g[i] + wd * dm[i] * p[i])
-            }
-        case .adamw:
-            let b1 = config.beta1, b2 = config.beta2, eps = config.eps
-            let c1 = 1 - Float(pow(Double(b1), Double(t)))
-            let c2 = 1 - Float(pow(Double(b2), Double(t)))
-            let mp = m.pointer, vp = v.pointer
-            for i in 0..<n {
-                let gi = gscale * g[i]
-                let mi = b1 * mp[i] + (1 - b1) * gi
-                let vi = b2 * vp[i] + (1 - b2) * gi * gi
-                mp[i] = mi
-                vp[i] = vi
-                let mh = mi / c1, vh = vi / c2
-                p[i] -= lr * (mh / (vh.squareRoot() + eps) + wd * dm[i] * p[i])
+        let c1 = 1 - Float(pow(Double(config.beta1), Double(t)))
+        let c2 = 1 - Float(pow(Double(config.beta2), Double(t)))
+        for (range, decays) in decayRuns {
+            let p = params.pointer + range.lowerBound, g = grads.pointer + range.lowerBound, n = range.count
+            let wd = decays ? config.weightDecay : 0
+            switch config.kind {
+            case .sgd:
+                kat_sgd(p, g, n, lr, wd, gscale)
+            case .adamw:
+                kat_adamw(p, g, m.pointer + range.lowerBound, v.pointer + range.lowerBound, n, lr, config.beta1, config.beta2,
+                          config.eps, wd, c1, c2, gscale)
             }
         }
         return norm
