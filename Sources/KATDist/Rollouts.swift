@@ -53,6 +53,7 @@ extension EnvironmentSource {
         guard answer + tokenizer.promptTokens("").count < p else {
             throw .settings(key: "rollout.max_new_tokens", reason: "\(answer) new tokens plus a prompt do not fit model.n_positions (\(p))")
         }
+        try checkTurns(prompt: tokenizer.promptTokens("").count, contextLength: p, settings: settings)
         guard let task else { return }
         var longestPrompt = 0, longestExample = 0
         for split in ["train", "test"] {
@@ -68,8 +69,24 @@ extension EnvironmentSource {
         if longestPrompt + answer > p {
             throw .settings(key: "rollout.max_new_tokens", reason: "the longest prompt of data.task \(task.name) (\(longestPrompt) tokens) plus \(answer) new tokens exceed model.n_positions (\(p))")
         }
+        try checkTurns(prompt: longestPrompt, contextLength: p, settings: settings)
         if settings.warmStart.steps > 0, longestExample > p {
             throw .settings(key: "warmstart.steps", reason: "the longest warm-start example of data.task \(task.name) (\(longestExample) tokens) exceeds model.n_positions (\(p))")
+        }
+    }
+}
+
+extension EnvironmentSource {
+    /// Episodes of `rollout.turns` turns whose every answer and observation were a single
+    /// token would still not fit: refused. Episodes whose answers use the full
+    /// `rollout.max_new_tokens` may be cut, which is allowed (and counted).
+    func checkTurns(prompt: Int, contextLength p: Int, settings: RunSettings) throws(RunError) {
+        let turns = settings.rollout.turns
+        guard turns > 1 else { return }
+        let observation = max(1, tokenizer.observationTokens("").count)
+        let shortest = prompt + turns + (turns - 1) * observation
+        if shortest > p {
+            throw .settings(key: "rollout.turns", reason: "\(turns) turns need at least \(shortest) positions even with one-token answers (prompt \(prompt) tokens), more than model.n_positions (\(p))")
         }
     }
 }
@@ -127,18 +144,36 @@ final class Evaluator {
         prompts = settings.run.evalPrompts
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward; `between`
-    /// runs between episodes (the runtime's heartbeats).
-    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> (success: Double, reward: Double) {
-        var solved = 0, rewardSum = 0.0
-        for i in stride(from: collective.rank, to: prompts, by: collective.size) {
+    /// Share of held-out prompts solved (full reward) and their mean reward. `between`
+    /// runs between episodes (the runtime's heartbeats); progress (this rank's share of
+    /// the prompts, and the time left) goes to `console`.
+    /// - Returns: nil when a stop was requested during the evaluation (it is cut short
+    ///   and its partial result dropped, so that the run stops without waiting for it).
+    func evaluate(_ collective: Collective, console: Console? = nil,
+                  between: () throws -> Void = {}) throws -> (success: Double, reward: Double)? {
+        let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var solved = 0, rewardSum = 0.0, done = 0, interrupted = 0.0
+        var lastShown = monotonicSeconds()
+        for seed in mine {
             try between()
-            let r = try worker.evaluate(seeds: [i])
+            if Preemption.requested { interrupted = 1; break }
+            let r = try worker.evaluate(seeds: [seed])
             solved += r.solved
             rewardSum += r.rewardSum
+            done += 1
+            if done < mine.count, monotonicSeconds() - lastShown > 1 {
+                lastShown = monotonicSeconds()
+                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(mine.count),
+                                       clock.leftText(done: done, total: mine.count, now: monotonicSeconds()) as NSString))
+            }
         }
-        var tally = [Double(solved), rewardSum]
+        var tally = [Double(solved), rewardSum, interrupted]
         try collective.allreduceSum(&tally)
-        return (tally[0] / Double(prompts), tally[1] / Double(prompts))
+        guard tally[2] == 0 else { return nil }
+        let result = (success: tally[0] / Double(prompts), reward: tally[1] / Double(prompts))
+        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f", prompts,
+                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward), final: true)
+        return result
     }
 }

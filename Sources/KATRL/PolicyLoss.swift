@@ -40,7 +40,7 @@ public struct PolicyLossResult: Sendable {
     public var klReferenceSum: Double = 0
 }
 
-/// The policy loss on a trie (SPEC section 5, TRIE-NOTES): each row's derivative is the
+/// The policy loss on a trie (PPO-clip, arXiv 1707.06347; Docs/rl.md): each row's derivative is the
 /// sum of its trajectories' terms, each with its own mask, behaviour log-prob and
 /// advantage; the log-prob of a row comes from its parent's output.
 /// - Parameters:
