@@ -71,6 +71,19 @@ func forwardFLOPs(_ cfg: any ModelConfiguration, rows: Double, headRows: Double,
 
 func mib(_ bytes: Int) -> Double { Double(bytes) / 1048576 }
 
+/// Memory read bandwidth: the best of 3 vectorised passes over 256 MB (sum of squares).
+func readGBps() -> Double {
+    let buf = FloatBuffer(count: 1 << 26)
+    for i in stride(from: 0, to: buf.count, by: 1024) { buf[i] = 1 }
+    var best = Double.infinity
+    for _ in 0..<3 {
+        let t0 = now()
+        _ = Optimizer.globalNorm(buf)
+        best = min(best, now() - t0)
+    }
+    return Double(4 * buf.count) / best / 1e9
+}
+
 // MARK: - kat-bench model
 
 /// Forward+backward on packed flat sequences against single-thread sgemm measured in the
@@ -88,7 +101,7 @@ func modelBenchmark() throws {
     let sequences = (0..<seqs).map { _ in (0..<len).map { _ in Int(rng.next() % UInt64(min(v, 50000))) } }
     let batch = try PackedBatch(sequences: sequences, vocabSize: v, maxPositions: configs[0].nPositions)
     let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
-    print("# \(BLASRuntime.summary); element-wise kernels \(elementwiseKernels)")
+    print("# \(BLASRuntime.summary)")
     print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
     var sg = sgemmGFLOPs(n: 1024, reps: 3)
     let models = try configs.map { cfg -> any LanguageModel in
@@ -151,7 +164,7 @@ func samplerBenchmark() throws {
     let prompt = (0..<promptLen).map { _ in Int32(rng.next() % UInt64(min(v, 50000))) }
     var sc = SamplingConfig()
     sc.maxNewTokens = newTokens
-    print("# \(BLASRuntime.summary); element-wise kernels \(elementwiseKernels)")
+    print("# \(BLASRuntime.summary)")
     print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
     // Shared: one prefill, every sample continues from it.
     func shared() throws -> Double {
@@ -177,11 +190,12 @@ func samplerBenchmark() throws {
         return now() - t0
     }
     var bestS = Double.infinity, bestU = Double.infinity
-    var sg = sgemmGFLOPs(n: 1024, reps: 2)
+    var sg = sgemmGFLOPs(n: 1024, reps: 2), bw = readGBps()
     for _ in 0..<reps {
         if only != "unshared" { bestS = min(bestS, try shared()) }
         if only != "shared" { bestU = min(bestU, try unshared()) }
         sg = max(sg, sgemmGFLOPs(n: 1024, reps: 1))
+        bw = max(bw, readGBps())
     }
     let tokens = Double(group * newTokens)
     // Forward FLOPs: prefill (head on its last row), then per sample newTokens - 1 decoding
@@ -191,16 +205,26 @@ func samplerBenchmark() throws {
     let prefillPairs = p * (p + 1) / 2
     let decodePairs = g * ((p + 1) * (t - 1) + (t - 1) * t / 2)
     let decode = forwardFLOPs(cfg, rows: g * (t - 1), headRows: g * (t - 1), pairs: decodePairs)
-    let sharedFLOPs = forwardFLOPs(cfg, rows: p, headRows: 1, pairs: prefillPairs) + decode
-    let unsharedFLOPs = g * forwardFLOPs(cfg, rows: p, headRows: 1, pairs: prefillPairs) + decode
+    let prefillFLOPs = forwardFLOPs(cfg, rows: p, headRows: 1, pairs: prefillPairs)
+    let sharedFLOPs = prefillFLOPs + decode
+    let unsharedFLOPs = g * prefillFLOPs + decode
+    // Roofline: each decoding step reads every weight once (the layers and the head), so it
+    // takes at least max(its FLOPs at the sgemm rate, its weight bytes at the read bandwidth).
+    let weightBytes = 4 * (cfg.layerFLOPsPerToken + cfg.headFLOPsPerRow) / 6
+    let stepTime = max(decode / (t - 1) / (sg * 1e9), weightBytes / (bw * 1e9))
+    let rooflineShared = prefillFLOPs / (sg * 1e9) + (t - 1) * stepTime
+    let rooflineUnshared = g * prefillFLOPs / (sg * 1e9) + (t - 1) * stepTime
     print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
+    print(String(format: "memory read GB/s     %.1f  (same run; %.0f MB of weights per decoding step)", bw, weightBytes / 1e6))
     if only != "unshared" {
         print(String(format: "generated tokens/s, shared prompt cache   %.0f", tokens / bestS))
         print(String(format: "sgemm bound tokens/s, shared              %.0f  (%.2f GFLOP)", tokens / (sharedFLOPs / sg / 1e9), sharedFLOPs / 1e9))
+        print(String(format: "roofline bound tokens/s, shared           %.0f", tokens / rooflineShared))
     }
     if only != "shared" {
         print(String(format: "generated tokens/s, one copy per sample   %.0f", tokens / bestU))
         print(String(format: "sgemm bound tokens/s, one copy per sample %.0f  (%.2f GFLOP)", tokens / (unsharedFLOPs / sg / 1e9), unsharedFLOPs / 1e9))
+        print(String(format: "roofline bound tokens/s, one copy/sample  %.0f", tokens / rooflineUnshared))
     }
     if only == "both" { print(String(format: "ratio shared/unshared                     %.2f", bestU / bestS)) }
     print(String(format: "peak memory (MiB)   %.0f", mib(peakRSSBytes())))
@@ -261,7 +285,7 @@ func groupBenchmark() throws {
         print(String(format: "peak memory (MiB)     %.0f", mib(peakRSSBytes())))
         return
     }
-    print("# \(BLASRuntime.summary); element-wise kernels \(elementwiseKernels)")
+    print("# \(BLASRuntime.summary)")
     print("# model \(cfg.shapeSummary), \(prompts) prompts x \(samples) samples, \(promptLen)-token prompts, \(answerLen)-token answers")
     let steps: [(StepConfig.Packing, TrainStep)] = [(.flat, step(.flat)), (.trie, step(.trie))]
     let plans = try steps.map { try $0.1.plan(batch, shard: 0, of: 1)[0] }

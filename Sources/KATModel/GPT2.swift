@@ -75,6 +75,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     var lastTemperature: Float = 1
     let scratch = AttentionScratch()
     let head = OutputHead()
+    public var keepsHeadLogits = true
 
     /// A model with all parameters zero; see `initialize(seed:)` and the loaders.
     public init(config: GPT2Config) throws(ModelError) {
@@ -107,7 +108,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     public func zeroGrad() { grads.zero() }
 
     /// Bytes held by the activation workspace (grows to the largest batch seen).
-    public var workspaceBytes: Int { acts?.bytes ?? 0 }
+    public var workspaceBytes: Int { (acts?.bytes ?? 0) + head.bytes }
 
     private func activations(for n: Int) -> Activations {
         if let a = acts, a.capacity >= n { return a }
@@ -119,7 +120,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     }
 
     /// Drops the activation workspace (it is reallocated by the next forward).
-    public func releaseWorkspace() { acts = nil; lastBatch = nil }
+    public func releaseWorkspace() { acts = nil; lastBatch = nil; head.release() }
 
     // MARK: - Forward
 
@@ -149,7 +150,9 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
             residual = a.residual3[l].pointer
         }
         layernormForward(a.lnf.pointer, a.lnfMean.pointer, a.lnfRstd.pointer, residual, p + layout.lnfw, p + layout.lnfb, n, c)
-        return head.forward(a.rowLse.pointer, batch, a.lnf.pointer, p + layout.wte, temperature, c, config.vocabSize)
+        // The head keeps its logits for backward when they take no more than the activations.
+        return head.forward(a.rowLse.pointer, batch, a.lnf.pointer, p + layout.wte, temperature, c, config.vocabSize,
+                            keepLimit: keepsHeadLogits ? min(a.bytes, 1 << 30) : 0)
     }
 
     /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)

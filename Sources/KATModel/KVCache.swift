@@ -299,10 +299,10 @@ public final class KVCache {
     private func runHead(_ weight: FPtr, rows m: Int, tiling: HeadTiling, consume: (HeadTile) -> Void) {
         guard m > 0 else { return }
         let c = model.config.nEmbd, v = model.config.vocabSize
-        let budget = 1 << 18 // floats of logits per tile (1 MB)
+        let budget = OutputHead.tileFloats
         switch tiling {
         case .vocabularyTiles:
-            let width = min(v, max(256, budget / m / 16 * 16))
+            let width = OutputHead.tileColumns(rows: m, vocabSize: v)
             if logitsTile.count < m * width { logitsTile = FloatBuffer(count: m * width) }
             var v0 = 0
             while v0 < v {

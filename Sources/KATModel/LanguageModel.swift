@@ -109,6 +109,11 @@ public protocol LanguageModel: AnyObject, Sendable {
     var workspaceBytes: Int { get }
     /// Drops the activation workspace (the next forward reallocates it).
     func releaseWorkspace()
+    /// Whether `forward` keeps the head's logits for backward when they take no more memory
+    /// than the activations (saving backward one of the head's four sgemms). True by
+    /// default; callers that never run backward (scoring, reference models) turn it off so
+    /// that a forward never holds the logits of its batch.
+    var keepsHeadLogits: Bool { get set }
     /// Runs the model over a packed batch and scores every row from its parent's output at
     /// temperature `temperature`: pi_tau = softmax(logits / tau).
     @discardableResult

@@ -76,6 +76,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
     var lastTemperature: Float = 1
     let scratch = AttentionScratch()
     let head = OutputHead()
+    public var keepsHeadLogits = true
     let rotary: RotaryTable
     let shape: AttentionShape
     let eps: Float
@@ -110,7 +111,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
 
     public func zeroGrad() { grads.zero() }
 
-    public var workspaceBytes: Int { acts?.bytes ?? 0 }
+    public var workspaceBytes: Int { (acts?.bytes ?? 0) + head.bytes }
 
     private func activations(for n: Int) -> LlamaActivations {
         if let a = acts, a.capacity >= n { return a }
@@ -121,7 +122,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
         return a
     }
 
-    public func releaseWorkspace() { acts = nil; lastBatch = nil }
+    public func releaseWorkspace() { acts = nil; lastBatch = nil; head.release() }
 
     /// Width of a qkv row: NH d queries, then g d keys, then g d values.
     var qkvWidth: Int { shape.stride }
@@ -155,7 +156,9 @@ public final class Llama: LanguageModel, @unchecked Sendable {
             residual = a.residual3[l].pointer
         }
         rmsnormForward(a.normf.pointer, a.rstdf.pointer, residual, p + layout.finalNorm, n, c, eps)
-        return head.forward(a.rowLse.pointer, batch, a.normf.pointer, p + layout.head, temperature, c, config.vocabSize)
+        // The head keeps its logits for backward when they take no more than the activations.
+        return head.forward(a.rowLse.pointer, batch, a.normf.pointer, p + layout.head, temperature, c, config.vocabSize,
+                            keepLimit: keepsHeadLogits ? min(a.bytes, 1 << 30) : 0)
     }
 
     /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)

@@ -64,6 +64,3 @@ public enum LogitScan {
         kat_indices_at_least(z, count, scale, threshold, into)
     }
 }
-
-/// The element-wise kernels' instruction set ("avx512", "avx2" or "generic").
-public var elementwiseKernels: String { String(cString: kat_simd_name()) }

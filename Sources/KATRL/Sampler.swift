@@ -51,6 +51,33 @@ public func distribution(_ logits: UnsafeBufferPointer<Float>, temperature: Floa
     return (logp, Float(h))
 }
 
+/// One draw from pi_tau = softmax(z / tau) made while the logits arrive in vocabulary
+/// slices, without holding a row: weighted reservoir sampling with a reservoir of one. Each
+/// slice replaces the current pick with probability (its mass) / (the mass of every slice
+/// so far), then a token within it is drawn in proportion to its probability; the pick
+/// after the last slice is distributed as pi_tau. Greedy keeps the first largest logit.
+struct TileDraw {
+    /// The token picked so far (-1 before the first slice) and its scaled logit z / tau.
+    var token = -1
+    var logit: Float = 0
+
+    /// Takes slice `z` (`width` logits from vocabulary entry `start`), whose summary is
+    /// `part`, after `total` (the summary of every slice so far, this one merged in).
+    mutating func add(_ z: UnsafePointer<Float>, width: Int, start: Int, scale: Float, part: SoftmaxSummary, total: SoftmaxSummary,
+                      greedy: Bool, rng: inout SplitMix64) {
+        if greedy {
+            let i = LogitScan.argmax(z, count: width)
+            if token < 0 || z[i] * scale > logit { token = start + i; logit = z[i] * scale }
+            return
+        }
+        if token >= 0, Float(rng.nextDouble()) >= total.share(of: part) { return }
+        let u = Float(rng.nextDouble()) * part.sum
+        let i = LogitScan.sampleIndex(z, count: width, scale: scale, logSumExp: part.max, u: u) ?? LogitScan.argmax(z, count: width)
+        token = start + i
+        logit = z[i] * scale
+    }
+}
+
 /// Samples continuations with a KV cache; the prompt is prefilled once and shared, and
 /// branches share their parent's cache.
 ///
@@ -196,7 +223,7 @@ public final class Sampler {
         // Reused from step to step.
         var newTokens: [Int32] = [], newParents: [Int32] = [], outputs: [Int] = []
         var drawStart: [Int] = [], drawRng: [SplitMix64] = [], summaries: [SoftmaxSummary] = []
-        var pickToken: [Int] = [], pickLogit: [Float] = [], results: [SampledToken] = []
+        var picks: [TileDraw] = [], results: [SampledToken] = []
         var next: [Stream] = []
         while !live.isEmpty {
             newTokens.removeAll(keepingCapacity: true); newParents.removeAll(keepingCapacity: true)
@@ -220,8 +247,7 @@ public final class Sampler {
             }
             drawStart.append(drawRng.count)
             summaries.removeAll(keepingCapacity: true); summaries.append(contentsOf: repeatElement(SoftmaxSummary(), count: outputs.count))
-            pickToken.removeAll(keepingCapacity: true); pickToken.append(contentsOf: repeatElement(-1, count: drawRng.count))
-            pickLogit.removeAll(keepingCapacity: true); pickLogit.append(contentsOf: repeatElement(0, count: drawRng.count))
+            picks.removeAll(keepingCapacity: true); picks.append(contentsOf: repeatElement(TileDraw(), count: drawRng.count))
             results.removeAll(keepingCapacity: true)
             try cache.extend(tokens: newTokens, parents: newParents, outputs: outputs, tiling: tiling) { tile in
                 for r in 0..<tile.rows {
@@ -237,17 +263,8 @@ public final class Sampler {
                     let part = SoftmaxSummary(z, count: w, scale: scale)
                     summaries[o].merge(part)
                     for d in drawStart[o]..<drawStart[o + 1] {
-                        if config.greedy {
-                            let i = LogitScan.argmax(z, count: w)
-                            if pickToken[d] < 0 || z[i] * scale > pickLogit[d] { pickToken[d] = tile.vocabularyStart + i; pickLogit[d] = z[i] * scale }
-                            continue
-                        }
-                        // Reservoir step: this tile replaces the pick with probability its share of the mass so far.
-                        if pickToken[d] >= 0, Float(drawRng[d].nextDouble()) >= summaries[o].share(of: part) { continue }
-                        let u = Float(drawRng[d].nextDouble()) * part.sum
-                        let i = LogitScan.sampleIndex(z, count: w, scale: scale, logSumExp: part.max, u: u) ?? LogitScan.argmax(z, count: w)
-                        pickToken[d] = tile.vocabularyStart + i
-                        pickLogit[d] = z[i] * scale
+                        picks[d].add(z, width: w, start: tile.vocabularyStart, scale: scale, part: part, total: summaries[o],
+                                     greedy: config.greedy, rng: &drawRng[d])
                     }
                 }
             }
@@ -255,7 +272,7 @@ public final class Sampler {
                 for (o, _) in outputs.enumerated() {
                     let lse = summaries[o].logSumExp, h = summaries[o].entropy
                     for d in drawStart[o]..<drawStart[o + 1] {
-                        results.append(SampledToken(token: Int32(pickToken[d]), logprob: pickLogit[d] - lse, entropy: h))
+                        results.append(SampledToken(token: Int32(picks[d].token), logprob: picks[d].logit - lse, entropy: h))
                     }
                 }
             }

@@ -160,6 +160,7 @@ public final class TrainStep {
         self.model = model; self.optimizer = optimizer; self.loss = loss; self.config = config
         if loss.klCoef > 0, let copy = try? model.config.makeModel() {
             copy.params.copy(from: model.params)
+            copy.keepsHeadLogits = false // scored, never differentiated
             reference = copy
         } else {
             reference = nil
