@@ -59,30 +59,22 @@ static inline VF KAT_FN(vexp)(VF x) {
     return er * (VF)bits;
 }
 
-/// tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|); u itself below 0.0004, where the
-/// cubic term is under half an ulp.
-static inline VF KAT_FN(vtanh)(VF u) {
-    VI sign = (VI)u & (int)0x80000000;
-    VF a = (VF)((VI)u & 0x7fffffff);
-    VF e = KAT_FN(vexp)(a * -2.0f);
-    VF t = (1.0f - e) / (1.0f + e);
-    VI small = a < 0.0004f;
-    VI r = ((VI)t & ~small) | ((VI)a & small);
-    return (VF)(r | sign);
-}
-
 #define KAT_GELU_S 0.7978845608028654f /* sqrt(2 / pi) */
 
+/// GELU, tanh approximation, written with 0.5 (1 + tanh(u)) = sigmoid(2u):
+/// gelu(x) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3). One exp and one division.
 static inline VF KAT_FN(gelu)(VF x) {
     VF u = KAT_GELU_S * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + KAT_FN(vtanh)(u));
+    return x / (1.0f + KAT_FN(vexp)(-2.0f * u));
 }
 
+/// gelu'(x) = s + 2 x s (1 - s) u', with s = sigmoid(2u) (so 1 - tanh(u)^2 = 4 s (1 - s)) and
+/// u' = sqrt(2/pi) (1 + 3 0.044715 x^2).
 static inline VF KAT_FN(dgelu)(VF x) {
     VF u = KAT_GELU_S * (x + 0.044715f * x * x * x);
-    VF t = KAT_FN(vtanh)(u);
+    VF s = 1.0f / (1.0f + KAT_FN(vexp)(-2.0f * u));
     VF du = KAT_GELU_S * (1.0f + 3.0f * 0.044715f * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
 // MARK: - GPT-2
