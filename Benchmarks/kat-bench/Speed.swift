@@ -71,6 +71,9 @@ func forwardFLOPs(_ cfg: any ModelConfiguration, rows: Double, headRows: Double,
 
 func mib(_ bytes: Int) -> Double { Double(bytes) / 1048576 }
 
+/// What `now()` measures, for the headers.
+var clockNote: String { useWallClock ? "wall time" : "thread CPU time" }
+
 /// Memory read bandwidth: the best of 3 vectorised passes over 256 MB (sum of squares).
 func readGBps() -> Double {
     let buf = FloatBuffer(count: 1 << 26)
@@ -102,7 +105,7 @@ func modelBenchmark() throws {
     let batch = try PackedBatch(sequences: sequences, vocabSize: v, maxPositions: configs[0].nPositions)
     let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
     print("# \(BLASRuntime.summary)")
-    print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
+    print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread, \(clockNote)")
     var sg = sgemmGFLOPs(n: 1024, reps: 3)
     let models = try configs.map { cfg -> any LanguageModel in
         let m = try cfg.makeModel()
@@ -165,7 +168,7 @@ func samplerBenchmark() throws {
     var sc = SamplingConfig()
     sc.maxNewTokens = newTokens
     print("# \(BLASRuntime.summary)")
-    print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
+    print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread, \(clockNote)")
     // Shared: one prefill, every sample continues from it.
     func shared() throws -> Double {
         let s = Sampler(model: model, seed: 1)
@@ -286,7 +289,7 @@ func groupBenchmark() throws {
         return
     }
     print("# \(BLASRuntime.summary)")
-    print("# model \(cfg.shapeSummary), \(prompts) prompts x \(samples) samples, \(promptLen)-token prompts, \(answerLen)-token answers")
+    print("# model \(cfg.shapeSummary), \(prompts) prompts x \(samples) samples, \(promptLen)-token prompts, \(answerLen)-token answers, \(clockNote)")
     let steps: [(StepConfig.Packing, TrainStep)] = [(.flat, step(.flat)), (.trie, step(.trie))]
     let plans = try steps.map { try $0.1.plan(batch, shard: 0, of: 1)[0] }
     // FLOPs as the model computes them: layers per row, head per scored row, attention pairs.
