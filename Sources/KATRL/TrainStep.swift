@@ -160,6 +160,7 @@ public final class TrainStep {
         self.model = model; self.optimizer = optimizer; self.loss = loss; self.config = config
         if loss.klCoef > 0, let copy = try? model.config.makeModel() {
             copy.params.copy(from: model.params)
+            copy.keepsHeadLogits = false // scored, never differentiated
             reference = copy
         } else {
             reference = nil
@@ -217,7 +218,13 @@ public final class TrainStep {
     /// (which accumulates into `model.grads`) before the next forward.
     public func forward(_ micro: TrieShard, of update: UpdatePlan) throws -> MicroBatchPass {
         let t = update.trie, sub = update.trajectories
-        let packed = try micro.packedBatch(of: t, config: model.config)
+        // Only rows that carry a loss token here need a log-prob: the head computes their
+        // parents' distributions and no other (prompt rows cost no vocabulary-wide softmax).
+        let scoring = micro.rowMap.indices.map { i in
+            micro.carriesLoss[i] && t.terms(of: Int(micro.rowMap[i])).contains { sub[Int($0.trajectory)].lossMask[Int($0.position)] == 1 }
+        }
+        let packed = try PackedBatch(tokens: micro.tokens(of: t).map(Int.init), parents: micro.parents.map(Int.init),
+                                     vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions, scoring: scoring)
         let ref = reference.map { $0.forward(packed, temperature: config.temperature).logprobs }
         let out = model.forward(packed, temperature: config.temperature)
         let r = policyLoss(trie: t, trajectories: sub, advantages: update.advantages, logprobs: out.logprobs, config: loss,
