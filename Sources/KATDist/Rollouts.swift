@@ -115,30 +115,75 @@ final class GroupGenerator {
     }
 }
 
-/// Held-out evaluation: greedy episodes on the test split, the prompts shared out over the
-/// trainers and the tallies summed.
+/// What one held-out evaluation measured.
+struct EvaluationResult {
+    /// Share of the held-out prompts solved (full reward) by greedy decoding, and their mean reward.
+    var success: Double
+    var reward: Double
+    /// From k = rollout.group_size samples per prompt at the rollout temperature: the mean
+    /// share of samples that solve their prompt (pass@1), and the share of prompts that at
+    /// least one of the k solves (pass@k). nil when eval.pass_at_k is off.
+    var passAt1: Double?
+    var passAtK: Double?
+}
+
+/// Held-out evaluation: greedy episodes on the test split, and (with eval.pass_at_k) k
+/// sampled episodes per prompt, the prompts shared out over the trainers and the tallies
+/// summed. Samples draw from generators seeded by the run seed and the prompt, so every
+/// evaluation of a run samples with the same random numbers.
 final class Evaluator {
     let worker: RolloutWorker
     let prompts: Int
+    let passAtK: Bool
+    let seed: UInt64
+    /// Prompts whose k samples are decoded together.
+    static let promptsPerBatch = 16
 
     init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         worker = RolloutWorker(model: model, seed: UInt64(settings.run.seed) &+ 2, config: settings.rollout,
                                tokenizer: environments.tokenizer, makeEnvironment: environments.make)
         prompts = settings.run.evalPrompts
+        passAtK = settings.run.evalPassAtK
+        seed = UInt64(settings.run.seed)
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward; `between`
-    /// runs between episodes (the runtime's heartbeats).
-    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> (success: Double, reward: Double) {
+    /// Greedy success and mean reward on the held-out prompts, and pass@1 / pass@k when
+    /// on; `between` runs between episodes (the runtime's heartbeats).
+    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> EvaluationResult {
         var solved = 0, rewardSum = 0.0
-        for i in stride(from: collective.rank, to: prompts, by: collective.size) {
+        let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
+        for i in mine {
             try between()
             let r = try worker.evaluate(seeds: [i])
             solved += r.solved
             rewardSum += r.rewardSum
         }
-        var tally = [Double(solved), rewardSum]
+        var sampledShare = 0.0, anySolved = 0.0
+        if passAtK {
+            let k = worker.config.groupSize
+            var chunk = mine[...]
+            while !chunk.isEmpty {
+                try between()
+                let part = chunk.prefix(Evaluator.promptsPerBatch)
+                chunk = chunk.dropFirst(part.count)
+                let requests = part.map { i -> RolloutWorker.GroupRequest in
+                    var mix = SplitMix64(seed: seed &* 0x2545F4914F6CDD1D &+ UInt64(i) &* 0x9E3779B97F4A7C15 &+ 0xE7A1)
+                    return RolloutWorker.GroupRequest(seed: UInt64(i), split: "test", groupID: "eval-\(i)", idPrefix: "eval-\(i)",
+                                                      policyVersion: 0, sampleSeed: mix.next())
+                }
+                for group in try worker.rolloutGroups(requests) {
+                    // An abandoned episode counts as unsolved.
+                    let c = group.filter { ($0.reward ?? 0) >= 1 - 1e-9 }.count
+                    sampledShare += Double(c) / Double(max(1, k))
+                    if c > 0 { anySolved += 1 }
+                }
+            }
+            _ = worker.takeEpisodeCounts()
+        }
+        var tally = [Double(solved), rewardSum, sampledShare, anySolved]
         try collective.allreduceSum(&tally)
-        return (tally[0] / Double(prompts), tally[1] / Double(prompts))
+        let n = Double(prompts)
+        return EvaluationResult(success: tally[0] / n, reward: tally[1] / n, passAt1: passAtK ? tally[2] / n : nil,
+                                passAtK: passAtK ? tally[3] / n : nil)
     }
 }
