@@ -85,7 +85,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "optimizer.grad_clip", kind: .double(0...1e9), defaultValue: 1.0, help: "global-norm clip, 0 = off"),
         ConfigKey(name: "optimizer.schedule", kind: .choice(["constant", "cosine"]), defaultValue: "cosine", help: "learning-rate schedule"),
         ConfigKey(name: "optimizer.warmup_steps", kind: .int(0...10_000_000), defaultValue: 0, help: "linear warm-up steps"),
-        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: "code", help: "built-in environment (code, arithmetic); used when no other source is set"),
+        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: "code", help: "built-in environment (code, arithmetic, explore); used when no other source is set"),
         ConfigKey(name: "data.env_command", kind: .optionalString, defaultValue: .null, help: "external environment command"),
         ConfigKey(name: "data.trajectories", kind: .optionalString, defaultValue: .null, help: "JSONL file to train on offline"),
         ConfigKey(name: "data.packing", kind: .choice(["trie", "flat"]), defaultValue: "trie", help: "trie packing or flat sequences"),
