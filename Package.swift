@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "KATEnvTests", dependencies: ["KATEnv", "KATSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "KATRLTests", dependencies: ["KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // Helpers shared by the test targets that run the executables.
-        .target(name: "KATTestSupport", path: "Tests/KATTestSupport"),
+        .target(name: "KATTestSupport", dependencies: ["KATSupport"], path: "Tests/KATTestSupport"),
         .testTarget(name: "KATDistTests", dependencies: ["KATTestSupport", "KATDist", "KATRL", "KATTrie", "KATModel", "KATEnv", "KATSupport"]),
         // End to end: the executables, under mpirun where it matters.
         .testTarget(name: "EndToEndTests", dependencies: ["KATTestSupport", "KATDist", "KATModel", "KATTrie", "KATSupport", "kat-dist", "kat-bench"],

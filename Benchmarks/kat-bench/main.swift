@@ -21,6 +21,9 @@ import KATRL
 //       forward+backward of the family at C=256 L=4 NH=4 V=260 (llama, qwen2: 2 key-value
 //       heads, F=704) on packed flat sequences, one process, against single-thread sgemm
 //       1024^3 measured in the same run; for llama and qwen2, GPT-2's too.
+//   kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
+//   kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
+//   kat-bench init-model DIR                a small seeded random GPT-2 model directory
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
@@ -321,21 +324,28 @@ do {
     case "trie": try trieBenchmark()
     case "sampler": try samplerBenchmark()
     case "curve":
-        // kat-bench curve RUN OUT.svg: the held-out success and training reward of a run as one SVG.
+        // kat-bench curve RUN OUT.svg [TITLE]: the held-out success and training reward of a
+        // run, drawn by the report's chart code, with the phase boundary marked.
         let a = CommandLine.arguments
         guard a.count >= 4 else {
-            FileHandle.standardError.write(Data("usage: kat-bench curve RUN OUT.svg\n".utf8))
+            FileHandle.standardError.write(Data("usage: kat-bench curve RUN OUT.svg [TITLE]\n".utf8))
             exit(2)
         }
         let text = try String(contentsOfFile: a[2] + "/metrics.jsonl", encoding: .utf8)
         let lines = try text.split(separator: "\n").map { try JSON.parse(String($0)) }
-        func series(_ key: String) -> [(Double, Double)] {
-            lines.compactMap { l in l[key]?.doubleValue.flatMap { v in l["step"]?.doubleValue.map { ($0, v) } } }
+        let title = a.count > 4 ? a[4] : "Learning curve of \(a[2])"
+        try (Report.learningCurve(lines: lines, title: title).svg() + "\n").write(toFile: a[3], atomically: true, encoding: .utf8)
+    case "report":
+        // kat-bench report RUN OUT.html: the run's report drawn again from its metrics.jsonl
+        // (without the messages the run itself adds).
+        let a = CommandLine.arguments
+        guard a.count >= 4 else {
+            FileHandle.standardError.write(Data("usage: kat-bench report RUN OUT.html\n".utf8))
+            exit(2)
         }
-        let svg = Report.chart(title: "default run: held-out success (greedy) and training reward; steps 1-400 supervised warm start, then RL",
-                               series: [("held-out success", "#c0392b", series("eval_success")), ("training reward", "#2471a3", series("reward_mean"))],
-                               yRange: 0...1)
-        try (svg + "\n").write(toFile: a[3], atomically: true, encoding: .utf8)
+        let text = try String(contentsOfFile: a[2] + "/metrics.jsonl", encoding: .utf8)
+        let lines = try text.split(separator: "\n").map { try JSON.parse(String($0)) }
+        try Report.html(title: "kat-dist run \(a[2])", lines: lines, notes: []).write(toFile: a[3], atomically: true, encoding: .utf8)
     case "init-model":
         // kat-bench init-model DIR [--family gpt2|llama|qwen2] [--n-embd 64] [--n-layer 2]: a
         // seeded random model of the family (NH=4, byte vocabulary; llama and qwen2 with 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An external environment for kat-dist, standard library only (SPEC section 11).
+"""An external environment for kat-dist, standard library only (protocol: Docs/formats.md).
 
 Task: reverse a short word. The prompt is "reverse: abc"; the answer "cba" earns
 reward 1, a partly right answer the share of letters in place. With several turns, a

@@ -23,6 +23,8 @@ enum Tag {
     static let rolloutHeartbeat = 15
     /// home trainer -> rollout: alive.
     static let trainerHeartbeat = 16
+    /// trainer -> the next trainer around the ring: alive.
+    static let ringHeartbeat = 17
 }
 
 /// Heartbeats between two sides: when to send the next one, and when the other side was
@@ -34,12 +36,17 @@ struct Liveness {
     let interval: Double
     var lastSent = -Double.infinity
     var lastHeard: [Int: Double]
+    /// When this side last checked: a long gap means this side itself was stopped or
+    /// starved, and its silence is not the peers' fault.
+    var lastCheck = monotonicSeconds()
 
-    init(watchdog: Double, peers: [Int]) {
+    /// - Parameter armed: watch the peers from now on; otherwise each from when it is
+    ///   first heard from (a side still loading its model is not silent).
+    init(watchdog: Double, peers: [Int], armed: Bool = true) {
         self.watchdog = watchdog
         interval = min(5, watchdog / 4)
         let now = monotonicSeconds()
-        lastHeard = Dictionary(uniqueKeysWithValues: peers.map { ($0, now) })
+        lastHeard = armed ? Dictionary(uniqueKeysWithValues: peers.map { ($0, now) }) : [:]
     }
 
     mutating func heard(_ rank: Int) { lastHeard[rank] = monotonicSeconds() }
@@ -53,8 +60,14 @@ struct Liveness {
     }
 
     /// Throws for the first peer silent longer than the watchdog.
-    func check() throws {
+    mutating func check() throws {
         let now = monotonicSeconds()
+        defer { lastCheck = now }
+        if now - lastCheck > watchdog / 2 {
+            // This side did not run for a while (stopped, or starved): start counting again.
+            for k in lastHeard.keys { lastHeard[k] = now }
+            return
+        }
         for (rank, t) in lastHeard.sorted(by: { $0.key < $1.key }) where now - t > watchdog {
             throw RunError.silentRank(rank: rank, seconds: watchdog)
         }
@@ -244,20 +257,53 @@ final class WeightPublisher {
     }
 }
 
-/// What a trainer serves between micro-batches and evaluation episodes in every phase:
-/// its rollout ranks (heartbeats, intake) and, on trainer 0, weight sends.
+/// Heartbeats around the ring of trainers: each sends to the next and watches the one
+/// before, so that a stopped trainer is named by the trainer after it (the others see a
+/// collective stall).
+final class TrainerRing {
+    let trainers: MPICollective
+    let next: Int
+    let previous: Int
+    var liveness: Liveness
+    var beat: MPICollective.PendingSend?
+
+    init(trainers: MPICollective, watchdog: Double) {
+        self.trainers = trainers
+        next = (trainers.rank + 1) % trainers.size
+        previous = (trainers.rank + trainers.size - 1) % trainers.size
+        liveness = Liveness(watchdog: watchdog, peers: [previous])
+    }
+
+    func poll() throws {
+        while try trainers.probe(source: previous, tag: Tag.ringHeartbeat) != nil {
+            _ = try trainers.receive(from: previous, tag: Tag.ringHeartbeat)
+            liveness.heard(previous)
+        }
+        if liveness.beatDue(), try beat.map({ try trainers.test($0) }) ?? true {
+            beat = try trainers.isend([], to: next, tag: Tag.ringHeartbeat)
+        }
+        try liveness.check()
+    }
+}
+
+/// What a trainer serves between micro-batches, evaluation episodes and checkpoint files,
+/// and while it waits in a collective: its rollout ranks (heartbeats, intake), on trainer
+/// 0 weight sends, and the trainers' ring of heartbeats.
 final class RolloutPeers {
     let link: RolloutLink?
     let publisher: WeightPublisher?
+    let ring: TrainerRing?
 
-    init(link: RolloutLink?, publisher: WeightPublisher?) {
+    init(link: RolloutLink?, publisher: WeightPublisher?, ring: TrainerRing? = nil) {
         self.link = link
         self.publisher = publisher
+        self.ring = ring
     }
 
     func poll() throws {
         try link?.poll()
         try publisher?.poll()
+        try ring?.poll()
     }
 }
 
@@ -475,7 +521,7 @@ final class RolloutRankLoop {
         home = (world.rank - trainers) % trainers
         parent = tree.parent(of: world.rank)
         children = tree.children(of: world.rank)
-        liveness = Liveness(watchdog: settings.watchdog, peers: [home])
+        liveness = Liveness(watchdog: settings.watchdog, peers: [home], armed: false)
     }
 
     deinit { scratch?.deallocate() }

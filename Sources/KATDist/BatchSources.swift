@@ -130,7 +130,11 @@ final class WarmStartSource: BatchSource {
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) { ([("rng", .string(String(rng.state)))], [:]) }
 
     func restore(state: JSON, directory: String) throws {
-        if let r = state["rng"]?.stringValue.flatMap(UInt64.init) { rng.state = r }
+        guard let field = state["rng"], !field.isNull else { return }
+        guard let r = field.stringValue.flatMap(UInt64.init) else {
+            throw RunError.checkpoint(path: directory + "/state.json", reason: "field rng: must be the generator state as a decimal string, got \(field.serialized)")
+        }
+        rng.state = r
     }
 }
 
@@ -224,6 +228,11 @@ final class OfflineSource: BatchSource {
     }
 
     func restore(state: JSON, directory: String) throws {
-        if let e = state["data"]?["epoch"]?.intValue, let p = state["data"]?["position"]?.intValue { data.seek(epoch: e, position: p) }
+        guard let cursor = state["data"], !cursor.isNull else { return }
+        guard let e = cursor["epoch"]?.intValue, let p = cursor["position"]?.intValue, e >= 0, p >= 0, p <= data.groups.count else {
+            throw RunError.checkpoint(path: directory + "/state.json",
+                                      reason: "field data: must be {\"epoch\": >= 0, \"position\": 0...\(data.groups.count)} for this file, got \(cursor.serialized)")
+        }
+        data.seek(epoch: e, position: p)
     }
 }

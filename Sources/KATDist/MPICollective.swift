@@ -58,6 +58,34 @@ public final class MPICollective: Collective, @unchecked Sendable {
         if rc != kat_mpi_success() { throw MPIError.call(call, code: rc, rank: rank) }
     }
 
+    /// Seconds a collective may wait before it is declared stalled (0: forever).
+    public var watchdog: Double = 0
+    /// Run while a collective waits (heartbeats, intake), so that waiting never starves
+    /// the other duties of this rank.
+    public var whileWaiting: (() throws -> Void)?
+
+    /// Waits for a non-blocking collective, serving `whileWaiting` and watching the clock:
+    /// a collective that does not complete within the watchdog means a rank of this
+    /// communicator is stopped or gone.
+    /// - Throws: `RunError.collectiveStalled`.
+    private func complete(_ request: inout MPI_Request?, _ call: String) throws {
+        let start = monotonicSeconds()
+        var spins = 0
+        while true {
+            var flag: Int32 = 0
+            try check(MPI_Test(&request, &flag, kat_mpi_status_ignore()), call)
+            if flag != 0 { return }
+            spins += 1
+            if spins > 256 {
+                try whileWaiting?()
+                if watchdog > 0, monotonicSeconds() - start > watchdog {
+                    throw RunError.collectiveStalled(call: call, seconds: watchdog)
+                }
+                usleep(spins > 4096 ? 200 : 20)
+            }
+        }
+    }
+
     /// Sums a float buffer across ranks, in place.
     public func allreduceSum(_ buffer: FloatBuffer) throws { try allreduceSum(buffer.pointer, count: buffer.count) }
 
@@ -66,7 +94,9 @@ public final class MPICollective: Collective, @unchecked Sendable {
         var off = 0
         while off < count {
             let n = min(MPICollective.maxChunk, count - off)
-            try check(MPI_Allreduce(kat_mpi_in_place(), buf + off, Int32(n), kat_mpi_float(), kat_mpi_sum(), comm), "MPI_Allreduce")
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Iallreduce(kat_mpi_in_place(), buf + off, Int32(n), kat_mpi_float(), kat_mpi_sum(), comm, &req), "MPI_Iallreduce")
+            try complete(&req, "MPI_Iallreduce")
             off += n
         }
     }
@@ -75,7 +105,9 @@ public final class MPICollective: Collective, @unchecked Sendable {
     public func allreduceSum(_ values: inout [Double]) throws {
         let n = values.count
         try values.withUnsafeMutableBufferPointer { b in
-            try check(MPI_Allreduce(kat_mpi_in_place(), b.baseAddress, Int32(n), kat_mpi_double(), kat_mpi_sum(), comm), "MPI_Allreduce")
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Iallreduce(kat_mpi_in_place(), b.baseAddress, Int32(n), kat_mpi_double(), kat_mpi_sum(), comm, &req), "MPI_Iallreduce")
+            try complete(&req, "MPI_Iallreduce")
         }
     }
 
@@ -84,7 +116,9 @@ public final class MPICollective: Collective, @unchecked Sendable {
         var off = 0
         while off < count {
             let n = min(MPICollective.maxChunk, count - off)
-            try check(MPI_Bcast(buf + off, Int32(n), kat_mpi_float(), Int32(root), comm), "MPI_Bcast")
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Ibcast(buf + off, Int32(n), kat_mpi_float(), Int32(root), comm, &req), "MPI_Ibcast")
+            try complete(&req, "MPI_Ibcast")
             off += n
         }
     }
@@ -109,7 +143,11 @@ public final class MPICollective: Collective, @unchecked Sendable {
         return out
     }
 
-    public func barrier() throws { try check(MPI_Barrier(comm), "MPI_Barrier") }
+    public func barrier() throws {
+        var req: MPI_Request? = kat_mpi_request_null()
+        try check(MPI_Ibarrier(comm, &req), "MPI_Ibarrier")
+        try complete(&req, "MPI_Ibarrier")
+    }
 
     /// Splits into sub-communicators by `color`, ranks ordered by `key`.
     public func split(color: Int, key: Int) throws -> MPICollective {
@@ -122,8 +160,17 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// Max and min of one double over ranks.
     public func allreduceMaxMin(_ v: Double) throws -> (max: Double, min: Double) {
         var a = v, b = v
-        try check(MPI_Allreduce(kat_mpi_in_place(), &a, 1, kat_mpi_double(), kat_mpi_max(), comm), "MPI_Allreduce")
-        try check(MPI_Allreduce(kat_mpi_in_place(), &b, 1, kat_mpi_double(), kat_mpi_min(), comm), "MPI_Allreduce")
+        // The buffers must stay put until the non-blocking calls complete.
+        try withUnsafeMutablePointer(to: &a) { pa in
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Iallreduce(kat_mpi_in_place(), pa, 1, kat_mpi_double(), kat_mpi_max(), comm, &req), "MPI_Iallreduce")
+            try complete(&req, "MPI_Iallreduce")
+        }
+        try withUnsafeMutablePointer(to: &b) { pb in
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Iallreduce(kat_mpi_in_place(), pb, 1, kat_mpi_double(), kat_mpi_min(), comm, &req), "MPI_Iallreduce")
+            try complete(&req, "MPI_Iallreduce")
+        }
         return (a, b)
     }
 
@@ -132,14 +179,18 @@ public final class MPICollective: Collective, @unchecked Sendable {
         var n = [Double(bytes.count)]
         if rank != root { n = [0] }
         try n.withUnsafeMutableBufferPointer { b in
-            try check(MPI_Bcast(b.baseAddress, 1, kat_mpi_double(), Int32(root), comm), "MPI_Bcast")
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Ibcast(b.baseAddress, 1, kat_mpi_double(), Int32(root), comm, &req), "MPI_Ibcast")
+            try complete(&req, "MPI_Ibcast")
         }
         var out = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n[0]))
         var off = 0
         while off < out.count {
             let len = min(MPICollective.maxChunk, out.count - off)
             try out.withUnsafeMutableBufferPointer { b in
-                try check(MPI_Bcast(b.baseAddress.map { $0 + off }, Int32(len), kat_mpi_byte(), Int32(root), comm), "MPI_Bcast")
+                var req: MPI_Request? = kat_mpi_request_null()
+                try check(MPI_Ibcast(b.baseAddress.map { $0 + off }, Int32(len), kat_mpi_byte(), Int32(root), comm, &req), "MPI_Ibcast")
+                try complete(&req, "MPI_Ibcast")
             }
             off += len
         }
@@ -151,7 +202,11 @@ public final class MPICollective: Collective, @unchecked Sendable {
         var mine = Int64(bytes.count)
         var counts = [Int64](repeating: 0, count: size)
         try counts.withUnsafeMutableBufferPointer { c in
-            try check(MPI_Allgather(&mine, 1, kat_mpi_int64(), c.baseAddress, 1, kat_mpi_int64(), comm), "MPI_Allgather")
+            try withUnsafeMutablePointer(to: &mine) { m in
+                var req: MPI_Request? = kat_mpi_request_null()
+                try check(MPI_Iallgather(m, 1, kat_mpi_int64(), c.baseAddress, 1, kat_mpi_int64(), comm, &req), "MPI_Iallgather")
+                try complete(&req, "MPI_Iallgather")
+            }
         }
         let total = counts.reduce(0, +)
         guard total <= Int64(Int32.max) else {
@@ -166,8 +221,14 @@ public final class MPICollective: Collective, @unchecked Sendable {
         var all = [UInt8](repeating: 0, count: Int(total))
         try bytes.withUnsafeBufferPointer { b in
             try all.withUnsafeMutableBufferPointer { a in
-                try check(MPI_Allgatherv(b.baseAddress, Int32(bytes.count), kat_mpi_byte(), a.baseAddress, &sizes, &offsets, kat_mpi_byte(), comm),
-                          "MPI_Allgatherv")
+                try sizes.withUnsafeMutableBufferPointer { sz in
+                    try offsets.withUnsafeMutableBufferPointer { off in
+                        var req: MPI_Request? = kat_mpi_request_null()
+                        try check(MPI_Iallgatherv(b.baseAddress, Int32(bytes.count), kat_mpi_byte(), a.baseAddress, sz.baseAddress, off.baseAddress,
+                                                  kat_mpi_byte(), comm, &req), "MPI_Iallgatherv")
+                        try complete(&req, "MPI_Iallgatherv")
+                    }
+                }
             }
         }
         return (0..<size).map { r in Array(all[Int(offsets[r])..<Int(offsets[r] + sizes[r])]) }

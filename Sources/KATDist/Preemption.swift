@@ -42,15 +42,24 @@ struct FaultInjection {
     }
 }
 
-/// Where a run's messages go: whole lines, and a status line that a terminal may redraw.
+/// Where a run's messages go: whole lines, and progress updates that a terminal may
+/// redraw in place and a log shows every few seconds (see `ProgressMode`).
 public protocol Console: AnyObject {
+    /// A message that is always shown, on a line of its own.
     func line(_ text: String)
-    func status(_ text: String)
+    /// A progress update of a long phase; `final` marks the phase's last one, which a log
+    /// always shows.
+    func status(_ text: String, final: Bool)
+}
+
+extension Console {
+    /// A progress update in the middle of a phase.
+    public func status(_ text: String) { status(text, final: false) }
 }
 
 /// A console that prints nothing (ranks other than the first).
 public final class SilentConsole: Console {
     public init() {}
     public func line(_ text: String) {}
-    public func status(_ text: String) {}
+    public func status(_ text: String, final: Bool) {}
 }

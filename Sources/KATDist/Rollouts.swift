@@ -53,6 +53,7 @@ extension EnvironmentSource {
         guard answer + tokenizer.promptTokens("").count < p else {
             throw .settings(key: "rollout.max_new_tokens", reason: "\(answer) new tokens plus a prompt do not fit model.n_positions (\(p))")
         }
+        try checkTurns(prompt: tokenizer.promptTokens("").count, contextLength: p, settings: settings)
         guard let task else { return }
         var longestPrompt = 0, longestExample = 0
         for split in ["train", "test"] {
@@ -68,8 +69,24 @@ extension EnvironmentSource {
         if longestPrompt + answer > p {
             throw .settings(key: "rollout.max_new_tokens", reason: "the longest prompt of data.task \(task.name) (\(longestPrompt) tokens) plus \(answer) new tokens exceed model.n_positions (\(p))")
         }
+        try checkTurns(prompt: longestPrompt, contextLength: p, settings: settings)
         if settings.warmStart.steps > 0, longestExample > p {
             throw .settings(key: "warmstart.steps", reason: "the longest warm-start example of data.task \(task.name) (\(longestExample) tokens) exceeds model.n_positions (\(p))")
+        }
+    }
+}
+
+extension EnvironmentSource {
+    /// Episodes of `rollout.turns` turns whose every answer and observation were a single
+    /// token would still not fit: refused. Episodes whose answers use the full
+    /// `rollout.max_new_tokens` may be cut, which is allowed (and counted).
+    func checkTurns(prompt: Int, contextLength p: Int, settings: RunSettings) throws(RunError) {
+        let turns = settings.rollout.turns
+        guard turns > 1 else { return }
+        let observation = max(1, tokenizer.observationTokens("").count)
+        let shortest = prompt + turns + (turns - 1) * observation
+        if shortest > p {
+            throw .settings(key: "rollout.turns", reason: "\(turns) turns need at least \(shortest) positions even with one-token answers (prompt \(prompt) tokens), more than model.n_positions (\(p))")
         }
     }
 }
@@ -148,22 +165,41 @@ final class Evaluator {
     }
 
     /// Greedy success and mean reward on the held-out prompts, and pass@1 / pass@k when
-    /// on; `between` runs between episodes (the runtime's heartbeats).
-    func evaluate(_ collective: Collective, between: () throws -> Void = {}) throws -> EvaluationResult {
-        var solved = 0, rewardSum = 0.0
+    /// on. `between` runs between episodes (the runtime's heartbeats); progress (this rank's
+    /// share of the prompts, and the time left) goes to `console`.
+    /// - Returns: nil when a stop was requested during the evaluation (it is cut short
+    ///   and its partial result dropped, so that the run stops without waiting for it).
+    func evaluate(_ collective: Collective, console: Console? = nil,
+                  between: () throws -> Void = {}) throws -> EvaluationResult? {
         let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
-        for i in mine {
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var solved = 0, rewardSum = 0.0, done = 0, interrupted = 0.0
+        var lastShown = monotonicSeconds()
+        // Greedy episodes, then (with pass@k) the sampled ones: progress counts both.
+        let total = mine.count * (passAtK ? 2 : 1)
+        func show() {
+            if done < total, monotonicSeconds() - lastShown > 1 {
+                lastShown = monotonicSeconds()
+                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(total),
+                                       clock.leftText(done: done, total: total, now: monotonicSeconds()) as NSString))
+            }
+        }
+        for seed in mine {
             try between()
-            let r = try worker.evaluate(seeds: [i])
+            if Preemption.requested { interrupted = 1; break }
+            let r = try worker.evaluate(seeds: [seed])
             solved += r.solved
             rewardSum += r.rewardSum
+            done += 1
+            show()
         }
         var sampledShare = 0.0, anySolved = 0.0
-        if passAtK {
+        if passAtK, interrupted == 0 {
             let k = worker.config.groupSize
             var chunk = mine[...]
             while !chunk.isEmpty {
                 try between()
+                if Preemption.requested { interrupted = 1; break }
                 let part = chunk.prefix(Evaluator.promptsPerBatch)
                 chunk = chunk.dropFirst(part.count)
                 let requests = part.map { i -> RolloutWorker.GroupRequest in
@@ -177,13 +213,21 @@ final class Evaluator {
                     sampledShare += Double(c) / Double(max(1, k))
                     if c > 0 { anySolved += 1 }
                 }
+                done += part.count
+                show()
             }
             _ = worker.takeEpisodeCounts()
         }
-        var tally = [Double(solved), rewardSum, sampledShare, anySolved]
+        var tally = [Double(solved), rewardSum, interrupted, sampledShare, anySolved]
         try collective.allreduceSum(&tally)
+        guard tally[2] == 0 else { return nil }
         let n = Double(prompts)
-        return EvaluationResult(success: tally[0] / n, reward: tally[1] / n, passAt1: passAtK ? tally[2] / n : nil,
-                                passAtK: passAtK ? tally[3] / n : nil)
+        let result = EvaluationResult(success: tally[0] / n, reward: tally[1] / n, passAt1: passAtK ? tally[3] / n : nil,
+                                      passAtK: passAtK ? tally[4] / n : nil)
+        let sampled = result.passAtK.map { String(format: ", pass@%d %.3f", worker.config.groupSize, $0) } ?? ""
+        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f%@", prompts,
+                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward,
+                               sampled as NSString), final: true)
+        return result
     }
 }

@@ -37,32 +37,64 @@ public final class RunLock {
     deinit { close(fd) }
 }
 
-/// A run directory: config.json, metrics.jsonl, checkpoints/ (see Docs/formats.md).
+/// A run directory: config.json, metrics (metrics.jsonl, metrics.csv, a TensorBoard
+/// event file), report.html, checkpoints/ (see Docs/formats.md).
 ///
 /// Only the first trainer opens one, and holds its lock for the run's life; the other
 /// ranks never write to it.
 public final class RunDirectory {
     public let path: String
     let lock: RunLock
-    let metrics: LineFile
+    let metrics: MetricsLog
     var trainedIDs: LineFile?
 
     public var checkpointsPath: String { path + "/checkpoints" }
     public var metricsPath: String { path + "/metrics.jsonl" }
 
-    private init(path: String, lock: RunLock) throws(RunError) {
+    /// Opens the metrics files: new ones, or those of a run resumed after `resumedStep`.
+    private init(path: String, lock: RunLock, resumedStep: Int?) throws(RunError) {
         self.path = path
         self.lock = lock
-        do { metrics = try LineFile(appendingTo: path + "/metrics.jsonl") } catch { throw .file(error) }
+        metrics = try MetricsLog(directory: path, upToStep: resumedStep)
+    }
+
+    /// What is at a path given as a run directory.
+    enum Kind: Equatable {
+        case missing
+        case empty
+        /// A directory kat-dist made for a run (its lock file, its checkpoints, or its
+        /// config and metrics).
+        case run
+        /// Anything else: a file, or a directory holding other things (one named).
+        case other(String)
+    }
+
+    static func kind(of path: String) -> Kind {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return .missing }
+        guard isDir.boolValue else { return .other("it is a file, not a directory") }
+        let entries = (try? fm.contentsOfDirectory(atPath: path)) ?? []
+        if entries.isEmpty { return .empty }
+        if entries.contains(".lock") || !Checkpoint.names(in: path + "/checkpoints").isEmpty
+            || (entries.contains("config.json") && entries.contains("metrics.jsonl")) {
+            return .run
+        }
+        return .other("it holds \(entries.sorted().first ?? "")")
+    }
+
+    /// Refuses a path that is neither missing, empty, nor a kat-dist run directory, so
+    /// that a run never writes into a directory of other files (a model, a checkpoint, /).
+    static func checkUsable(_ path: String) throws(RunError) {
+        if case let .other(what) = kind(of: path) {
+            throw .runDirectory(path: path, reason: "is not a kat-dist run directory (\(what)); give a new or empty directory")
+        }
     }
 
     /// Opens or creates `path` for a new run. A directory that already holds checkpoints
     /// or metrics is refused (resume it instead); nothing in it is touched.
     public static func create(newRunAt path: String) throws(RunError) -> RunDirectory {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
-            throw .runDirectory(path: path, reason: "exists and is not a directory")
-        }
+        try checkUsable(path)
         let lock = try RunLock(directory: path)
         if let newest = Checkpoint.names(in: path + "/checkpoints").last {
             throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); resume it with --resume auto or choose another --run-dir")
@@ -74,7 +106,7 @@ public final class RunDirectory {
         do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        return try RunDirectory(path: path, lock: lock)
+        return try RunDirectory(path: path, lock: lock, resumedStep: nil)
     }
 
     /// Opens an existing run directory to continue it after the checkpoint of `step`:
@@ -85,11 +117,9 @@ public final class RunDirectory {
         do { try FileManager.default.createDirectory(atPath: path + "/checkpoints", withIntermediateDirectories: true) } catch {
             throw .runDirectory(path: path, reason: "cannot create the run directory (\(error.localizedDescription))")
         }
-        do {
-            try truncateLines(path + "/metrics.jsonl", upToStep: step)
-            try truncateLines(path + "/trained_ids.jsonl", upToStep: step)
-        } catch { throw .file(error) }
-        return try RunDirectory(path: path, lock: lock)
+        // metrics.jsonl, metrics.csv and the event file are cut back together.
+        do { try truncateLines(path + "/trained_ids.jsonl", upToStep: step) } catch { throw .file(error) }
+        return try RunDirectory(path: path, lock: lock, resumedStep: step)
     }
 
     /// Starts `path` as a new run that continues from `checkpoint` (a checkpoint of another
@@ -97,6 +127,9 @@ public final class RunDirectory {
     /// up to the checkpoint are copied so that curves and times continue, and origin.json
     /// records where the run came from.
     static func fork(newRunAt path: String, lock: RunLock, from checkpoint: String, step: Int) throws(RunError) -> RunDirectory {
+        if samePath(path, checkpoint) || absolute(path).hasPrefix(absolute(checkpoint) + "/") {
+            throw .runDirectory(path: path, reason: "is inside the checkpoint it would continue from; give a new directory")
+        }
         if let newest = Checkpoint.names(in: path + "/checkpoints").last {
             throw .runDirectory(path: path, reason: "already holds checkpoints (\(newest)); a fork needs a new --run-dir")
         }
@@ -118,7 +151,7 @@ public final class RunDirectory {
         }
         let origin: JSON = ["forked_from": .string(absolute(checkpoint)), "step": JSON(step), "time": JSON(wallSeconds())]
         do { try FileWriting.writeAtomically(Data((origin.pretty + "\n").utf8), to: path + "/origin.json") } catch { throw .file(error) }
-        return try RunDirectory(path: path, lock: lock)
+        return try RunDirectory(path: path, lock: lock, resumedStep: step)
     }
 
     /// The run directory a checkpoint directory belongs to (RUN for RUN/checkpoints/step-N),
@@ -150,9 +183,14 @@ public final class RunDirectory {
             }
         }
         if let ownData, let ownJSON, ownJSON != json {
-            do { try FileWriting.writeAtomically(ownData, to: path + "/config.before-" + Checkpoint.name(step: step) + ".json") } catch {
-                throw .file(error)
+            // Earlier configs are kept, never overwritten: config.before-step-N[-K].json.
+            var name = path + "/config.before-" + Checkpoint.name(step: step) + ".json"
+            var k = 2
+            while FileManager.default.fileExists(atPath: name) {
+                name = path + "/config.before-" + Checkpoint.name(step: step) + "-\(k).json"
+                k += 1
             }
+            do { try FileWriting.writeAtomically(ownData, to: name) } catch { throw .file(error) }
         }
         try writeConfig(json)
         return changes
@@ -174,15 +212,53 @@ public final class RunDirectory {
         return out
     }
 
-    /// Removes what a killed run left half-written: temporary checkpoint directories and
-    /// temporary files of atomic writes (`.tmp-<pid>` names).
+    /// Whether `name` is a temporary name kat-dist itself gives in a run directory (`dir`
+    /// "run") or its checkpoints directory: `FILE.tmp-PID` for the files it writes, and
+    /// `.tmp-step-N-PID` checkpoint directories. Nothing else is ever removed.
+    static func isOwnTemporary(_ name: String, inCheckpoints: Bool) -> Bool {
+        func pidSuffix(_ s: Substring) -> Bool { !s.isEmpty && s.allSatisfy(\.isNumber) }
+        if inCheckpoints {
+            if name.hasPrefix(".tmp-step-") {
+                let parts = name.dropFirst(".tmp-step-".count).split(separator: "-")
+                return parts.count == 2 && parts.allSatisfy(pidSuffix)
+            }
+            return name.hasPrefix("latest.tmp-") && pidSuffix(name.dropFirst("latest.tmp-".count))
+        }
+        guard let r = name.range(of: ".tmp-", options: .backwards), pidSuffix(name[r.upperBound...]) else { return false }
+        let base = String(name[..<r.lowerBound])
+        return ["metrics.jsonl", "metrics.csv", "config.json", "report.html", "trained_ids.jsonl", "origin.json"].contains(base)
+            || base.hasPrefix("config.before-step-") || base.hasPrefix("events.out.tfevents.")
+    }
+
+    /// Removes what a killed run left half-written: kat-dist's own temporary checkpoint
+    /// directories and temporary files of atomic writes.
     static func removeLeftovers(_ path: String) {
         let fm = FileManager.default
-        for dir in [path, path + "/checkpoints"] {
-            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(".tmp-") || name.contains(".tmp-") {
+        for (dir, inCheckpoints) in [(path, false), (path + "/checkpoints", true)] {
+            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where isOwnTemporary(name, inCheckpoints: inCheckpoints) {
                 try? fm.removeItem(atPath: dir + "/" + name)
             }
         }
+    }
+
+    /// Moves the checkpoints after `step` (a timeline abandoned by resuming an older
+    /// checkpoint) into RUN/abandoned/TIME/, so nothing is lost and the newest checkpoint
+    /// is again the one the run continues from.
+    /// - Returns: the names moved.
+    func setAsideCheckpoints(after step: Int) throws(RunError) -> [String] {
+        let newer = Checkpoint.names(in: checkpointsPath).filter { (Checkpoint.step(ofName: $0) ?? 0) > step }
+        guard !newer.isEmpty else { return [] }
+        let place = path + "/abandoned/" + String(Int(wallSeconds()))
+        do {
+            try FileManager.default.createDirectory(atPath: place, withIntermediateDirectories: true)
+            for name in newer { try FileManager.default.moveItem(atPath: checkpointsPath + "/" + name, toPath: place + "/" + name) }
+        } catch {
+            throw .runDirectory(path: place, reason: "cannot set aside the newer checkpoints (\(error.localizedDescription))")
+        }
+        do { try FileWriting.writeAtomically(Data((Checkpoint.name(step: step) + "\n").utf8), to: checkpointsPath + "/latest") } catch {
+            throw .file(error)
+        }
+        return newer
     }
 
     /// Keeps the lines of a JSON-lines file whose `step` is at most `step`, rewriting the
@@ -196,9 +272,14 @@ public final class RunDirectory {
         try FileWriting.writeAtomically(Data(kept.utf8), to: path)
     }
 
-    /// Appends one metrics line.
+    /// Appends one step's metrics line to metrics.jsonl, metrics.csv and the event file.
     public func appendMetrics(_ line: JSON) throws(RunError) {
-        do { try metrics.append(line.serialized) } catch { throw .file(error) }
+        try metrics.append(line)
+    }
+
+    /// Appends one step's metrics to metrics.jsonl, metrics.csv and the event file.
+    public func appendMetrics(_ m: StepMetrics) throws(RunError) {
+        try metrics.append(m.json)
     }
 
     /// Appends one line to RUN/trained_ids.jsonl: the trajectory ids trained at a step.
@@ -246,29 +327,58 @@ public final class RunDirectory {
     /// - Parameters:
     ///   - extras: further files (buffered rollouts, the tokenizer's files), listed in MANIFEST too.
     ///   - dtype: element type of the weights (F32 or BF16); the optimizer state is F32.
+    ///   - progress: called before each part of the work with a status text (the file,
+    ///     the share done by bytes, the time left).
+    ///   - between: run between files (heartbeats: a big checkpoint takes a while).
+    /// - Returns: the bytes written.
+    @discardableResult
     public func writeCheckpoint(step: Int, model: any LanguageModel, optimizer: Optimizer, state: JSON, keep: Int,
-                                extras: [String: Data] = [:], dtype: SafetensorsDType = .F32) throws(RunError) {
+                                extras: [String: Data] = [:], dtype: SafetensorsDType = .F32,
+                                progress: (String) -> Void = { _ in }, between: () throws -> Void = {}) throws(RunError) -> Int {
         let name = Checkpoint.name(step: step)
         let final = checkpointsPath + "/" + name
         let tmp = checkpointsPath + "/.tmp-" + name + "-\(getpid())"
         let fm = FileManager.default
         try? fm.removeItem(atPath: tmp)
+        // Progress by bytes: the weights and both moments are written, then read back and
+        // hashed for the MANIFEST; the rest is small.
+        let weightBytes = (dtype == .BF16 ? 2 : 4) * model.params.count, momentBytes = 4 * (optimizer.m.count + optimizer.v.count)
+        let total = 2 * (weightBytes + momentBytes)
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
+        var done = 0
+        func report(_ what: String) {
+            let share = Double(done) / Double(max(1, total))
+            let left = done > 0 ? "  " + clock.leftText(done: done, total: total, now: monotonicSeconds()) : ""
+            progress(String(format: "checkpoint %@: %@  %.0f%%%@", name as NSString, what as NSString, 100 * share, left as NSString))
+        }
+        var written = 0
         do {
+            report("writing model.safetensors")
             try ModelDirectory.save(model, to: tmp, metadata: ["step": String(step)], dtype: dtype)
+            done += weightBytes
+            try between()
+            report("writing optimizer.safetensors")
             let tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = [
                 ("adam.m", [optimizer.m.count], UnsafeBufferPointer(optimizer.m.buffer)),
                 ("adam.v", [optimizer.v.count], UnsafeBufferPointer(optimizer.v.buffer)),
             ]
             try FileWriting.writeAtomically(SafetensorsFile.serialize(tensors, metadata: ["t": String(optimizer.t), "optimizer": optimizer.config.kind.rawValue]),
                                             to: tmp + "/optimizer.safetensors")
+            done += momentBytes
+            try between()
             try FileWriting.writeAtomically(Data((state.pretty + "\n").utf8), to: tmp + "/state.json")
             for (file, data) in extras { try FileWriting.writeAtomically(data, to: tmp + "/" + file) }
             var manifest = ""
             for file in Checkpoint.requiredFiles + extras.keys.sorted() {
+                report("hashing " + file)
                 guard let data = fm.contents(atPath: tmp + "/" + file) else {
                     throw RunError.checkpoint(path: tmp + "/" + file, reason: "cannot read back what was just written")
                 }
                 manifest += data.withUnsafeBytes { SHA256.hex(of: $0) } + "  " + file + "\n"
+                written += data.count
+                if file == "model.safetensors" { done += weightBytes }
+                if file == "optimizer.safetensors" { done += momentBytes }
+                try between()
             }
             try FileWriting.writeAtomically(Data(manifest.utf8), to: tmp + "/MANIFEST")
         } catch {
@@ -291,5 +401,6 @@ public final class RunDirectory {
             throw .file(error)
         }
         for old in Checkpoint.names(in: checkpointsPath).dropLast(keep) { try? fm.removeItem(atPath: checkpointsPath + "/" + old) }
+        return written
     }
 }

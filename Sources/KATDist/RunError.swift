@@ -19,6 +19,8 @@ public enum RunError: Error, CustomStringConvertible {
     case badMessage(rank: Int, reason: String)
     /// Every episode of a step was abandoned: there is nothing to train.
     case emptyBatch(step: Int, abandoned: Int)
+    /// A collective did not complete within the watchdog: a rank is stopped or gone.
+    case collectiveStalled(call: String, seconds: Double)
     /// A rank sent nothing for longer than the watchdog.
     case silentRank(rank: Int, seconds: Double)
 
@@ -35,6 +37,8 @@ public enum RunError: Error, CustomStringConvertible {
         case let .badMessage(rank, reason): return "a message from rank \(rank) does not decode: \(reason)"
         case let .emptyBatch(step, abandoned):
             return "step \(step) has no trajectory: all \(abandoned) episodes were abandoned after environment failures (see the messages above)"
+        case let .collectiveStalled(call, seconds):
+            return "\(call) did not complete within \(Int(seconds)) s (watchdog_s): another trainer rank is stopped, hung or unreachable; ending the job"
         case let .silentRank(rank, seconds):
             return "rank \(rank) sent nothing for \(Int(seconds)) s (watchdog_s): it is stopped, hung or unreachable; ending the job"
         }

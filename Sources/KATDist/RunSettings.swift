@@ -201,12 +201,13 @@ public struct RunSettings: Sendable {
         json = c.json
     }
 
-    /// The model the run starts from: the directory (of the family its config.json names),
+    /// The model the run starts from: the directory (of the family its config.json names;
+    /// a checkpoint's `latest` file or a run directory stand for the checkpoint they name),
     /// or the family's initialisation of the configured shape with the run's seed.
-    public func initialModel() throws(ModelError) -> any LanguageModel {
+    public func initialModel() throws -> any LanguageModel {
         switch model {
         case let .directory(dir):
-            return try ModelDirectory.load(dir)
+            return try ModelDirectory.load(Checkpoint.resolveModelDirectory(dir))
         case let .random(config):
             let m = try config.makeModel()
             m.initialize(seed: UInt64(run.seed))

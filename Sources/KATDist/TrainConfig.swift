@@ -41,9 +41,25 @@ public enum ConfigKind: Sendable {
     case optionalDouble(ClosedRange<Double>)
     case doublePair(ClosedRange<Double>)
     case intList(ClosedRange<Int>)
+
+    /// The values a key takes, as `kat-dist train --keys` and Docs/config.md show them.
+    public var allowed: String {
+        func n(_ d: Double) -> String { d == d.rounded() && abs(d) < 1e15 ? String(Int(d)) : "\(d)" }
+        switch self {
+        case let .int(r): return "integer \(r.lowerBound) to \(r.upperBound)"
+        case let .double(r): return "number \(n(r.lowerBound)) to \(n(r.upperBound))"
+        case .bool: return "true | false"
+        case let .choice(options): return options.joined(separator: " | ")
+        case .optionalString: return "text or null"
+        case let .optionalInt(r): return "integer \(r.lowerBound) to \(r.upperBound) or null"
+        case let .optionalDouble(r): return "number \(n(r.lowerBound)) to \(n(r.upperBound)) or null"
+        case let .doublePair(r): return "[a, b], each \(n(r.lowerBound)) to \(n(r.upperBound))"
+        case let .intList(r): return "list of integers \(r.lowerBound) to \(r.upperBound)"
+        }
+    }
 }
 
-/// One configuration key, with its default and what it means.
+/// One configuration key, with its type and range, its default and what it means.
 public struct ConfigKey: Sendable {
     public var name: String
     public var kind: ConfigKind
@@ -51,7 +67,7 @@ public struct ConfigKey: Sendable {
     public var help: String
 }
 
-/// The resolved configuration of a run: every key with its value.
+/// The resolved configuration of a run: every key (Docs/config.md) with its value.
 ///
 /// Read from one JSON file of nested objects, then `--set key=value` overrides by dotted
 /// key. Unknown keys and out-of-range values are errors that name the key.
@@ -287,6 +303,10 @@ public struct TrainConfig: Sendable {
                 throw .badValue(source: source, key: "model.n_head",
                                 reason: "rotary positions need an even head size, but model.n_embd / model.n_head is \(int("model.n_embd") / int("model.n_head"))")
             }
+        }
+        if let late = intList("rollout.branch_points").first(where: { $0 >= int("rollout.max_new_tokens") }) {
+            throw .badValue(source: source, key: "rollout.branch_points",
+                            reason: "entry \(late) is not below rollout.max_new_tokens (\(int("rollout.max_new_tokens"))): samples would never branch there")
         }
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {

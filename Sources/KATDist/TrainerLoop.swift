@@ -79,8 +79,16 @@ final class TrainerLoop {
             }
             return
         }
-        // The leader holds the run's lock before reading or changing anything in it.
-        let lock = isLeader ? try RunLock(directory: runDirectory) : nil
+        // Where the run continues: in place (auto, or a checkpoint of this run), or as a
+        // fork of another run's checkpoint into this directory.
+        let origin = spec == "auto" ? runDirectory : RunDirectory.runOf(checkpoint: spec) ?? (Checkpoint.isRunDirectory(spec) ? spec : nil)
+        let forked = origin.map { !RunDirectory.samePath($0, runDirectory) } ?? true
+        // In place, the leader holds the run's lock before reading or changing anything.
+        var lock: RunLock?
+        if isLeader, !forked {
+            try RunDirectory.checkUsable(runDirectory)
+            lock = try RunLock(directory: runDirectory)
+        }
         if spec == "auto", Checkpoint.names(in: runDirectory + "/checkpoints").isEmpty {
             // `--resume auto` always continues or begins: a run that never wrote a
             // checkpoint (killed early, or not started yet) starts from the beginning.
@@ -95,11 +103,11 @@ final class TrainerLoop {
             return
         }
         let dir = try Checkpoint.choose(runDirectory: runDirectory, spec: spec, log: isLeader ? console.line : { _ in })
-        let state = try Checkpoint.restore(dir, model: model, optimizer: optimizer)
-        stepIndex = state["step"]?.intValue ?? 0
-        version = state["policy_version"]?.intValue ?? 0
-        elapsedBefore = state["time"]?.doubleValue ?? 0
-        startAt = TrainerLoop.position(of: state, in: phases.map(\.phase))
+        let state = try CheckpointState(try Checkpoint.restore(dir, model: model, optimizer: optimizer), path: dir + "/state.json")
+        stepIndex = state.step
+        version = state.policyVersion
+        elapsedBefore = state.time
+        startAt = try TrainerLoop.position(of: state, in: phases.map(\.phase), checkpoint: dir)
         resumed = true
         if let last = phases.last, startAt.phase >= phases.count - 1, startAt.phase >= phases.count || startAt.step >= last.steps {
             let done = startAt.phase < phases.count ? startAt.step : last.steps
@@ -107,16 +115,25 @@ final class TrainerLoop {
             directory = nil
             return
         }
-        for source in phases { try source.restore(state: state, directory: dir) }
-        if let n = state["buffered_ids"]?.arrayValue?.count, n > 0 {
+        for source in phases { try source.restore(state: state.json, directory: dir) }
+        if let n = state.json["buffered_ids"]?.arrayValue?.count, n > 0 {
             console.line("the checkpoint holds \(n) buffered trajectories: each is trained once, or dropped and counted if stale")
         }
-        if let lock {
-            let origin = RunDirectory.runOf(checkpoint: dir)
-            let forked = origin.map { RunDirectory.samePath($0, runDirectory) == false } ?? true
+        if isLeader {
+            if forked {
+                try RunDirectory.checkUsable(runDirectory)
+                lock = try RunLock(directory: runDirectory)
+            }
+            guard let lock else { throw RunError.runDirectory(path: runDirectory, reason: "cannot take the run's lock") }
             let r = forked ? try RunDirectory.fork(newRunAt: runDirectory, lock: lock, from: dir, step: stepIndex)
                            : try RunDirectory.resume(at: runDirectory, lock: lock, step: stepIndex)
-            let earlier = state["config"] ?? origin.flatMap { RunDirectory.readJSON($0 + "/config.json") }
+            if !forked {
+                let moved = try r.setAsideCheckpoints(after: stepIndex)
+                if !moved.isEmpty {
+                    console.line("resume: the checkpoints after \(Checkpoint.name(step: stepIndex)) (\(moved.joined(separator: ", "))) belong to an abandoned timeline; moved to \(runDirectory)/abandoned/")
+                }
+            }
+            let earlier = state.config ?? origin.flatMap { RunDirectory.readJSON($0 + "/config.json") }
             for change in try r.recordConfig(settings.json, previous: earlier, step: stepIndex) {
                 console.line("setting changed since the checkpoint: \(change)")
             }
@@ -128,18 +145,24 @@ final class TrainerLoop {
         lines = directory?.existingMetrics() ?? []
         let p = min(startAt.phase, max(0, phases.count - 1))
         let where_ = phases.isEmpty ? "" : ", \(phases[p].phase.rawValue) step \(startAt.step) of \(phases[p].steps)"
-        console.line("resumed at step \(stepIndex) (policy version \(version)\(where_))")
+        note("resumed at step \(stepIndex) (policy version \(version)\(where_))")
     }
 
-    /// The phase and step a checkpoint's state continues at. Checkpoints name their phase
-    /// and its steps done; older ones give `rl_step` (RL) or a data cursor (offline).
-    static func position(of state: JSON, in phases: [Phase]) -> (phase: Int, step: Int) {
-        if let name = state["phase"]?.stringValue, let phase = Phase(rawValue: name), let i = phases.firstIndex(of: phase) {
-            return (i, state["phase_step"]?.intValue ?? 0)
+    /// The phase and step a checkpoint continues at. A checkpoint of the warm start goes
+    /// on to RL when this run has no warm start; a checkpoint of an online run cannot
+    /// continue offline, nor the other way round.
+    /// - Throws: `RunError.settings` naming the key that makes the run of another kind.
+    static func position(of state: CheckpointState, in phases: [Phase], checkpoint: String) throws(RunError) -> (phase: Int, step: Int) {
+        let offline = phases.contains(.offline)
+        let phase = state.phase ?? (offline ? .offline : .rl)
+        if (phase == .offline) != offline {
+            throw .settings(key: "data.trajectories", reason: phase == .offline
+                ? "\(checkpoint) is of an offline run (data.trajectories); this run is online"
+                : "\(checkpoint) is of an online run; this run trains offline (data.trajectories)")
         }
-        if let rl = state["rl_step"]?.intValue, let i = phases.firstIndex(of: .rl) { return (i, rl) }
-        if let i = phases.firstIndex(of: .offline) { return (i, state["step"]?.intValue ?? 0) }
-        return (phases.count, 0)
+        if let i = phases.firstIndex(of: phase) { return (i, state.phaseStep ?? state.step) }
+        // A warm-start checkpoint, and this run has no warm start: RL begins.
+        return (phases.firstIndex(of: .rl) ?? phases.count, 0)
     }
 
     /// Seconds since the run first started, continuing across resumes.
@@ -171,8 +194,9 @@ final class TrainerLoop {
 
     func runPhases() throws {
         if !resumed, settings.run.evalEvery > 0, let evaluator {
-            let e = try evaluator.evaluate(collective) { try self.peers?.poll() }
-            note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
+            if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
+                note(String(format: "held-out success at the start: %.3f (mean reward %.3f)", e.success, e.reward))
+            }
         }
         for (p, source) in phases.enumerated() where p >= startAt.phase {
             try source.begin(version: version)
@@ -244,14 +268,15 @@ final class TrainerLoop {
         m.tGenerateTrainers = batch.generateSeconds
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
-            let e = try evaluator.evaluate(collective) { try self.peers?.poll() }
-            m.evalSuccess = e.success
-            m.evalReward = e.reward
-            m.evalPassAt1 = e.passAt1
-            m.evalPassAtK = e.passAtK
-            if isLast {
+            if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
+                m.evalSuccess = e.success
+                m.evalReward = e.reward
+                m.evalPassAt1 = e.passAt1
+                m.evalPassAtK = e.passAtK
+                if isLast {
                 let what = source.phase == .warmstart ? "after the \(source.steps)-step supervised warm start" : "at the end"
-                note(String(format: "held-out success %@: %.3f (mean reward %.3f)", what, e.success, e.reward))
+                    note(String(format: "held-out success %@: %.3f (mean reward %.3f)", what, e.success, e.reward))
+                }
             }
         }
         m.time = runTime
@@ -345,10 +370,13 @@ final class TrainerLoop {
         if source.phase == .rl { state.append(("rl_step", JSON(phaseStep))) }
         let extra = source.checkpoint()
         state += extra.fields
-        try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
-                                keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
-                                dtype: settings.run.checkpointDType)
-        console.line("checkpoint \(directory.checkpointsPath)/\(Checkpoint.name(step: stepIndex))")
+        let t0 = monotonicSeconds()
+        let bytes = try directory.writeCheckpoint(step: stepIndex, model: model, optimizer: optimizer, state: .object(state),
+                                                  keep: settings.run.checkpointKeep, extras: extra.files.merging(tokenizerFiles) { own, _ in own },
+                                                  dtype: settings.run.checkpointDType, progress: { [console] in console.status($0) },
+                                                  between: { try self.peers?.poll() })
+        console.line(String(format: "checkpoint %@/%@ (%.1f MB in %.1f s)", directory.checkpointsPath as NSString,
+                            Checkpoint.name(step: stepIndex) as NSString, Double(bytes) / 1e6, monotonicSeconds() - t0))
     }
 
     func writeReport() {
@@ -357,21 +385,25 @@ final class TrainerLoop {
         try? directory.write(Data(html.utf8), named: "report.html")
     }
 
+    /// The step's progress line: the phase's step count, a few metrics, and the time left
+    /// in the phase as this process has run it (right after a resume too).
     func showProgress(_ source: BatchSource, _ s: Int, _ m: StepMetrics) {
-        let done = s + 1 - phaseStart.step, left = source.steps - s - 1
-        let eta = (monotonicSeconds() - phaseStart.time) / Double(max(1, done)) * Double(left)
-        let etaText = String(format: "left %dm%02ds", Int(eta) / 60, Int(eta) % 60)
+        let clock = PhaseClock(start: phaseStart.time, startStep: phaseStart.step)
+        let left = clock.leftText(done: s + 1, total: source.steps, now: monotonicSeconds()) as NSString
+        let skipped = (m.stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString
+        let final = s + 1 == source.steps
         switch source.phase {
         case .warmstart:
-            console.status(String(format: "warm start %d/%d  answer log-prob %.3f  %@", s + 1, source.steps, m.stats.logprobMean, etaText as NSString))
+            console.status(String(format: "warm start %d/%d  %@  answer log-prob %.3f%@", s + 1, source.steps, left, m.stats.logprobMean, skipped),
+                           final: final)
         case .rl:
             let eval = m.evalSuccess.map { String(format: "  eval %.3f", $0) } ?? ""
-            console.status(String(format: "step %d/%d  reward %.3f%@  loss %.4f  tokens/s %.0f  %@", s + 1, source.steps,
-                                  m.rewardMean ?? 0, eval as NSString, m.stats.loss, m.tokensPerS, etaText as NSString))
+            console.status(String(format: "rl step %d/%d  %@  reward %.3f%@  loss %.4f  tokens/s %.0f%@", s + 1, source.steps, left,
+                                  m.rewardMean ?? 0, eval as NSString, m.stats.loss, m.tokensPerS, skipped), final: final)
         case .offline:
-            console.line(String(format: "step %d/%d  loss %.4f  logprob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
-                                s + 1, source.steps, m.stats.loss, m.stats.logprobMean, m.stats.gradNorm, m.stats.lr, m.trieRatio, m.tokensPerS,
-                                (m.stats.skipped ? "  (skipped: non-finite loss or gradient)" : "") as NSString))
+            console.status(String(format: "offline step %d/%d  %@  loss %.4f  log-prob %.4f  grad_norm %.3f  lr %.2e  trie_ratio %.2f  tokens/s %.0f%@",
+                                  s + 1, source.steps, left, m.stats.loss, m.stats.logprobMean, m.stats.gradNorm, m.stats.lr, m.trieRatio, m.tokensPerS, skipped),
+                           final: final)
         }
     }
 }

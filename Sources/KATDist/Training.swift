@@ -34,20 +34,83 @@ public enum Training {
         return Layout(trainers: t, rollouts: r)
     }
 
-    /// Checks what can be checked before any rank starts: the rank layout, and that the
-    /// files the settings name exist.
+    /// Checks what can be checked before any rank starts: the rank layout, the task, and
+    /// (with `files`) that the files the settings name exist here.
     /// - Throws: `RunError.settings` naming the key.
-    public static func check(_ settings: RunSettings, worldSize: Int) throws(RunError) {
+    public static func check(_ settings: RunSettings, worldSize: Int, files: Bool = true) throws(RunError) {
         _ = try layout(settings, worldSize: worldSize)
-        let fm = FileManager.default
         if case let .task(name) = settings.data, settings.task == nil {
             throw RunError.unknownTask(name)
         }
+        if files { try checkFiles(settings) }
+    }
+
+    /// Checks that the files the settings name exist on this process's machine.
+    /// - Throws: `RunError.settings` naming the key and the path.
+    public static func checkFiles(_ settings: RunSettings) throws(RunError) {
+        let fm = FileManager.default
         if case let .trajectories(path) = settings.data, !fm.fileExists(atPath: path) {
             throw .settings(key: "data.trajectories", reason: "\(path): no such file")
         }
-        if case let .directory(dir) = settings.model, !fm.fileExists(atPath: dir) {
-            throw .settings(key: "model.init", reason: "\(dir): no such directory")
+        if case let .directory(dir) = settings.model {
+            guard fm.fileExists(atPath: dir) else { throw .settings(key: "model.init", reason: "\(dir): no such directory") }
+            do { _ = try Checkpoint.resolveModelDirectory(dir) } catch { throw .settings(key: "model.init", reason: "\(error)") }
+        }
+    }
+
+    /// What `kat-dist train --check` looks for on this machine, beyond `checkFiles`: the
+    /// program of `data.env_command` (its first word, on PATH or as a path) and each of its
+    /// arguments that holds a slash (taken as a file), and, when resuming, the checkpoint
+    /// to continue from. Every rank of a job reads these, so on a cluster they must be on
+    /// storage every node shares (Docs/cluster.md).
+    /// - Throws: `RunError.settings` naming the key and the path.
+    public static func checkFilesForLaunch(_ settings: RunSettings, runDirectory: String?, resume: String?) throws(RunError) {
+        try checkFiles(settings)
+        let fm = FileManager.default
+        if case let .external(command) = settings.data {
+            let words = command.split(separator: " ").map(String.init)
+            if let program = words.first {
+                let found = program.contains("/") ? fm.isExecutableFile(atPath: program)
+                    : (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains { fm.isExecutableFile(atPath: "\($0)/\(program)") }
+                if !found { throw .settings(key: "data.env_command", reason: "\(program): no such program here") }
+            }
+            for w in words.dropFirst() where w.contains("/") && !w.hasPrefix("-") && !fm.fileExists(atPath: w) {
+                throw .settings(key: "data.env_command", reason: "\(w): no such file here")
+            }
+        }
+        if let resume, let run = runDirectory {
+            let path = resume == "auto" ? run + "/checkpoints" : resume
+            if !fm.fileExists(atPath: path) { throw .runDirectory(path: path, reason: "not found here: nothing to resume from") }
+        }
+    }
+
+    /// The file check on every rank of a job, reported once: each distinct fault on one
+    /// line, naming the ranks and hosts that see it when not all do (a file missing from
+    /// one node's storage).
+    /// - Returns: the lines to print (rank 0 prints them); empty when every rank is fine.
+    static func checkFilesOnEveryRank(_ settings: RunSettings, world: MPICollective) throws -> [String] {
+        var mine = ""
+        do { try checkFiles(settings) } catch { mine = "\(error)" }
+        let all = try world.allgather(bytes: Array((MetricsLog.hostName() + "\t" + mine).utf8)).map { bytes -> (host: String, fault: String) in
+            let parts = String(decoding: bytes, as: UTF8.self).split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+            return (String(parts.first ?? ""), parts.count > 1 ? String(parts[1]) : "")
+        }
+        return faultLines(all)
+    }
+
+    /// One line per distinct fault of `ranks` (indexed by rank; an empty fault is none),
+    /// in order of the first rank that has it.
+    static func faultLines(_ ranks: [(host: String, fault: String)]) -> [String] {
+        var order: [String] = [], where_: [String: [Int]] = [:]
+        for (r, x) in ranks.enumerated() where !x.fault.isEmpty {
+            if where_[x.fault] == nil { order.append(x.fault) }
+            where_[x.fault, default: []].append(r)
+        }
+        return order.map { fault in
+            let rs = where_[fault] ?? []
+            if rs.count == ranks.count { return fault }
+            let hosts = Set(rs.map { ranks[$0].host }).sorted().joined(separator: ", ")
+            return fault + " (on rank\(rs.count > 1 ? "s" : "") \(rs.map(String.init).joined(separator: ", ")) of \(ranks.count), host \(hosts))"
         }
     }
 
@@ -73,6 +136,16 @@ public enum Training {
             if world.rank == 0 { FileHandle.standardError.write(Data("kat-dist train: \(error)\n".utf8)) }
             world.finalize()
             return 2
+        }
+        do {
+            let faults = try checkFilesOnEveryRank(settings, world: world)
+            if !faults.isEmpty {
+                if world.rank == 0 { FileHandle.standardError.write(Data(faults.map { "kat-dist train: \($0)\n" }.joined().utf8)) }
+                world.finalize()
+                return 2
+            }
+        } catch {
+            world.abort("\(error)")
         }
         if settings.run.deterministic { BLASRuntime.setThreads(1) }
         do {
@@ -111,10 +184,22 @@ public enum Training {
         }
     }
 
+    /// The trainers' ring of heartbeats, when there are several trainers under MPI.
+    static func ringOnly(_ collective: Collective, _ settings: RunSettings) -> RolloutPeers? {
+        guard let mpi = collective as? MPICollective, mpi.size > 1 else { return nil }
+        return RolloutPeers(link: nil, publisher: nil, ring: TrainerRing(trainers: mpi, watchdog: settings.watchdog))
+    }
+
     /// Builds a trainer's phases and runs its loop.
     static func trainer(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
                         layout: Layout, runDirectory: String, resume: String?, console: Console) throws {
         let plan = try phases(settings, model: model, collective: collective, world: world, topology: topology, layout: layout)
+        if let mpi = collective as? MPICollective {
+            // A collective that waits serves heartbeats and intake, and gives up after the
+            // watchdog (a little later than the ring, which names the stopped trainer).
+            mpi.watchdog = settings.watchdog * 1.5
+            mpi.whileWaiting = { try plan.peers?.poll() }
+        }
         let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
                                    console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
                                    runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
@@ -130,7 +215,7 @@ public enum Training {
             let trajs = try TrajectoryReader.read(path: path, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
             // The estimator's fields are checked on the whole file before the first step.
             _ = try computeAdvantages(trajs, config: settings.advantage)
-            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, nil, "offline training on \(path)")
+            return ([OfflineSource(trajectories: trajs, settings: settings)], nil, ringOnly(collective, settings), "offline training on \(path)")
         case .task, .external:
             let environments = try EnvironmentSource(settings, vocabSize: model.config.vocabSize)
             try environments.checkFits(contextLength: model.config.nPositions, settings: settings)
@@ -146,13 +231,14 @@ public enum Training {
                 let link = mine.isEmpty ? nil : RolloutLink(world: world, rollouts: mine, capacity: settings.ranks.bufferGroups,
                                                             watchdog: settings.watchdog)
                 let publisher = world.rank == 0 ? WeightPublisher(world: world, node: topology.node, tree: topology.tree) : nil
-                let p = RolloutPeers(link: link, publisher: publisher)
+                let p = RolloutPeers(link: link, publisher: publisher, ring: ringOnly(collective, settings)?.ring)
                 peers = p
                 let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
                 phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, settings: settings))
             } else {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))
+                peers = ringOnly(collective, settings)
             }
             return (phases, Evaluator(model: model, settings: settings, environments: environments), peers, environments.name)
         }

@@ -42,6 +42,7 @@ public final class ExternalEnvironment: Environment {
         signal(SIGPIPE, SIG_IGN)
         process = try EnvironmentProcess(command: command, guardian: guardian)
         starts += 1
+        stepsSinceStart = 0
         pending = []
     }
 
@@ -103,9 +104,21 @@ public final class ExternalEnvironment: Environment {
         }
     }
 
+    /// Good step replies since the process started.
+    var stepsSinceStart = 0
+
     public func reset(seed: UInt64, split: String) throws -> String {
         let msg: JSON = ["op": "reset", "seed": JSON(Int(truncatingIfNeeded: seed & 0x7fff_ffff_ffff)), "split": .string(split)]
-        let reply = try exchange(msg)
+        // A process that ended between episodes (some environments serve one episode and
+        // exit) is started again for the next one; that is not a failure.
+        if let p = process, p.hasExited { stop() }
+        let reply: JSON
+        do {
+            reply = try exchange(msg)
+        } catch EnvironmentError.closed(_, _) where stepsSinceStart > 0 {
+            failuresInARow -= 1
+            reply = try exchange(msg)
+        }
         guard let prompt = reply["prompt"]?.stringValue else {
             throw fail(.badReply(command: command, reason: "reply to reset lacks a string \"prompt\"", reply: reply.serialized))
         }
@@ -125,6 +138,7 @@ public final class ExternalEnvironment: Environment {
             throw fail(.badReply(command: command, reason: "reply to step lacks a boolean \"done\"", reply: reply.serialized))
         }
         failuresInARow = 0
+        stepsSinceStart += 1
         return EnvReply(observation: obs, reward: reward, done: done)
     }
 

@@ -61,6 +61,14 @@ final class EnvironmentProcess {
         output = fromChild[0]
     }
 
+    /// Whether the process has exited (it is then reaped).
+    var hasExited: Bool {
+        guard !reaped else { return true }
+        var status: Int32 = 0
+        if waitpid(pid, &status, WNOHANG) == pid { reaped = true }
+        return reaped
+    }
+
     /// Ends the process and every process of its group: a guardian first gets SIGTERM and
     /// a moment to end the descendants that left the group; then the group gets SIGKILL.
     func end() {

@@ -60,7 +60,7 @@ final class Activations {
     }
 }
 
-/// GPT-2 (SPEC section 1) in float32 on packed batches, with an exact backward pass.
+/// GPT-2 (Radford et al. 2019; Hugging Face's `GPT2LMHeadModel` maths and names) in float32 on packed batches, with an exact backward pass.
 ///
 /// All parameters live in one contiguous buffer (`params`) laid out by `layout`;
 /// `grads` has the same layout. `forward` keeps the activations of its batch and

@@ -2,7 +2,7 @@ import KATSupport
 
 /// GPT-2 hyper-parameters and the special token ids of kat-dist's byte tokenizer.
 ///
-/// Written and read as a Hugging Face `config.json` (SPEC section 1), so a model
+/// Written and read as a Hugging Face GPT-2 `config.json` (Docs/formats.md), so a model
 /// directory opens in `transformers` unchanged.
 public struct GPT2Config: ModelConfiguration, Equatable {
     public var vocabSize: Int

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Optimizer settings (SPEC section 5 defaults).
+/// Optimizer settings, with kat-dist's defaults (AdamW: Loshchilov and Hutter, arXiv 1711.05101).
 public struct OptimizerConfig: Equatable, Sendable {
     public enum Kind: String, Sendable, CaseIterable { case adamw, sgd }
     public enum Schedule: String, Sendable, CaseIterable { case constant, cosine }

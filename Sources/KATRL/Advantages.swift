@@ -2,7 +2,8 @@ import Foundation
 import KATSupport
 import KATTrie
 
-/// Advantage estimation and entropy-aware scaling (Docs/rl.md, "Advantages").
+/// Advantage estimation (GRPO, arXiv 2402.03300; RLOO, arXiv 2402.14740) and entropy-aware
+/// scaling (Docs/rl.md).
 public struct AdvantageConfig: Sendable, Equatable {
     public enum Estimator: String, Sendable, CaseIterable { case grpo, rloo, given }
     public enum Scope: String, Sendable { case group, batch }

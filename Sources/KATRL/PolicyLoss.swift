@@ -99,7 +99,7 @@ public struct PolicyLossResult: Sendable {
     public var isTruncatedTokens: Int = 0
 }
 
-/// The policy loss on a trie (Docs/rl.md, "The loss"; Docs/architecture.md): each row's derivative
+/// The policy loss on a trie (PPO-clip, arXiv 1707.06347; Docs/rl.md): each row's derivative
 /// is the sum of its trajectories' terms, each with its own mask, behaviour log-prob,
 /// proximal log-prob, advantage and per-token selections; the log-prob of a row comes from
 /// its parent's output.

@@ -114,6 +114,8 @@ public final class RolloutWorker {
         let streams = max(1, config.groupSize / max(1, fanOut))
         for req in requests {
             guard let prompt = try episode({ try makeEnvironment().reset(seed: req.seed, split: req.split) }) else {
+                // The group's every episode is lost with its prompt.
+                abandonedEpisodes += max(0, config.groupSize - 1)
                 prompts.append(nil)
                 continue
             }

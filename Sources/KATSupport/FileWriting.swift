@@ -119,7 +119,11 @@ public final class LineFile {
 
     /// Appends `line` and a newline.
     public func append(_ line: String) throws(FileFault) {
-        let data = Data((line + "\n").utf8)
+        try append(bytes: Data((line + "\n").utf8))
+    }
+
+    /// Appends `data` whole (one record of a binary log), or cuts the file back and throws.
+    public func append(bytes data: Data) throws(FileFault) {
         do {
             try FileWriting.writeAll(fd, data, path: path)
         } catch {

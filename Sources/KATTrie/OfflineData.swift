@@ -5,7 +5,7 @@ public func groupKeys(_ trajectories: [Trajectory]) -> [String] {
     trajectories.map { $0.group.map { "g:" + $0 } ?? "solo:" + $0.id }
 }
 
-/// Offline batches per SPEC section 4: whole groups in file order until
+/// Offline batches (Docs/formats.md): whole groups in file order until
 /// `batch.trajectories` is reached (a group is never split; a group larger than the batch
 /// is a step of its own); after the last group the next epoch starts, its groups shuffled
 /// by the seed when `shuffle` is on.

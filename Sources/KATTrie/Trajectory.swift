@@ -1,7 +1,7 @@
 import Foundation
 import KATSupport
 
-/// One trajectory of the trajectory format (Docs/formats.md), validated.
+/// One trajectory of a JSON Lines file (Docs/formats.md), validated.
 public struct Trajectory: Sendable, Equatable {
     public var id: String
     /// Group name; nil makes the trajectory a group of its own.
@@ -63,7 +63,7 @@ public struct TrajectoryError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Reads trajectories from JSON Lines with every rule of the format (Docs/formats.md). The whole file
+/// Reads trajectories from JSON Lines with every rule of Docs/formats.md. The whole file
 /// is validated before anything is returned, so nothing trains on a half-read file.
 public enum TrajectoryReader {
     public static func read(path: String, vocabSize: Int, maxPositions: Int) throws(TrajectoryError) -> [Trajectory] {

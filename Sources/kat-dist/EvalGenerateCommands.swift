@@ -2,20 +2,24 @@ import Foundation
 import KATModel
 import KATEnv
 import KATRL
+import KATDist
 
+/// The model of `--model DIR`: a model directory, a checkpoint's `latest` file
+/// (RUN/checkpoints/latest) or a run directory (its newest checkpoint).
 func loadModelOption(_ a: ParsedArguments, command: String) throws -> any LanguageModel {
-    let dir = try a.required("model", command: command)
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-        throw UsageError(description: "kat-dist \(command): --model \(dir): no such directory")
+    let given = try a.required("model", command: command)
+    guard FileManager.default.fileExists(atPath: given) else {
+        throw UsageError(description: "kat-dist \(command): --model \(given): no such directory")
     }
-    do { return try ModelDirectory.load(dir) } catch { throw CommandFailure(description: "\(error)") }
+    do { return try ModelDirectory.load(Checkpoint.resolveModelDirectory(given)) } catch { throw CommandFailure(description: "\(error)") }
 }
 
 /// The tokenizer of the model directory `--model` names, checked against the model's
 /// vocabulary and able to frame episodes (an EOS and a separator).
 func loadTokenizerOption(_ a: ParsedArguments, model: any LanguageModel, command: String) throws -> any Tokenizer {
-    let dir = try a.required("model", command: command)
+    let given = try a.required("model", command: command)
+    let dir: String
+    do { dir = try Checkpoint.resolveModelDirectory(given) } catch { throw CommandFailure(description: "\(error)") }
     do {
         let t = try TokenizerLoader.load(directory: dir)
         try t.check(fitsVocabularySize: model.config.vocabSize, model: "the model \(dir)")
@@ -27,23 +31,27 @@ func loadTokenizerOption(_ a: ParsedArguments, model: any LanguageModel, command
 /// `kat-dist eval`: held-out success (full reward under greedy decoding) and mean reward.
 enum EvalCommand {
     static let usage = """
-    Usage: kat-dist eval --model DIR [--task NAME] [--prompts N] [--turns N] [--max-new-tokens N]
+    Usage: kat-dist eval --model DIR [--task NAME] [--prompts N] [--turns N] [--max-new-tokens N] [--progress MODE]
 
     Runs the model greedily on the first N held-out prompts of a built-in task and prints
     the share solved (full reward) and the mean reward.
 
     Options:
-      --model DIR          model directory (a checkpoint works)
+      --model DIR          model directory (a checkpoint, RUN/checkpoints/latest or a run
+                           directory work too)
       --task NAME          built-in task: \(builtinTaskNames.joined(separator: ", ")) (default code)
       --prompts N          held-out prompts (default 200)
       --turns N            turns per episode (default 1)
       --max-new-tokens N   tokens per answer (default 16)
+    \(ProgressDisplay.help(column: 23))
+    Progress goes to standard error; the result to standard output.
     """
 
     static func run(_ args: [String]) throws {
         let a = try ParsedArguments.parse(args, specs: [OptionSpec(name: "model", takesValue: true), OptionSpec(name: "task", takesValue: true),
                                                         OptionSpec(name: "prompts", takesValue: true), OptionSpec(name: "turns", takesValue: true),
-                                                        OptionSpec(name: "max-new-tokens", takesValue: true)], command: "eval")
+                                                        OptionSpec(name: "max-new-tokens", takesValue: true)] + ProgressDisplay.options,
+                                          command: "eval")
         if a.has("help") { print(usage); return }
         let name = a.value("task") ?? "code"
         guard let task = builtinTask(name) else {
@@ -57,7 +65,7 @@ enum EvalCommand {
         var rc = RolloutConfig()
         rc.turns = turns; rc.maxNewTokens = maxNew
         let worker = RolloutWorker(model: model, seed: 1, config: rc, tokenizer: tokenizer) { task.makeEnvironment(maxTurns: turns) }
-        let (ok, total) = try worker.evaluate(seeds: 0..<prompts)
+        let (ok, total) = try evaluateWithProgress(worker, prompts: prompts, display: try ProgressDisplay(a, command: "eval", fd: 2))
         print(String(format: "task %@: held-out success %.3f (%d of %d), mean reward %.3f", name as NSString,
                      Double(ok) / Double(prompts), ok, prompts, total / Double(prompts)))
     }
@@ -71,6 +79,16 @@ enum GenerateCommand {
     Samples N continuations of the prompt (BOS, its tokens, the separator, with the model
     directory's tokenizer) and prints each, one per line, without its final EOS or
     separator and without special tokens. --temperature 0 decodes greedily.
+
+    Options:
+      --model DIR          model directory (a checkpoint, RUN/checkpoints/latest or a run
+                           directory work too)
+      --prompt TEXT        the prompt, as text
+      --n N                samples (default 1)
+      --temperature T      sampling temperature, 0 = greedy (default 1)
+      --max-new-tokens N   tokens per sample at most (default 32); a sample also ends at
+                           EOS or the separator
+      --seed S             random seed of the samples (default 1)
     """
 
     static func run(_ args: [String]) throws {

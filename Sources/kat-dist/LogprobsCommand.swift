@@ -1,5 +1,6 @@
 import Foundation
 import KATModel
+import KATDist
 import KATSupport
 
 /// A failure at run time (bad input file, model directory, I/O): exit code 1.
@@ -11,7 +12,8 @@ struct CommandFailure: Error, CustomStringConvertible {
 /// first, computed by a model directory, for each trajectory of a JSONL file.
 enum LogprobsCommand {
     static let usage = """
-    Usage: kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
+    Usage: kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T] [--max-tokens N]
+                             [--progress MODE]
 
     Scores every token of each input line with the model at DIR and writes one JSON line per
     input line, in order:
@@ -20,33 +22,33 @@ enum LogprobsCommand {
     distribution; index 0 is null. Masks and other fields of the input are ignored.
 
     Options:
-      --model DIR        Hugging Face GPT-2 model directory (config.json, model.safetensors)
-      --input FILE       trajectories, JSON Lines with "id" and "tokens" (SPEC section 4)
+      --model DIR        Hugging Face GPT-2 model directory (config.json, model.safetensors);
+                         a checkpoint, RUN/checkpoints/latest or a run directory work too
+      --input FILE       trajectories, JSON Lines with "id" and "tokens" (Docs/formats.md)
       --output FILE      where to write (default: standard output); written whole or not at all
       --temperature T    sampling temperature of the scored policy, > 0 (default 1)
       --max-tokens N     tokens per forward pass (default 16384)
+    \(ProgressDisplay.help(column: 21))
+    Progress goes to standard error.
     """
 
     static func run(_ args: [String]) throws {
         let specs = [OptionSpec(name: "model", takesValue: true), OptionSpec(name: "input", takesValue: true),
                      OptionSpec(name: "output", takesValue: true), OptionSpec(name: "temperature", takesValue: true),
-                     OptionSpec(name: "max-tokens", takesValue: true)]
+                     OptionSpec(name: "max-tokens", takesValue: true)] + ProgressDisplay.options
         let a = try ParsedArguments.parse(args, specs: specs, command: "logprobs")
         if a.has("help") { print(usage); return }
-        let modelDir = try a.required("model", command: "logprobs")
+        _ = try a.required("model", command: "logprobs")
         let input = try a.required("input", command: "logprobs")
         let tau = try a.double("temperature", command: "logprobs", range: 1e-6...1e6) ?? 1
         let maxTokens = try a.int("max-tokens", command: "logprobs", range: 1...100_000_000) ?? 16384
         guard FileManager.default.fileExists(atPath: input) else {
             throw UsageError(description: "kat-dist logprobs: --input \(input): no such file")
         }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: modelDir, isDirectory: &isDir), isDir.boolValue else {
-            throw UsageError(description: "kat-dist logprobs: --model \(modelDir): no such directory")
-        }
-        let model: any LanguageModel
-        do { model = try ModelDirectory.load(modelDir) } catch { throw CommandFailure(description: "\(error)") }
+        let model = try loadModelOption(a, command: "logprobs")
         let lines = try readTokenLines(input, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
+        let display = try ProgressDisplay(a, command: "logprobs", fd: 2)
+        let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
 
         var out = ""
         out.reserveCapacity(lines.reduce(0) { $0 + $1.tokens.count } * 24)
@@ -70,7 +72,11 @@ enum LogprobsCommand {
                 row += line.tokens.count
             }
             start = end
+            display.status(String(format: "scoring %d lines  %.0f%%  %@", lines.count, 100 * Double(end) / Double(lines.count),
+                                  clock.leftText(done: end, total: lines.count, now: monotonicSeconds()) as NSString),
+                           final: end == lines.count)
         }
+        display.finish()
         if let path = a.value("output") {
             do { try FileWriting.writeAtomically(Data(out.utf8), to: path) } catch { throw CommandFailure(description: "\(error)") }
         } else {

@@ -22,12 +22,15 @@ let mainUsage = """
 kat-dist \(version): reinforcement learning for GPT-2 language models on trie-packed trajectories
 
 Usage:
-  kat-dist train    [--config FILE] [--set key=value ...] [--run-dir DIR]
+  kat-dist train    [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]
   kat-dist logprobs --model DIR --input FILE.jsonl [--output FILE] [--temperature T]
   kat-dist generate --model DIR --prompt TEXT [--n N] [--temperature T] [--max-new-tokens N]
   kat-dist eval     --model DIR [--task NAME] [--prompts N]
   kat-dist tokenize --model DIR --input FILE.jsonl [--output FILE] [--decode]
   kat-dist --help | --version
+
+Wherever a model directory is expected, a checkpoint's RUN/checkpoints/latest file or a run
+directory stand for the newest checkpoint.
 
 Commands:
   train      train a policy: with no options, the built-in default RL run
@@ -45,9 +48,17 @@ Environment:
   OPENBLAS_NUM_THREADS BLAS threads per process (use 1 per rank when ranks share a node)
 """
 
-func fail(_ message: String, code: Int32) -> Never {
+/// Prints `message` on standard error and exits with `code`. Under a launcher every rank
+/// runs the same command line, so a usage or config error is printed by rank 0 alone
+/// (every rank exits with the same code); other failures can be a rank's own (a node's
+/// CPU or files), so each rank prints them, with its rank.
+func fail(_ message: String, code: Int32, sameOnEveryRank: Bool) -> Never {
     fflush(nil)
-    FileHandle.standardError.write(Data((message + "\n").utf8))
+    let rank = LaunchEnvironment.worldRank
+    if rank == 0 || !sameOnEveryRank {
+        let prefix = LaunchEnvironment.worldSize > 1 && !sameOnEveryRank ? "rank \(rank): " : ""
+        FileHandle.standardError.write(Data((prefix + message + "\n").utf8))
+    }
     exit(code)
 }
 
@@ -94,11 +105,11 @@ do {
         throw UsageError(description: "kat-dist: unknown command '\(command)' (see kat-dist --help)")
     }
 } catch let e as UsageError {
-    fail(e.description, code: 2)
+    fail(e.description, code: 2, sameOnEveryRank: true)
 } catch let e as CommandFailure {
-    fail("kat-dist: " + e.description, code: 1)
+    fail("kat-dist: " + e.description, code: 1, sameOnEveryRank: false)
 } catch {
-    fail("kat-dist: \(error)", code: 1)
+    fail("kat-dist: \(error)", code: 1, sameOnEveryRank: false)
 }
 fflush(nil)
 exit(0)

@@ -101,3 +101,18 @@ final class ModelFamilyConfigTests: XCTestCase {
         }
     }
 }
+
+final class ConfigDocsTests: XCTestCase {
+    /// Docs/config.md lists every key of the table with its default and allowed values,
+    /// as `kat-dist train --keys` prints them.
+    func testEveryKeyIsDocumentedWithItsDefaultAndAllowedValues() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Docs/config.md").standardized.path
+        let doc = try String(contentsOfFile: path, encoding: .utf8)
+        for k in TrainConfig.keys {
+            let row = doc.split(separator: "\n").first { $0.hasPrefix("| `\(k.name)` |") }
+            XCTAssertNotNil(row, "\(k.name) is not in Docs/config.md")
+            XCTAssertTrue(row?.contains("`\(k.defaultValue.serialized)`") ?? false, "\(k.name): default \(k.defaultValue.serialized)")
+            XCTAssertTrue(row?.contains(k.kind.allowed.replacingOccurrences(of: "|", with: "or")) ?? false, "\(k.name): \(k.kind.allowed)")
+        }
+    }
+}

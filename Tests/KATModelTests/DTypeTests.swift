@@ -13,7 +13,7 @@ final class DTypeTests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     /// The float32 values of every tensor of a loaded model, by name.
-    func values(_ m: GPT2) -> [String: [Float]] {
+    func values(_ m: any LanguageModel) -> [String: [Float]] {
         var out: [String: [Float]] = [:]
         for t in m.layout.tensors { out[t.name] = Array(m.params.array[t.offset..<(t.offset + t.count)]) }
         return out

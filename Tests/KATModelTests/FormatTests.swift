@@ -3,7 +3,7 @@ import XCTest
 @testable import KATModel
 import KATSupport
 
-/// safetensors and model directories: round trips, and every fault of SPEC section 2
+/// safetensors and model directories: round trips, and every fault of the format
 /// rejected with a message that names the file and the fault.
 final class FormatTests: XCTestCase {
     var dir = ""

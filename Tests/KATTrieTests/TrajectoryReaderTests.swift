@@ -27,7 +27,7 @@ final class TrajectoryReaderTests: XCTestCase {
         XCTAssertEqual(t[1].advantage, -0.25)
     }
 
-    /// Every bad line names the line and the field.
+    /// Every bad line of a trajectories file names the line and the field.
     func testBadLinesNameLineAndField() {
         let good = #"{"id": "ok", "tokens": [1, 2], "prompt_len": 1, "reward": 0}"#
         let cases: [(String, String)] = [
