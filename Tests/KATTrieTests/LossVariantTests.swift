@@ -56,7 +56,8 @@ struct FlatReference {
                 stepStart: [[Double]]?) throws -> (loss: Double, grads: [Float], truncated: Int, weightMax: Double) {
         let l = try sub.map { try logprobs($0) }
         let start = stepStart ?? l
-        let tokens = sub.indices.flatMap { s in (0..<sub[s].tokens.count).filter { sub[s].lossMask[$0] == 1 }.map { (s: s, t: $0) } }
+        var tokens: [(s: Int, t: Int)] = []
+        for (s, traj) in sub.enumerated() { for t in 0..<traj.tokens.count where traj.lossMask[t] == 1 { tokens.append((s, t)) } }
         func entropy(_ s: Int, _ t: Int) -> Double { Double(sub[s].entropies?[t] ?? .nan) }
         func advantage(_ s: Int, _ t: Int) -> Double {
             c.entropyBonusBeta > 0 ? adv[s] + min(c.entropyBonusBeta * entropy(s, t), abs(adv[s]) / c.entropyBonusKappa) : adv[s]
@@ -66,8 +67,9 @@ struct FlatReference {
         let kept = c.entropyTokenFrac < 1 ? FlatReference.top(tokens, c.entropyTokenFrac, entropy) : nil
         var covered: Set<[Int]> = []
         if c.klCovFrac > 0 {
-            let n = Double(tokens.count)
-            let meanL = tokens.reduce(0) { $0 + l[$1.s][$1.t] } / n, meanA = tokens.reduce(0) { $0 + advantage($1.s, $1.t) } / n
+            var sumL = 0.0, sumA = 0.0
+            for (s, t) in tokens { sumL += l[s][t]; sumA += advantage(s, t) }
+            let meanL = sumL / Double(tokens.count), meanA = sumA / Double(tokens.count)
             covered = FlatReference.top(tokens, c.klCovFrac) { s, t in (l[s][t] - meanL) * (advantage(s, t) - meanA) }
         }
         let norm = LossNormaliser(sub)
@@ -406,7 +408,8 @@ final class DecoupledLossTests: XCTestCase {
         for i in trajs.indices { trajs[i].versions = trajs[i].lossMask.map { $0 == 1 ? 7 : -1 } }
         let positions = trajs[1].lossMask.indices.filter { trajs[1].lossMask[$0] == 1 }
         trajs[1].versions?[positions[positions.count - 1]] = 8
-        trajs[5].versions?[trajs[5].lossMask.lastIndex(of: 1) ?? 0] = 9
+        let last = trajs[5].lossMask.lastIndex(of: 1) ?? 0
+        trajs[5].versions?[last] = 9
         let b = TrainingBatch(trajectories: trajs, groups: groupIndices(trajs), advantages: trajs.map { _ in 0.5 })
         let (_, stats) = try run(PolicyLossConfig(), b, seed: 8)
         XCTAssertEqual(stats.mixedVersionTrajectories, 2)
