@@ -14,13 +14,13 @@ func sampleMetricsLines(steps: ClosedRange<Int>) -> [JSON] {
         m.phase = s == 1 ? .warmstart : .rl
         m.policyVersion = s
         m.rewardMean = s == 1 ? nil : 0.1 * Double(s)
-        m.loss = -0.01 * Double(s)
-        m.gradNorm = 0.3 + Double(s)
-        m.lr = 1e-3 / Double(s)
-        m.tokensFlat = 100 * s
-        m.tokensTrie = 40 * s
+        m.stats.loss = -0.01 * Double(s)
+        m.stats.gradNorm = 0.3 + Double(s)
+        m.stats.lr = 1e-3 / Double(s)
+        m.stats.tokensFlat = 100 * s
+        m.stats.tokensTrie = 40 * s
         m.stalenessHist = [s, 1, 0]
-        m.skipped = s == 2
+        m.stats.skipped = s == 2
         if s >= 3 { m.evalSuccess = 0.25; m.evalReward = 0.5 }
         return m.json
     }

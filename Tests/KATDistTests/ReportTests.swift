@@ -15,18 +15,18 @@ func runLines(warm: Int, rl: Int, offline: Int = 0, evalEvery: Int, idle: Bool =
         m.time = 0.2 * Double(s)
         m.phase = s <= warm ? .warmstart : (offline > 0 ? .offline : .rl)
         m.policyVersion = s
-        m.logprobMean = -5 + 4 * (1 - exp(-Double(s) / 30)) + 0.05 * rng.nextDouble()
-        m.loss = m.phase == .warmstart ? -1 : 0.02 * (rng.nextDouble() - 0.5)
-        m.gradNorm = 3 * exp(-Double(s) / 40) + 0.2 * rng.nextDouble()
-        m.lr = m.phase == .warmstart ? 1e-3 : 5e-4 * (1 + cos(Double.pi * Double(s - warm) / Double(max(1, rl + offline)))) / 2
-        m.tokensFlat = 1000; m.tokensTrie = 400; m.tokensComputed = 400
+        m.stats.logprobMean = -5 + 4 * (1 - exp(-Double(s) / 30)) + 0.05 * rng.nextDouble()
+        m.stats.loss = m.phase == .warmstart ? -1 : 0.02 * (rng.nextDouble() - 0.5)
+        m.stats.gradNorm = 3 * exp(-Double(s) / 40) + 0.2 * rng.nextDouble()
+        m.stats.lr = m.phase == .warmstart ? 1e-3 : 5e-4 * (1 + cos(Double.pi * Double(s - warm) / Double(max(1, rl + offline)))) / 2
+        m.stats.tokensFlat = 1000; m.stats.tokensTrie = 400; m.stats.tokensComputed = 400
         m.tokensPerS = 15_000 + 3000 * rng.nextDouble()
         m.tForwardBackward = 0.1 + 0.02 * rng.nextDouble(); m.tWaitData = m.phase == .rl ? 0.05 : 0; m.tOptimizer = 0.004
         if m.phase == .rl {
             m.rewardMean = min(1, 0.3 + Double(s - warm) / Double(2 * rl) + 0.1 * rng.nextDouble())
             m.entropyMean = 0.6 - 0.1 * Double(s - warm) / Double(rl)
-            m.clipFrac = 0.05 * rng.nextDouble()
-            m.klBehaviour = 1e-3 * rng.nextDouble()
+            m.stats.clipFrac = 0.05 * rng.nextDouble()
+            m.stats.klBehaviour = 1e-3 * rng.nextDouble()
             m.stalenessMean = rng.nextDouble(); m.stalenessMax = 2
         }
         if evalEvery > 0, m.phase == .rl, (s - warm) % evalEvery == 0 || s == warm + 1 {

@@ -10,7 +10,7 @@ import KATTrie
 final class RecordingConsole: Console {
     var lines: [String] = []
     func line(_ text: String) { lines.append(text) }
-    func status(_ text: String) {}
+    func status(_ text: String, final: Bool) {}
     var text: String { lines.joined(separator: "\n") }
 }
 
