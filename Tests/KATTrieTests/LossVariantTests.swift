@@ -144,12 +144,19 @@ final class LossVariantTests: XCTestCase {
         let several = plans[0].count > 1
         let stepStart = several ? try b.trajectories.map { try reference.logprobs($0) } : nil
         XCTAssertEqual(Set(plans[0].map(\.minibatch)).count, minibatches, what)
+        var clipped = 0.0, truncated = 0.0
         for u in plans[0].indices {
             var updates = plans.map { $0[u] }
             if updates[0].needsCurrentLogprobs {
                 var l = [Double](repeating: 0, count: updates[0].tokenOffsets.last ?? 0)
                 for part in updates { l = zip(l, try step.currentLogprobs(part)).map { $0 + $1 } }
                 updates = updates.map { step.choosingKLCovTokens($0, logprobs: l) }
+            }
+            // Each selection keeps some tokens and leaves out others: the test is not vacuous.
+            for selection in [updates[0].terms.contributes, updates[0].terms.klCovered].compactMap({ $0 }) {
+                var flags: [Bool] = []
+                for (t, f) in zip(updates[0].trajectories, selection) { for k in f.indices where t.lossMask[k] == 1 { flags.append(f[k]) } }
+                XCTAssertTrue(flags.contains(true) && flags.contains(false), what)
             }
             m.zeroGrad()
             var tally = UpdateTally()
@@ -167,8 +174,12 @@ final class LossVariantTests: XCTestCase {
                 XCTAssertEqual(tally.isTruncatedTokens, Double(flat.truncated), label)
                 XCTAssertEqual(tally.isWeightMax, flat.weightMax, accuracy: 1e-5 * flat.weightMax, label)
             }
+            clipped += tally.clippedTokens; truncated += tally.isTruncatedTokens
             _ = step.apply(tally, lr: 0.05)
         }
+        // (The decoupled ratio against the step's start weights is 1 in a step's only update.)
+        if several || cfg.offPolicy == .ppo { XCTAssertGreaterThan(clipped, 0, "\(what): some ratios clip") }
+        if cfg.isCap > 0 { XCTAssertGreaterThan(truncated, 0, "\(what): some weights are truncated") }
     }
 
     /// Every variant, alone and together, gives on the trie the loss and gradient of its
@@ -207,6 +218,7 @@ final class LossVariantTests: XCTestCase {
         let m = try trieTestModel(seed: 1)
         var b = batch(seed: 5)
         b.trajectories[2].entropies = nil
+        b.trajectories[2].source = "batch.jsonl:3"
         for cfg in [PolicyLossConfig(entropyBonusBeta: 0.1), PolicyLossConfig(entropyTokenFrac: 0.5)] {
             let step = TrainStep(model: m, optimizer: Optimizer(config: OptimizerConfig(), layout: m.layout), loss: cfg, config: StepConfig())
             XCTAssertThrowsError(try step.plan(b, shard: 0, of: 1)) { e in
@@ -373,7 +385,8 @@ final class DecoupledLossTests: XCTestCase {
         let p = try step(PolicyLossConfig(), model: m).logprobsAtCurrentWeights(trajs)
         var weights: [Double] = []
         for (s, t) in trajs.enumerated() {
-            for k in 0..<t.tokens.count where t.lossMask[k] == 1 { weights.append(exp(Double(p[s][k]) - Double(t.logprobs?[k] ?? .nan))) }
+            // Missing behaviour log-probs are on-policy: b = p, weight 1.
+            for k in 0..<t.tokens.count where t.lossMask[k] == 1 { weights.append(exp(Double(p[s][k]) - Double(t.logprobs?[k] ?? p[s][k]))) }
         }
         for cap in [0.0, 4.0] {
             let (_, stats) = try run(PolicyLossConfig(offPolicy: .decoupled, isCap: cap), b, seed: 6)
