@@ -24,6 +24,9 @@ import KATRL
 //   kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
 //   kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
 //   kat-bench init-model DIR                a small seeded random GPT-2 model directory
+//   kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
+//       arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
+//       final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
@@ -323,6 +326,11 @@ do {
     case "allreduce": try allreduceBenchmark()
     case "trie": try trieBenchmark()
     case "sampler": try samplerBenchmark()
+    case "ablation":
+        do { try ablationCommand(Array(CommandLine.arguments.dropFirst(2))) } catch let AblationError.usage(message) {
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            exit(2)
+        }
     case "curve":
         // kat-bench curve RUN OUT.svg [TITLE]: the held-out success and training reward of a
         // run, drawn by the report's chart code, with the phase boundary marked.
@@ -359,7 +367,7 @@ do {
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, init-model DIR [--family F])\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, ablation, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {
