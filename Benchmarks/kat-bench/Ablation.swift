@@ -1,4 +1,7 @@
 import Foundation
+import KATEnv
+import KATModel
+import KATRL
 import KATSupport
 
 // kat-bench ablation: arms x seeds of kat-dist runs, in parallel, resumable, summarised
@@ -324,10 +327,52 @@ func runAll(_ runs: [PlannedRun], _ o: AblationOptions) throws {
     }
 }
 
+// MARK: - The explore task's kinds
+
+/// Held-out prompts 0..<prompts of the explore task solved by greedy decoding, by kind of
+/// prompt (which strategies a model has found), for the model directory `dir`.
+/// - Returns: kind name -> (solved, prompts of that kind).
+func exploreKinds(modelDirectory dir: String, prompts: Int, maxNewTokens: Int) throws -> [String: (solved: Int, total: Int)] {
+    let model = try ModelDirectory.load(dir)
+    let tokenizer = try TokenizerLoader.load(directory: dir)
+    let task = ExploreTask()
+    var config = RolloutConfig()
+    config.maxNewTokens = maxNewTokens
+    let worker = RolloutWorker(model: model, seed: 1, config: config, tokenizer: tokenizer) { task.makeEnvironment(maxTurns: 1) }
+    var out: [String: (solved: Int, total: Int)] = [:]
+    for i in 0..<prompts {
+        let kind = task.kind(seed: UInt64(i), split: "test").rawValue
+        let r = try worker.greedyEpisode(seed: UInt64(i), split: "test")
+        out[kind, default: (0, 0)].total += 1
+        if r.reward >= 1 - 1e-9 { out[kind, default: (0, 0)].solved += 1 }
+    }
+    return out
+}
+
+/// The kinds of a finished explore run at its end, computed once and kept in RUN/kinds.json.
+func exploreKinds(run: String) throws -> [String: (solved: Int, total: Int)] {
+    let cache = run + "/kinds.json"
+    if let data = FileManager.default.contents(atPath: cache), let json = try? JSON.parse(Array(data)), let members = json.objectMembers {
+        var out: [String: (solved: Int, total: Int)] = [:]
+        for (k, v) in members { out[k] = (v["solved"]?.intValue ?? 0, v["total"]?.intValue ?? 0) }
+        return out
+    }
+    let config = try JSON.parse(Array(FileManager.default.contents(atPath: run + "/config.json") ?? Data()))
+    let prompts = config["eval"]?["prompts"]?.intValue ?? 200
+    let newTokens = config["rollout"]?["max_new_tokens"]?.intValue ?? 16
+    // checkpoints/latest names the newest checkpoint.
+    let latest = String(decoding: FileManager.default.contents(atPath: run + "/checkpoints/latest") ?? Data(), as: UTF8.self)
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+    let kinds = try exploreKinds(modelDirectory: run + "/checkpoints/" + latest, prompts: prompts, maxNewTokens: newTokens)
+    let json = JSON.object(kinds.keys.sorted().map { k in (k, JSON.object([("solved", JSON(kinds[k]?.solved ?? 0)), ("total", JSON(kinds[k]?.total ?? 0))])) })
+    try (json.serialized + "\n").write(toFile: cache, atomically: true, encoding: .utf8)
+    return kinds
+}
+
 // MARK: - Report
 
 func fmt(_ c: (mean: Double, half: Double, n: Int), _ digits: Int = 3) -> String {
-    String(format: "%.\(digits)f ± %.\(digits)f", c.mean, c.half)
+    c.n == 0 ? "-" : String(format: "%.\(digits)f ± %.\(digits)f", c.mean, c.half)
 }
 
 /// Writes OUT/TASK/summary.md and the curves; returns the summary text.
@@ -360,6 +405,22 @@ func report(task: String, _ o: AblationOptions) throws -> String {
             let ds = diffs(\.finalSuccess), da = diffs(\.successArea), dk = diffs(\.finalPassAtK)
             text += String(format: "| %@ | %@ | %.3f | %@ | %.3f | %@ | %.3f |\n", arm.name, fmt(meanCI(ds)), pairedPValue(ds),
                            fmt(meanCI(da)), pairedPValue(da), fmt(meanCI(dk)), pairedPValue(dk))
+        }
+    }
+    if task == "explore" {
+        // Which strategies each arm found: held-out prompts solved at the end, by kind.
+        let kinds = ExploreTask.Kind.allCases.map(\.rawValue)
+        text += "\nHeld-out prompts solved at the end by kind of prompt (greedy; mean over seeds of solved / prompts of the kind):\n\n"
+        text += "| arm | " + kinds.joined(separator: " | ") + " |\n|---|" + kinds.map { _ in "---|" }.joined() + "\n"
+        for arm in o.arms {
+            var shares: [String: [Double]] = [:]
+            for seed in o.firstSeed..<(o.firstSeed + o.seeds) {
+                let run = "\(o.out)/\(task)/\(arm.name)/seed-\(seed)"
+                guard FileManager.default.fileExists(atPath: run + "/DONE") else { continue }
+                let k = try exploreKinds(run: run)
+                for name in kinds { if let c = k[name], c.total > 0 { shares[name, default: []].append(Double(c.solved) / Double(c.total)) } }
+            }
+            text += "| \(arm.name) | " + kinds.map { fmt(meanCI(shares[$0] ?? [])) }.joined(separator: " | ") + " |\n"
         }
     }
     let dir = "\(o.out)/\(task)"

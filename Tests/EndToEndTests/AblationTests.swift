@@ -46,13 +46,13 @@ final class AblationTests: TemporaryDirectoryTestCase {
         let plain: [(Double, Double, Double)] = [(0.1, 0.2, 0.2), (0.1, 0.25, 0.3), (0.0, 0.3, 0.4)]
         let higher: [(Double, Double, Double)] = [(0.1, 0.3, 0.5), (0.1, 0.3, 0.4), (0.0, 0.5, 0.7)]
         for (seed, (a, b)) in zip(plain, higher).enumerated() {
-            try fakeRun(dir + "/explore/plain/seed-\(seed + 1)", w: a.0, mid: a.1, end: a.2, passK: 0.5, entropy: 0.1)
-            try fakeRun(dir + "/explore/clip-higher/seed-\(seed + 1)", w: b.0, mid: b.1, end: b.2, passK: 0.6, entropy: 0.2)
+            try fakeRun(dir + "/code/plain/seed-\(seed + 1)", w: a.0, mid: a.1, end: a.2, passK: 0.5, entropy: 0.1)
+            try fakeRun(dir + "/code/clip-higher/seed-\(seed + 1)", w: b.0, mid: b.1, end: b.2, passK: 0.6, entropy: 0.2)
         }
-        let r = try runKatBench(["ablation", "--report-only", "--task", "explore", "--arms", "plain,clip-higher", "--seeds", "3",
+        let r = try runKatBench(["ablation", "--report-only", "--task", "code", "--arms", "plain,clip-higher", "--seeds", "3",
                                  "--out", dir, "--kat-dist", builtExecutable("kat-dist")])
         XCTAssertEqual(r.code, 0, r.out)
-        let summary = try String(contentsOfFile: dir + "/explore/summary.md", encoding: .utf8)
+        let summary = try String(contentsOfFile: dir + "/code/summary.md", encoding: .utf8)
         // t_{0.975, 2} = 4.302653 (any table of the t distribution).
         func interval(_ xs: [Double]) -> String {
             let m = xs.reduce(0, +) / Double(xs.count)
@@ -66,10 +66,10 @@ final class AblationTests: TemporaryDirectoryTestCase {
         let diffs = zip(higher, plain).map { $0.2 - $1.2 }, areaDiffs = zip(higher, plain).map { area($0) - area($1) }
         XCTAssertTrue(summary.contains("| clip-higher | \(interval(diffs)) | "), "\(interval(diffs))\n\(summary)")
         XCTAssertTrue(summary.contains(interval(areaDiffs)), summary)
-        let svg = try String(contentsOfFile: dir + "/explore/success.svg", encoding: .utf8)
+        let svg = try String(contentsOfFile: dir + "/code/success.svg", encoding: .utf8)
         XCTAssertEqual(svg.components(separatedBy: "<polygon").count - 1, 2, "one band per arm")
-        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/explore/pass-at-k.svg"))
-        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/explore/entropy.svg"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/code/pass-at-k.svg"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/code/entropy.svg"))
     }
 
     /// Arms x seeds run in parallel; the arms of a seed fork from one warm start (their
@@ -98,6 +98,8 @@ final class AblationTests: TemporaryDirectoryTestCase {
         XCTAssertTrue(second.out.contains("6 runs, 6 finished before, 0 to run"), second.out)
         let summary = try String(contentsOfFile: dir + "/summary.md", encoding: .utf8)
         XCTAssertTrue(summary.contains("| plain | 2 |") && summary.contains("| clip-higher | 2 |"), summary)
+        XCTAssertTrue(summary.contains("by kind of prompt") && FileManager.default.fileExists(atPath: dir + "/explore/plain/seed-1/kinds.json"),
+                      "the explore task's runs are broken down by kind")
     }
 
     /// Bad options are refused with a message and exit code 2 (not a crash).

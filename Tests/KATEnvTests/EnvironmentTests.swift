@@ -176,7 +176,7 @@ final class ExploreTaskTests: XCTestCase {
                 let seed = UInt64(i)
                 let prompt = task.prompt(seed: seed, split: split)
                 let parts = prompt.components(separatedBy: " then ")
-                let ops = parts.map { words in CodeTask.ops.first { $0.words == words } }
+                let ops = parts.map { words in ExploreTask.ops.first { $0.words == words } }
                 guard let a = ops[0], let b = ops[1] else { return XCTFail("prompt \(prompt)") }
                 let literal = "x \(a.code) \(b.code)"
                 // f(x) = m x + c, folded by hand.
@@ -189,6 +189,8 @@ final class ExploreTaskTests: XCTestCase {
                 seen.insert(kind)
                 XCTAssertEqual(reward(shortest, seed, split), 1, "\(prompt): \(shortest)")
                 XCTAssertEqual(reward(literal, seed, split), kind == .mixed ? 1 : 0.5, "\(prompt): \(literal)")
+                // Imitating the demonstrated fold (adding the constants) is wrong on a difference.
+                if kind == .differences { XCTAssertLessThan(reward("x \(a.k + b.k) +", seed, split), 0.5, "\(prompt)") }
                 // A wrong constant in the shortest program's form is right on no input but by chance.
                 XCTAssertLessThan(reward("x \(abs(c) + 1) +", seed, split), 0.5, "\(prompt)")
                 XCTAssertEqual(reward("x 3 +", seed, split) > 0.5, c == 3 && m == 1, "\(prompt)")
@@ -198,34 +200,36 @@ final class ExploreTaskTests: XCTestCase {
         XCTAssertEqual(seen, Set(ExploreTask.Kind.allCases))
     }
 
-    /// The bonus is never demonstrated: on prompts of two additions or subtractions, neither
-    /// the teacher nor the weaker teacher reaches full reward; elsewhere the teacher does.
+    /// The bonus is never demonstrated: on prompts with an operation that changes nothing,
+    /// and on prompts of an addition and a subtraction, neither the teacher nor the weaker
+    /// teacher reaches full reward; elsewhere the teacher does, and the weaker teacher's
+    /// swapped operations are wrong or unfolded.
     func testDemonstrationsNeverShowTheBonus() {
-        var sums = 0
+        var differences = 0
         for i in 0..<task.promptCount(split: "train") {
             let seed = UInt64(i)
             let ref = task.reference(seed: seed, split: "train"), flawed = task.flawedDemonstration(seed: seed, split: "train")
             let kind = task.kind(seed: seed, split: "train")
-            if kind == .sums {
-                sums += 1
+            if kind == .differences || kind == .identity {
+                differences += 1
                 XCTAssertEqual(reward(ref.answer, seed), 0.5, ref.answer)
                 XCTAssertEqual(reward(flawed.answer, seed), 0.5, flawed.answer)
             } else {
                 XCTAssertEqual(reward(ref.answer, seed), 1, ref.answer)
                 // Swapped operations: wrong for a multiplication with an addition, right but
-                // unfolded for two multiplications.
+                // unfolded for two multiplications or two additions.
                 if kind == .mixed { XCTAssertLessThan(reward(flawed.answer, seed), 0.5, flawed.answer) }
                 else { XCTAssertEqual(reward(flawed.answer, seed), 0.5, flawed.answer) }
             }
         }
-        XCTAssertGreaterThan(sums, task.promptCount(split: "train") / 3, "the bonus concerns a large share of the prompts")
+        XCTAssertGreaterThan(differences, task.promptCount(split: "train") / 3, "the bonus concerns a large share of the prompts")
     }
 
     /// The held-out split is disjoint from the training split, and it holds every kind.
     func testHeldOutPromptsAreNeverTrained() {
         let train = Set((0..<task.promptCount(split: "train")).map { task.prompt(seed: UInt64($0), split: "train") })
         let test = (0..<task.promptCount(split: "test")).map { task.prompt(seed: UInt64($0), split: "test") }
-        XCTAssertEqual(train.count + test.count, 676)
+        XCTAssertEqual(train.count + test.count, 29 * 29)
         XCTAssertTrue(test.allSatisfy { !train.contains($0) })
         XCTAssertEqual(Set((0..<test.count).map { task.kind(seed: UInt64($0), split: "test") }), Set(ExploreTask.Kind.allCases))
     }
