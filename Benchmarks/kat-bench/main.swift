@@ -29,6 +29,10 @@ import KATRL
 //   kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
 //   kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
 //   kat-bench init-model DIR                a small seeded random GPT-2 model directory
+//   kat-bench explore-kinds MODEL_DIR       the explore task's held-out prompts solved, by kind
+//   kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
+//       arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
+//       final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
@@ -227,6 +231,21 @@ do {
     case "trie": try trieBenchmark()
     case "sampler": try samplerBenchmark()
     case "group": try groupBenchmark()
+    case "explore-kinds":
+        // kat-bench explore-kinds MODEL_DIR [--prompts 200] [--max-new-tokens 16]: held-out
+        // prompts of the explore task solved by greedy decoding, by kind of prompt.
+        let a = CommandLine.arguments
+        guard a.count >= 3 else {
+            FileHandle.standardError.write(Data("usage: kat-bench explore-kinds MODEL_DIR [--prompts 200] [--max-new-tokens 16]\n".utf8))
+            exit(2)
+        }
+        let kinds = try exploreKinds(modelDirectory: a[2], prompts: option("prompts", 200), maxNewTokens: option("max-new-tokens", 16))
+        for k in ExploreTask.Kind.allCases { if let c = kinds[k.rawValue] { print("\(k.rawValue): \(c.solved) of \(c.total)") } }
+    case "ablation":
+        do { try ablationCommand(Array(CommandLine.arguments.dropFirst(2))) } catch let AblationError.usage(message) {
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            exit(2)
+        }
     case "curve":
         // kat-bench curve RUN OUT.svg [TITLE]: the held-out success and training reward of a
         // run, drawn by the report's chart code, with the phase boundary marked.
@@ -263,7 +282,7 @@ do {
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, group, allreduce, init-model DIR [--family F])\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, group, allreduce, ablation, explore-kinds, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {
