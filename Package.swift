@@ -7,7 +7,7 @@ import PackageDescription
 //
 // Layers only look down:
 //   KATSupport  JSON, SHA-256, atomic file writing, seeded RNG, clock      (nothing)
-//   KATModel    model maths, optimizer, safetensors, model directories   (CBLAS, KATSupport)
+//   KATModel    model maths, optimizer, safetensors, model directories   (CBLAS, CKATKernels, KATSupport)
 //   KATTrie     trajectories, trie, shards, loss normaliser, offline batching (KATSupport)
 //   KATEnv      tokenizers, tasks, the sandboxed interpreter, external environments (KATSupport)
 //   KATRL       advantages, policy loss, sampler, rollouts, one training step
@@ -30,7 +30,11 @@ let package = Package(
         // Linux process controls (prctl) for environment processes.
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         .target(name: "KATSupport"),
-        .target(name: "KATModel", dependencies: ["CBLAS", "KATSupport"],
+        // Element-wise kernels in C, built for AVX-512, AVX2 and the baseline and chosen at
+        // run time (Swift itself compiles for the baseline instruction set only).
+        .target(name: "CKATKernels", path: "Sources/CKATKernels",
+                cSettings: [.unsafeFlags(["-O3", "-Wno-psabi"])]),
+        .target(name: "KATModel", dependencies: ["CBLAS", "CKATKernels", "KATSupport"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         .target(name: "KATTrie", dependencies: ["KATSupport"]),
         .target(name: "KATEnv", dependencies: ["KATSupport", "CLinux"]),

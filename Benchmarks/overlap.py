@@ -52,7 +52,7 @@ def main():
         rtt = sh(f"ip netns exec {a} python3 -c \"import socket,time;print('n/a')\"", check=False)
         agent = os.path.join(tmp, "agent.sh")
         with open(agent, "w") as f:
-            f.write('#!/bin/sh\nhost="$1"; shift\nexec ip netns exec "$host" sh -c "$*"\n')
+            f.write('#!/bin/sh\nhost="$1"; shift\nexec ip netns exec "$host" unshare --uts sh -c "hostname $host; $*"\n')
         os.chmod(agent, 0o755)
         hosts = os.path.join(tmp, "hosts")
         with open(hosts, "w") as f:

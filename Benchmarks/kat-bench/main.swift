@@ -7,7 +7,7 @@ import KATTrie
 import KATRL
 
 // kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
-// noisy machine affects both sides alike.
+// noisy machine affects both sides alike. Times are the thread's CPU time (see `now`).
 //
 //   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
 //       checks an in-place float allreduce exactly and measures its bus bandwidth
@@ -23,21 +23,35 @@ import KATRL
 //   kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
 //       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
 //       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
-//   kat-bench sampler [--family gpt2|llama|qwen2] [--prompt 64] [--new 64] [--group 8]
-//       generated tokens/s with the group's prompt cache shared and with a copy per sample.
-//   kat-bench model [--family gpt2|llama|qwen2] [--seqs 32] [--len 320] [--repeat 3]
-//       forward+backward of the family at C=256 L=4 NH=4 V=260 (llama, qwen2: 2 key-value
-//       heads, F=704) on packed flat sequences, one process, against single-thread sgemm
-//       1024^3 measured in the same run; for llama and qwen2, GPT-2's too.
+//   kat-bench sampler [--size small|124m|0.5b] [--family F] [--prompt 64] [--new 64] [--group 8] [--only shared|unshared]
+//       batched decoding: generated tokens/s with the group's prompt cache shared and with a
+//       copy per sample, each beside its sgemm bound (forward FLOPs at the sgemm rate).
+//   kat-bench model [--size small|124m|0.5b] [--family F] [--seqs 32] [--len 320] [--repeat 3]
+//       forward+backward on packed flat sequences, one process, against single-thread sgemm
+//       1024^3 measured in the same run. small: C=256 L=4 NH=4 V=260 (llama, qwen2: 2
+//       key-value heads, F=704; GPT-2's beside them); 124m: GPT-2 124M; 0.5b: Qwen2.5-0.5B's shape.
+//   kat-bench group [--size 124m] [--family F] [--prompts 2] [--samples 8] [--prompt-len 128]
+//                   [--answer-len 32] [--repeat 3] [--memory trie|flat]
+//       a GRPO-shaped update flat and as a trie (forward, policy loss, backward), FLOP and
+//       time ratios; --memory: one whole SGD training step alone, and its peak memory.
 //   kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
 //   kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
 //   kat-bench init-model DIR                a small seeded random GPT-2 model directory
+//   kat-bench explore-kinds MODEL_DIR       the explore task's held-out prompts solved, by kind
+//   kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
+//       arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
+//       final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
+/// The benchmarks' clock: this thread's CPU time. Every benchmark here runs its maths on one
+/// thread (one BLAS thread), so on an idle machine this is the wall time, and on a machine
+/// shared with other jobs it leaves out the time the thread waited for a core.
+/// `KAT_BENCH_CLOCK=wall` uses the monotonic wall clock instead.
+let useWallClock = ProcessInfo.processInfo.environment["KAT_BENCH_CLOCK"] == "wall"
 func now() -> Double {
     var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(useWallClock ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
@@ -53,7 +67,8 @@ func option(_ name: String, _ def: Int) -> Int {
     return def
 }
 
-/// Best-of-`reps` single-thread sgemm GFLOP/s at n x n x n.
+/// Best-of-`reps` single-thread sgemm GFLOP/s at n x n x n, each measurement 8 products in
+/// a row (about 0.1 s), so that it sees the machine's load much as a model step does.
 func sgemmGFLOPs(n: Int, reps: Int) -> Double {
     let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
     var rng = SplitMix64(seed: 1)
@@ -61,8 +76,8 @@ func sgemmGFLOPs(n: Int, reps: Int) -> Double {
     var best = 0.0
     for _ in 0..<reps {
         let t0 = now()
-        BLASKernels.gemm(m: n, n: n, k: n, a: a, b: b, c: c)
-        best = max(best, 2 * Double(n * n * n) / (now() - t0) / 1e9)
+        for _ in 0..<8 { BLASKernels.gemm(m: n, n: n, k: n, a: a, b: b, c: c) }
+        best = max(best, 8 * 2 * Double(n * n * n) / (now() - t0) / 1e9)
     }
     return best
 }
@@ -85,59 +100,6 @@ func benchConfig(_ family: ModelFamily, positions: Int) -> any ModelConfiguratio
     if family == .gpt2 { return GPT2Config(vocabSize: 260, nPositions: positions, nEmbd: 256, nLayer: 4, nHead: 4) }
     return LlamaConfig(family: family, vocabSize: 260, nPositions: positions, nEmbd: 256, nLayer: 4, nHead: 4, nKVHead: 2,
                        intermediateSize: 704)
-}
-
-func modelBenchmark() throws {
-    BLASRuntime.setThreads(1)
-    let seqs = option("seqs", 32), len = option("len", 320), reps = option("repeat", 3)
-    let family = familyOption()
-    // The family asked for, and GPT-2 of the same width and depth beside it.
-    let configs = [benchConfig(family, positions: max(512, len))] + (family == .gpt2 ? [] : [benchConfig(.gpt2, positions: max(512, len))])
-    var rng = SplitMix64(seed: 2)
-    let sequences = (0..<seqs).map { _ in (0..<len).map { _ in Int(rng.next() % 256) } }
-    let batch = try PackedBatch(sequences: sequences, vocabSize: 260, maxPositions: configs[0].nPositions)
-    let d = (0..<batch.count).map { _ in Float(rng.nextDouble() - 0.5) / Float(batch.count) }
-    print("# \(BLASRuntime.summary)")
-    print("# model \(configs[0].shapeSummary), \(seqs) sequences x \(len) tokens, 1 BLAS thread")
-    var sg = sgemmGFLOPs(n: 1024, reps: 3)
-    let models = try configs.map { cfg -> any LanguageModel in
-        let m = try cfg.makeModel()
-        m.initialize(seed: 1)
-        // Warm-up pass allocates the workspace.
-        m.zeroGrad(); m.forward(batch); m.backward(dlogprobs: d)
-        return m
-    }
-    // Rounds of sgemm and each model in turn, best of each, so a change of the machine's
-    // load during the run reaches every side alike.
-    var best = [Double](repeating: .infinity, count: models.count), fwdBest = best
-    for _ in 0..<reps {
-        for (k, model) in models.enumerated() {
-            model.zeroGrad()
-            let t0 = now()
-            model.forward(batch)
-            let t1 = now()
-            model.backward(dlogprobs: d)
-            let t2 = now()
-            best[k] = min(best[k], t2 - t0)
-            fwdBest[k] = min(fwdBest[k], t1 - t0)
-        }
-        sg = max(sg, sgemmGFLOPs(n: 1024, reps: 1))
-    }
-    let n = Double(batch.count)
-    // Layers per token, head per row with children, attention per (query, key) pair.
-    let flops = configs.map { $0.trainingFLOPs(batch) }
-    let gf = flops[0] / best[0] / 1e9
-    print(String(format: "tokens/s            %.0f", n / best[0]))
-    print(String(format: "step time (s)       %.3f  (forward %.3f)", best[0], fwdBest[0]))
-    print(String(format: "model GFLOP/s       %.1f  (%.1f GFLOP per step)", gf, flops[0] / 1e9))
-    print(String(format: "sgemm 1024^3 GFLOP/s %.1f  (1 thread, same run)", sg))
-    print(String(format: "ratio model/sgemm   %.2f", gf / sg))
-    print(String(format: "peak memory (MiB)   %.0f  (activations %.0f)", Double(peakRSSBytes()) / 1048576, Double(models[0].workspaceBytes) / 1048576))
-    if models.count > 1 {
-        let ggf = flops[1] / best[1] / 1e9
-        print(String(format: "gpt2 GFLOP/s        %.1f  (%@, same batch, step %.3f s)", ggf, configs[1].shapeSummary as NSString, best[1]))
-        print(String(format: "ratio gpt2/sgemm    %.2f", ggf / sg))
-    }
 }
 
 func allreduceBenchmark() throws {
@@ -269,61 +231,6 @@ func trieBenchmark() throws {
     }
 }
 
-func samplerBenchmark() throws {
-    BLASRuntime.setThreads(1)
-    let promptLen = option("prompt", 64), newTokens = option("new", 64), group = option("group", 8)
-    let family = familyOption()
-    let cfg: any ModelConfiguration = family == .gpt2
-        ? GPT2Config(vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4)
-        : LlamaConfig(family: family, vocabSize: 260, nPositions: 512, nEmbd: 128, nLayer: 4, nHead: 4, nKVHead: 2, intermediateSize: 352)
-    let model = try cfg.makeModel()
-    model.initialize(seed: 1)
-    var rng = SplitMix64(seed: 4)
-    let prompt = (0..<promptLen).map { _ in Int32(rng.next() % 256) }
-    var sc = SamplingConfig()
-    sc.maxNewTokens = newTokens
-    print("# \(BLASRuntime.summary)")
-    print("# model \(cfg.shapeSummary), prompt \(promptLen) tokens, \(group) samples x \(newTokens) new tokens, 1 BLAS thread")
-    // Shared: one prefill, every sample continues from it.
-    func shared() throws -> Double {
-        let s = Sampler(model: model, seed: 1)
-        let t0 = now()
-        let (row, logits) = try s.prefill(prompt)
-        let out = try s.generate(from: row, logits: logits, streams: group, config: sc)
-        precondition(out.count == group)
-        return now() - t0
-    }
-    // Unshared: each sample prefills its own copy of the prompt; decoding is batched the
-    // same way (one cache call per step for all samples), so only the sharing differs.
-    func unshared() throws -> Double {
-        let cache = KVCache(model: model)
-        let t0 = now()
-        var last: [Int32] = []
-        for _ in 0..<group {
-            let base = Int32(cache.count)
-            _ = try cache.extend(tokens: prompt, parents: prompt.indices.map { $0 == 0 ? -1 : base + Int32($0) - 1 }, outputs: [promptLen - 1])
-            last.append(Int32(cache.count - 1))
-        }
-        var logits = [Float](repeating: 0, count: group * 260)
-        for _ in 0..<newTokens {
-            // The same per-token distribution work as the sampler (the token itself is drawn
-            // at random here: only the cost matters).
-            for k in 0..<group { _ = logits[(k * 260)..<((k + 1) * 260)].withUnsafeBufferPointer { distribution($0, temperature: 1) } }
-            let toks = (0..<group).map { _ in Int32(rng.next() % 256) }
-            logits = try cache.extend(tokens: toks, parents: last, outputs: Array(0..<group))
-            let base = Int32(cache.count - group)
-            last = (0..<group).map { base + Int32($0) }
-        }
-        return now() - t0
-    }
-    var bestS = Double.infinity, bestU = Double.infinity
-    for _ in 0..<3 { bestS = min(bestS, try shared()); bestU = min(bestU, try unshared()) }
-    let tokens = Double(group * newTokens)
-    print(String(format: "generated tokens/s, shared prompt cache   %.0f", tokens / bestS))
-    print(String(format: "generated tokens/s, one copy per sample   %.0f", tokens / bestU))
-    print(String(format: "ratio shared/unshared                     %.2f", bestU / bestS))
-}
-
 let cmd = CommandLine.arguments.dropFirst().first ?? "model"
 do {
     switch cmd {
@@ -333,6 +240,22 @@ do {
     case "compute": try computeBenchmark()
     case "trie": try trieBenchmark()
     case "sampler": try samplerBenchmark()
+    case "group": try groupBenchmark()
+    case "explore-kinds":
+        // kat-bench explore-kinds MODEL_DIR [--prompts 200] [--max-new-tokens 16]: held-out
+        // prompts of the explore task solved by greedy decoding, by kind of prompt.
+        let a = CommandLine.arguments
+        guard a.count >= 3 else {
+            FileHandle.standardError.write(Data("usage: kat-bench explore-kinds MODEL_DIR [--prompts 200] [--max-new-tokens 16]\n".utf8))
+            exit(2)
+        }
+        let kinds = try exploreKinds(modelDirectory: a[2], prompts: option("prompts", 200), maxNewTokens: option("max-new-tokens", 16))
+        for k in ExploreTask.Kind.allCases { if let c = kinds[k.rawValue] { print("\(k.rawValue): \(c.solved) of \(c.total)") } }
+    case "ablation":
+        do { try ablationCommand(Array(CommandLine.arguments.dropFirst(2))) } catch let AblationError.usage(message) {
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            exit(2)
+        }
     case "curve":
         // kat-bench curve RUN OUT.svg [TITLE]: the held-out success and training reward of a
         // run, drawn by the report's chart code, with the phase boundary marked.
@@ -369,7 +292,7 @@ do {
         m.initialize(seed: 7)
         try ModelDirectory.save(m, to: CommandLine.arguments[2])
     default:
-        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, allreduce, weightsync, compute, init-model DIR [--family F])\n".utf8))
+        FileHandle.standardError.write(Data("kat-bench: unknown benchmark '\(cmd)' (try: model, trie, sampler, group, allreduce, weightsync, compute, ablation, explore-kinds, init-model DIR [--family F])\n".utf8))
         exit(2)
     }
 } catch {

@@ -11,9 +11,10 @@ import Glibc
 enum Tag {
     /// rollout -> its home trainer: one finished group.
     static let group = 10
-    /// tree parent -> leader: a weights message (64-byte header with the version, then the parameters).
+    /// tree parent -> leader: a weights message (64-byte header with the version and the
+    /// publication number, then the parameters).
     static let weights = 11
-    /// home trainer -> rollout: stop generating (payload: the last published version).
+    /// home trainer -> rollout: stop generating (payload: the last publication number).
     static let stop = 12
     /// rollout -> home trainer: stopped, last group sent, last weights passed on.
     static let done = 13
@@ -25,6 +26,8 @@ enum Tag {
     static let trainerHeartbeat = 16
     /// trainer -> the next trainer around the ring: alive.
     static let ringHeartbeat = 17
+    /// rollout -> home trainer: SIGUSR1 arrived here; stop the run as if it had arrived there.
+    static let preempt = 18
 }
 
 /// Heartbeats between two sides: when to send the next one, and when the other side was
@@ -89,11 +92,9 @@ struct BufferedGroup {
 struct RolloutBuffer {
     let capacity: Int
     var groups: [BufferedGroup] = []
-    /// Flat tokens of the groups received since the counters were last reset.
-    var receivedTokens = 0
-    /// Episodes truncated and abandoned by the senders since the counters were last reset.
-    var truncatedEpisodes = 0
-    var abandonedEpisodes = 0
+    /// Flat tokens of the groups received, episodes truncated and abandoned by the
+    /// senders, and their admission-control waits, since the counts were last taken.
+    var counts = BatchCounts()
 
     init(capacity: Int) { self.capacity = capacity }
 
@@ -102,17 +103,20 @@ struct RolloutBuffer {
 
     mutating func append(_ group: [Trajectory], source: Int = 0, sequence: Int = 0) {
         guard !group.isEmpty else { return }
-        receivedTokens += group.reduce(0) { $0 + $1.tokens.count }
+        counts.receivedTokens += group.reduce(0) { $0 + $1.tokens.count }
         groups.append(BufferedGroup(trajectories: group, source: source, sequence: sequence))
     }
 
     /// Removes the groups more than `maxStaleness` versions behind `version`.
-    /// - Returns: the trajectories dropped.
-    mutating func dropStale(version: Int, maxStaleness: Int) -> Int {
-        var dropped = 0
+    /// - Returns: the trajectories dropped and their flat tokens.
+    mutating func dropStale(version: Int, maxStaleness: Int) -> (trajectories: Int, tokens: Int) {
+        var dropped = (trajectories: 0, tokens: 0)
         groups.removeAll { g in
             let stale = version - g.version > maxStaleness
-            if stale { dropped += g.trajectories.count }
+            if stale {
+                dropped.trajectories += g.trajectories.count
+                dropped.tokens += g.trajectories.reduce(0) { $0 + $1.tokens.count }
+            }
             return stale
         }
         return dropped
@@ -120,7 +124,7 @@ struct RolloutBuffer {
 
     /// Takes up to `count` groups oldest first for the step that turns `version` into the
     /// next one, dropping (and counting) stale ones first.
-    mutating func take(_ count: Int, version: Int, maxStaleness: Int) -> (groups: [[Trajectory]], dropped: Int) {
+    mutating func take(_ count: Int, version: Int, maxStaleness: Int) -> (groups: [[Trajectory]], dropped: (trajectories: Int, tokens: Int)) {
         let dropped = dropStale(version: version, maxStaleness: maxStaleness)
         groups.sort { $0.key < $1.key }
         let taken = groups.prefix(count).map(\.trajectories)
@@ -158,15 +162,19 @@ final class RolloutLink {
                 beats[rank] = try world.isend([], to: rank, tag: Tag.trainerHeartbeat)
             }
         }
+        while let m = try world.probe(source: nil, tag: Tag.preempt) {
+            _ = try world.receive(from: m.source, tag: Tag.preempt)
+            liveness.heard(m.source)
+            Preemption.request()
+        }
         while !buffer.isFull, let m = try world.probe(source: nil, tag: Tag.group) {
             let bytes = try world.receive(from: m.source, tag: Tag.group)
             liveness.heard(m.source)
             do {
-                let message = try GroupsMessage.decodeWithTrailer(bytes)
-                guard message.trailer.count == 3 else { throw TrajectoryCodec.DecodeError() }
-                for g in message.groups { buffer.append(g, source: m.source, sequence: message.trailer[2]) }
-                buffer.truncatedEpisodes += message.trailer[0]
-                buffer.abandonedEpisodes += message.trailer[1]
+                let message = try GroupsMessage.decode(bytes, trailer: GroupNote.self)
+                for g in message.groups { buffer.append(g, source: m.source, sequence: message.trailer.sequence) }
+                buffer.counts.episodes += message.trailer.episodes
+                buffer.counts.throttledMicros += message.trailer.throttledMicros
             } catch {
                 throw RunError.badMessage(rank: m.source, reason: "\(error)")
             }
@@ -174,14 +182,14 @@ final class RolloutLink {
         try liveness.check()
     }
 
-    /// Tells every rollout rank to stop (and the last weights version it must pass on),
+    /// Tells every rollout rank to stop (and the last publication it must pass on),
     /// drains their last groups and heartbeats until each says done, then says goodbye.
     /// - Parameter serve: run while waiting (trainer 0's weight sends must progress).
     /// - Throws: `RunError.silentRank` when a rollout rank does not answer within the
     ///   watchdog (the job then ends without it).
-    func shutdown(lastVersion: Int, serve: () throws -> Void) throws {
+    func shutdown(lastPublication: Int, serve: () throws -> Void) throws {
         var v = [UInt8]()
-        withUnsafeBytes(of: Int64(lastVersion).littleEndian) { v += $0 }
+        withUnsafeBytes(of: Int64(lastPublication).littleEndian) { v += $0 }
         var stops: [MPICollective.PendingSend] = []
         for rank in rollouts { stops.append(try world.isend(v, to: rank, tag: Tag.stop)) }
         var done = Set<Int>()
@@ -192,7 +200,9 @@ final class RolloutLink {
                 done.insert(m.source)
                 liveness.heard(m.source)
             }
-            while let m = try world.probe(source: nil, tag: Tag.group) { _ = try world.receive(from: m.source, tag: Tag.group); liveness.heard(m.source) }
+            for tag in [Tag.group, Tag.preempt] {
+                while let m = try world.probe(source: nil, tag: tag) { _ = try world.receive(from: m.source, tag: tag); liveness.heard(m.source) }
+            }
             while let m = try world.probe(source: nil, tag: Tag.rolloutHeartbeat) {
                 _ = try world.receive(from: m.source, tag: Tag.rolloutHeartbeat)
                 liveness.heard(m.source)
@@ -217,10 +227,14 @@ final class WeightPublisher {
     let children: [Int]
     /// Sends in flight from each pinned slot.
     var sends: [(slot: Int, sends: [MPICollective.PendingSend])] = []
-    /// The newest version published (-1: none yet).
-    private(set) var lastVersion = -1
-    /// Updates skipped because every free slot was still being sent from.
-    private(set) var skipped = 0
+    /// The number the next publication gets (publication numbers grow by one per call to
+    /// `publish`; rollout ranks take any newer one).
+    private(set) var nextPublication = 0
+    /// The number of the newest publication written (-1: none yet).
+    private(set) var lastPublication = -1
+    /// A publication that found no free slot (each was the newest, read, or still being
+    /// sent from), retried by `retry` while the weights are still the same.
+    private(set) var pending: Publication?
 
     init(world: MPICollective, node: NodeWeights, tree: WeightTree) {
         self.world = world
@@ -239,15 +253,25 @@ final class WeightPublisher {
         sends = left
     }
 
-    /// Publishes the weights of `version`.
+    /// Publishes the weights of `version` under the next publication number; when no
+    /// slot is free it is kept pending (a newer publication replaces it).
     /// - Returns: the bytes this rank sent for it (one message per tree child).
-    func publish(_ params: FloatBuffer, version: Int) throws -> Int {
+    /// - Parameter trainerGroups: groups the trainers generated themselves so far.
+    func publish(_ params: FloatBuffer, version: Int, trainerGroups: Int) throws -> Int {
+        pending = Publication(version: version, number: nextPublication, trainerGroups: trainerGroups)
+        nextPublication += 1
+        return try retry(params)
+    }
+
+    /// Writes the pending publication if a slot is now free. Call it only while the
+    /// weights are still those of the pending publication (between steps).
+    /// - Returns: the bytes this rank sent (one message per tree child), 0 when nothing
+    ///   was pending or no slot was free.
+    func retry(_ params: FloatBuffer) throws -> Int {
         try poll()
-        guard let slot = node.publish(params.pointer, version: version) else {
-            skipped += 1
-            return 0
-        }
-        lastVersion = version
+        guard let p = pending, let slot = node.publish(params.pointer, p) else { return 0 }
+        pending = nil
+        lastPublication = p.number
         guard !children.isEmpty else { return 0 }
         node.pin(slot)
         var out: [MPICollective.PendingSend] = []
@@ -325,8 +349,13 @@ final class AsynchronousRollouts: BatchSource {
     /// The groups of every trainer, gathered for the checkpoint trainer 0 writes.
     var checkpointGroups: [[Trajectory]] = []
 
-    init(peers: RolloutPeers, collective: Collective, model: any LanguageModel, generator: GroupGenerator?, settings: RunSettings) {
+    /// Rollout ranks in the job (their admission waits are reported as a mean).
+    let rolloutRanks: Int
+
+    init(peers: RolloutPeers, collective: Collective, model: any LanguageModel, generator: GroupGenerator?, rolloutRanks: Int,
+         settings: RunSettings) {
         self.peers = peers
+        self.rolloutRanks = rolloutRanks
         self.collective = collective
         self.model = model
         self.generator = generator
@@ -336,6 +365,9 @@ final class AsynchronousRollouts: BatchSource {
     }
 
     var phase: Phase { .rl }
+    /// Groups all trainers generated themselves this run segment (as of the last batch):
+    /// rollout ranks leave that much of the admission bound to them.
+    var trainerGroups = 0
     var buffer: RolloutBuffer {
         get { peers.link?.buffer ?? localBuffer }
         set { if let link = peers.link { link.buffer = newValue } else { localBuffer = newValue } }
@@ -343,7 +375,7 @@ final class AsynchronousRollouts: BatchSource {
     /// The buffer of a trainer that is home to no rollout rank (its multiplexed groups).
     var localBuffer = RolloutBuffer(capacity: Int.max)
 
-    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version) }
+    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version, trainerGroups: trainerGroups) }
 
     /// One trainer's view of its buffer, as exchanged to agree on a batch.
     struct Offer {
@@ -369,10 +401,16 @@ final class AsynchronousRollouts: BatchSource {
 
     func collect(step: Int, version: Int) throws -> CollectedBatch {
         let t0 = monotonicSeconds()
-        var idle = 0.0, generating = 0.0, dropped = 0
+        var idle = 0.0, generating = 0.0
+        var dropped = (trajectories: 0, tokens: 0)
         while true {
             try peers.poll()
-            dropped += buffer.dropStale(version: version, maxStaleness: maxStaleness)
+            // The weights are those of the last publication here: one that found no free
+            // slot goes out now (rollout ranks wait for it under admission control).
+            if let publisher = peers.publisher, publisher.pending != nil { _ = try publisher.retry(model.params) }
+            let d = buffer.dropStale(version: version, maxStaleness: maxStaleness)
+            dropped.trajectories += d.trajectories
+            dropped.tokens += d.tokens
             buffer.groups.sort { $0.key < $1.key }
             let mine = Offer(interrupted: Preemption.requested, keys: buffer.groups.map { ($0.version, $0.source, $0.sequence) })
             var offers: [Offer] = []
@@ -398,10 +436,9 @@ final class AsynchronousRollouts: BatchSource {
                 let name = "m\(collective.rank)-v\(version)-c\(sequence)"
                 let groups = try generator.generate(step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
                                                     indices: [2_000_000 + collective.rank], version: version, names: [name])
-                let counts = generator.takeEpisodeCounts()
                 for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
-                buffer.truncatedEpisodes += counts[0]
-                buffer.abandonedEpisodes += counts[1]
+                buffer.counts.episodes += generator.takeEpisodeCounts()
+                buffer.counts.multiplexedGroups += 1
                 sequence += 1
                 generating += monotonicSeconds() - t
             } else {
@@ -412,22 +449,23 @@ final class AsynchronousRollouts: BatchSource {
         }
     }
 
-    /// Every trainer's chosen groups, in the agreed order, on every trainer.
-    func assemble(chosen: [(key: (version: Int, source: Int, sequence: Int), trainer: Int)], mine: [[Trajectory]], dropped: Int,
-                  idle: Double, generating: Double, started: Double) throws -> CollectedBatch {
-        let b = buffer
-        let trailer = [dropped, b.receivedTokens, b.truncatedEpisodes, b.abandonedEpisodes, Int(idle * 1e6), Int(generating * 1e6)]
-        buffer.receivedTokens = 0
-        buffer.truncatedEpisodes = 0
-        buffer.abandonedEpisodes = 0
+    /// Every trainer's chosen groups, in the agreed order, on every trainer, with the
+    /// counts of every trainer summed.
+    func assemble(chosen: [(key: (version: Int, source: Int, sequence: Int), trainer: Int)], mine: [[Trajectory]],
+                  dropped: (trajectories: Int, tokens: Int), idle: Double, generating: Double, started: Double) throws -> CollectedBatch {
+        var counts = buffer.counts
+        buffer.counts = BatchCounts()
+        counts.droppedStale = dropped.trajectories
+        counts.droppedStaleTokens = dropped.tokens
+        counts.idleMicros = Int(idle * 1e6)
+        counts.generateMicros = Int(generating * 1e6)
         var perTrainer: [[[Trajectory]]] = []
-        var sums = [Int](repeating: 0, count: trailer.count)
-        for (r, bytes) in try collective.allgather(bytes: GroupsMessage.encode(mine, trailer: trailer)).enumerated() {
-            let m: (groups: [[Trajectory]], trailer: [Int])
-            do { m = try GroupsMessage.decodeWithTrailer(bytes) } catch { throw RunError.badMessage(rank: r, reason: "\(error)") }
-            guard m.trailer.count == trailer.count else { throw RunError.badMessage(rank: r, reason: "batch message without its counts") }
+        var sums = BatchCounts()
+        for (r, bytes) in try collective.allgather(bytes: GroupsMessage.encode(mine, trailer: counts)).enumerated() {
+            let m: (groups: [[Trajectory]], trailer: BatchCounts)
+            do { m = try GroupsMessage.decode(bytes, trailer: BatchCounts.self) } catch { throw RunError.badMessage(rank: r, reason: "\(error)") }
             perTrainer.append(m.groups)
-            sums = zip(sums, m.trailer).map { $0 + $1 }
+            sums = sums + m.trailer
         }
         var next = [Int](repeating: 0, count: perTrainer.count)
         var groups: [[Trajectory]] = []
@@ -437,20 +475,26 @@ final class AsynchronousRollouts: BatchSource {
             next[c.trainer] += 1
         }
         var batch = CollectedBatch(groups: groups)
-        batch.droppedStale = sums[0]
-        batch.generatedTokens = sums[1]
-        batch.truncatedEpisodes = sums[2]
-        batch.abandonedEpisodes = sums[3]
-        // Trainers' idle and generation time: the mean over trainers.
-        batch.idleSeconds = Double(sums[4]) / 1e6 / Double(collective.size)
-        batch.generateSeconds = Double(sums[5]) / 1e6 / Double(collective.size)
+        batch.droppedStale = sums.droppedStale
+        batch.droppedStaleTokens = sums.droppedStaleTokens
+        batch.generatedTokens = sums.receivedTokens
+        batch.episodes = sums.episodes
+        // Trainers' idle and generation time: the mean over trainers; rollout ranks'
+        // admission waits: the mean over rollout ranks.
+        batch.idleSeconds = Double(sums.idleMicros) / 1e6 / Double(collective.size)
+        batch.generateSeconds = Double(sums.generateMicros) / 1e6 / Double(collective.size)
+        batch.throttledSeconds = Double(sums.throttledMicros) / 1e6 / Double(max(1, rolloutRanks))
+        trainerGroups += sums.multiplexedGroups
         batch.waitSeconds = monotonicSeconds() - started
         return batch
     }
 
+    /// Every step publishes, also one whose update was skipped (the same weights under a
+    /// new publication number): rollout ranks count steps by publications for admission
+    /// control.
     func stepDone(version: Int, updated: Bool) throws -> Int {
-        guard updated, let publisher = peers.publisher else { return 0 }
-        return try publisher.publish(model.params, version: version)
+        guard let publisher = peers.publisher else { return 0 }
+        return try publisher.publish(model.params, version: version, trainerGroups: trainerGroups)
     }
 
     func prepareCheckpoint() throws {
@@ -472,16 +516,16 @@ final class AsynchronousRollouts: BatchSource {
         for (k, g) in try BufferedRollouts.load(state: state, directory: directory).enumerated() {
             buffer.append(g, source: -1, sequence: k)
         }
-        buffer.receivedTokens = 0
+        buffer.counts = BatchCounts()
     }
 
     func finish() throws {
-        // Trainer 0 tells every trainer the last version it published; each stops its
+        // Trainer 0 tells every trainer the last publication it wrote; each stops its
         // rollout ranks, which pass that version down the tree before they say done.
-        var last = [Double(peers.publisher?.lastVersion ?? -1)]
+        var last = [Double(peers.publisher?.lastPublication ?? -1)]
         if collective.rank != 0 { last = [0] }
         try collective.allreduceSum(&last)
-        try peers.link?.shutdown(lastVersion: Int(last[0])) { try peers.publisher?.poll() }
+        try peers.link?.shutdown(lastPublication: Int(last[0])) { try peers.publisher?.poll() }
         while let p = peers.publisher, !p.sends.isEmpty { try p.poll(); usleep(200) }
     }
 }
@@ -499,6 +543,11 @@ final class RolloutRankLoop {
     let model: any LanguageModel
     let generator: GroupGenerator
     let perBatch: Int
+    /// Admission control: this rank's share of the groups all rollout ranks may have
+    /// started per version held, (max_staleness + 1) x batch.prompts in all.
+    let prompts: Int
+    let stepsAhead: Int
+    let rolloutRanks: Int
     let faults: FaultInjection
     let home: Int
     let node: NodeWeights
@@ -508,6 +557,7 @@ final class RolloutRankLoop {
     var scratch: UnsafeMutableRawPointer?
     /// Forwarding sends in flight: the slot they read (-1: scratch) and the requests.
     var forwards: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+    /// The newest publication this leader received from its tree parent.
     var lastReceived = -1
 
     init(world: MPICollective, model: any LanguageModel, node: NodeWeights, tree: WeightTree, trainers: Int, settings: RunSettings) throws {
@@ -517,6 +567,9 @@ final class RolloutRankLoop {
         generator = GroupGenerator(model: model, settings: settings,
                                    environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
+        prompts = settings.prompts
+        stepsAhead = settings.ranks.maxStaleness / max(1, settings.step.minibatches * settings.step.ppoEpochs)
+        rolloutRanks = world.size - trainers
         faults = FaultInjection(worldRank: world.rank)
         home = (world.rank - trainers) % trainers
         parent = tree.parent(of: world.rank)
@@ -526,7 +579,11 @@ final class RolloutRankLoop {
 
     deinit { scratch?.deallocate() }
 
+    /// The policy version and publication number of the weights this rank holds (-1: none
+    /// yet), and the groups the trainers had generated by then.
     var version = -1
+    var publication = -1
+    var trainerGroups = 0
     var liveness: Liveness
     var beat: MPICollective.PendingSend?
 
@@ -567,7 +624,7 @@ final class RolloutRankLoop {
                 target = scratch ?? node.message(0)
             }
             try world.receive(into: target, bytes: node.messageBytes, from: parent, tag: Tag.weights)
-            lastReceived = Int(target.loadUnaligned(as: UInt64.self))
+            lastReceived = NodeWeights.publication(ofMessage: target)
             if let slot { node.finishWrite(slot) }
             if !children.isEmpty {
                 if let slot { node.pin(slot) }
@@ -594,19 +651,28 @@ final class RolloutRankLoop {
     /// Copies the node's newest weights when they are newer than ours. The slot is pinned
     /// while copying, so it is never overwritten under us.
     func installWeights() {
-        guard let (slot, v) = node.pinNewer(than: version) else { return }
+        guard let (slot, header) = node.pinNewer(than: publication) else { return }
         model.params.pointer.update(from: node.parameters(slot), count: node.floats)
         node.unpin(slot)
-        version = v
+        version = header.version
+        publication = header.number
+        trainerGroups = header.trainerGroups
     }
+
+    /// Whether this rank already passed a SIGUSR1 on to its home trainer.
+    var preemptionSent = false
 
     func serve() throws {
         try keepAlive()
         try relayWeights()
         installWeights()
+        if Preemption.requested, !preemptionSent {
+            preemptionSent = true
+            try world.send([], to: home, tag: Tag.preempt)
+        }
     }
 
-    /// The stop message's last published version, or nil when no stop came.
+    /// The stop message's last publication number, or nil when no stop came.
     func stopRequested() throws -> Int? {
         try serve()
         guard try world.probe(source: home, tag: Tag.stop) != nil else { return nil }
@@ -616,11 +682,11 @@ final class RolloutRankLoop {
         return bytes.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) }
     }
 
-    /// After a stop: a leader takes every version up to the last one published and passes
-    /// it on, so that no weights message is left unreceived; then done, then goodbye.
-    func finish(lastVersion: Int) throws {
+    /// After a stop: a leader takes every publication up to the last one and passes it
+    /// on, so that no weights message is left unreceived; then done, then goodbye.
+    func finish(lastPublication: Int) throws {
         if parent != nil {
-            while lastReceived < lastVersion { try serve(); usleep(200) }
+            while lastReceived < lastPublication { try serve(); usleep(200) }
             while !forwards.isEmpty { try keepAlive(); try relayDrain() }
         }
         try world.send([], to: home, tag: Tag.done)
@@ -631,39 +697,67 @@ final class RolloutRankLoop {
         _ = try world.receive(from: home, tag: Tag.bye)
     }
 
+    /// The groups this rank may have started since it first held weights, `publications`
+    /// publications later (trainers publish once per step, so publications count steps):
+    /// its share of (steps + stepsAhead + 1) x batch.prompts less the groups the trainers
+    /// generated themselves in that time, where stepsAhead = max_staleness / updates per
+    /// step is how many steps a group may wait and still be trained. The shares of all
+    /// rollout ranks sum to the total. This is AReaL's admission rule (Fu et al. 2025,
+    /// "AReaL", section 5.1) with steps in place of versions.
+    static func admitted(publications: Int, stepsAhead: Int, prompts: Int, trainerGroups: Int, rank index: Int, of ranks: Int) -> Int {
+        let total = max(0, (publications + stepsAhead + 1) * prompts - trainerGroups)
+        return total / ranks + (index < total % ranks ? 1 : 0)
+    }
+
     func run() throws {
         // The first weights come after the trainers' warm start.
-        while version < 0 {
-            if let last = try stopRequested() { try finish(lastVersion: last); return }
-            if version < 0 { usleep(1000) }
+        while publication < 0 {
+            if let last = try stopRequested() { try finish(lastPublication: last); return }
+            if publication < 0 { usleep(1000) }
         }
         // Groups are decoded several at a time (one cache call per token for all their
         // samples) and sent one by one; a new batch starts when the last one is on its way.
-        var firstVersion = -1
-        var counter = 0, sequence = 0
+        var firstVersion = -1, firstPublication = -1, firstTrainerGroups = 0
+        var counter = 0, sequence = 0, started = 0
+        var throttled = 0.0
         var ready: [[Trajectory]] = []
         var pending: MPICollective.PendingSend?
-        var lastVersion = -1
+        var lastPublication = -1
         while true {
-            if let last = try stopRequested() { lastVersion = last; break }
+            if let last = try stopRequested() { lastPublication = last; break }
             if let p = pending, try !world.test(p) {
                 usleep(200) // back-pressure: the home trainer's buffer is full
                 continue
             }
             pending = nil
             if ready.isEmpty {
-                if firstVersion < 0 { firstVersion = version }
+                if firstVersion < 0 { firstVersion = version; firstPublication = publication; firstTrainerGroups = trainerGroups }
+                let allowed = Self.admitted(publications: publication - firstPublication, stepsAhead: stepsAhead, prompts: prompts,
+                                            trainerGroups: trainerGroups - firstTrainerGroups,
+                                            rank: world.rank - (world.size - rolloutRanks), of: rolloutRanks)
+                if started >= allowed {
+                    // Admission control: wait for newer weights rather than make groups
+                    // that would be stale before they are trained.
+                    let t = monotonicSeconds()
+                    usleep(500)
+                    throttled += monotonicSeconds() - t
+                    continue
+                }
+                let count = min(perBatch, allowed - started)
+                started += count
                 faults.killIfDue(counter + 1)
                 // Ids and samples are unique per run segment: a resumed run starts at a later version.
-                let indices = (0..<perBatch).map { 1_000_000 + world.rank * 64 + $0 }
-                let names = (0..<perBatch).map { "v\(firstVersion)-r\(world.rank)-c\(counter)-\($0)" }
+                let indices = (0..<count).map { 1_000_000 + world.rank * 64 + $0 }
+                let names = (0..<count).map { "v\(firstVersion)-r\(world.rank)-c\(counter)-\($0)" }
                 ready = try generator.generate(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
                     .filter { !$0.isEmpty }
                 counter += 1
                 if ready.isEmpty { continue }
             }
-            // The episode counts travel with the group that follows them.
-            let message = GroupsMessage.encode([ready.removeFirst()], trailer: generator.takeEpisodeCounts() + [sequence])
+            // The episode counts and admission waits travel with the group that follows them.
+            let note = GroupNote(episodes: generator.takeEpisodeCounts(), sequence: sequence, throttledMicros: Int(throttled * 1e6))
+            let message = GroupsMessage.encode([ready.removeFirst()], trailer: note)
+            throttled = 0
             sequence += 1
             pending = try world.isend(message, to: home, tag: Tag.group, synchronous: true)
         }
@@ -673,6 +767,6 @@ final class RolloutRankLoop {
             try serve()
             usleep(200)
         }
-        try finish(lastVersion: lastVersion)
+        try finish(lastPublication: lastPublication)
     }
 }

@@ -15,19 +15,23 @@ struct CollectedBatch {
     var advantages: [Double]?
     /// Seconds spent gathering the batch.
     var waitSeconds = 0.0
+    /// Trajectories dropped as stale while this batch was gathered, and their flat tokens.
     var droppedStale = 0
+    var droppedStaleTokens = 0
     var generatedTokens: Int?
     var epoch: Int?
     /// Episodes cut by the context length, and abandoned for an environment failure,
     /// while this batch was generated.
-    var truncatedEpisodes = 0
-    var abandonedEpisodes = 0
+    var episodes = EpisodeCounts()
     /// A stop was asked while the batch was awaited: there is no batch, the step is not taken.
     var interrupted = false
     /// Seconds the trainers (on average) waited with nothing to do, and spent generating
     /// rollouts themselves (multiplexing), while the batch was gathered.
     var idleSeconds = 0.0
     var generateSeconds = 0.0
+    /// Seconds rollout ranks were held back by admission control (mean over rollout
+    /// ranks), as reported with the groups received for this batch.
+    var throttledSeconds = 0.0
 
     /// A batch of `list`'s groups (empty groups, whose every episode was abandoned, are left out).
     init(groups list: [[Trajectory]], advantages: [Double]? = nil) {
@@ -170,22 +174,21 @@ final class SynchronousRollouts: BatchSource {
         let n = collective.size
         let mine = try generator.generate(step: s, indices: Array(stride(from: collective.rank, to: fresh, by: n)), version: version)
         var perRank: [[[Trajectory]]] = []
-        var counts = [0, 0]
+        var counts = EpisodeCounts()
         let message = GroupsMessage.encode(mine, trailer: generator.takeEpisodeCounts())
         for (r, bytes) in try collective.allgather(bytes: message).enumerated() {
             do {
-                let m = try GroupsMessage.decodeWithTrailer(bytes)
-                guard m.trailer.count == 2 else { throw TrajectoryCodec.DecodeError() }
+                let m = try GroupsMessage.decode(bytes, trailer: EpisodeCounts.self)
                 perRank.append(m.groups)
-                counts = zip(counts, m.trailer).map { $0 + $1 }
+                counts += m.trailer
             } catch {
                 throw RunError.badMessage(rank: r, reason: "\(error)")
             }
         }
         var batch = CollectedBatch(groups: old.groups + (0..<fresh).map { perRank[$0 % n][$0 / n] })
-        batch.truncatedEpisodes = counts[0]
-        batch.abandonedEpisodes = counts[1]
-        batch.droppedStale = old.dropped
+        batch.episodes = counts
+        batch.droppedStale = old.dropped.trajectories
+        batch.droppedStaleTokens = old.dropped.tokens
         batch.waitSeconds = monotonicSeconds() - t0
         return batch
     }

@@ -84,7 +84,8 @@ public struct Chart {
             let mantissa = v / pow(10, Double(exponent))
             return String(format: "%.\(digits)f", mantissa) + "e\(exponent)"
         }
-        if step >= 1000, (v / 1000).rounded() == v / 1000 { return "\(Int(v / 1000))k" }
+        if step >= 1000, abs(v) < 1e15, (v / 1000).rounded() == v / 1000 { return "\(Int(v / 1000))k" }
+        if abs(v) >= 1e15 { return String(format: "%.3g", v) } // a diverging run's values: no Int overflow
         let decimals = max(0, Int(-floor(log10(step) + 1e-9)))
         return String(format: "%.\(decimals)f", v)
     }

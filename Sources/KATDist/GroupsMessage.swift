@@ -25,14 +25,17 @@ enum GroupsMessage {
         return out
     }
 
-    /// Groups followed by a trailer of small counts.
-    static func encode(_ groups: [[Trajectory]], trailer: [Int]) -> [UInt8] { encode(groups) + sizes(trailer) }
+    /// Groups followed by a trailer of named counts.
+    static func encode<T: MessageTrailer>(_ groups: [[Trajectory]], trailer: T) -> [UInt8] { encode(groups) + sizes(trailer.words) }
 
     /// The groups and the trailer of a message written by `encode(_:trailer:)`.
-    static func decodeWithTrailer(_ message: [UInt8]) throws -> (groups: [[Trajectory]], trailer: [Int]) {
+    /// - Throws: `TrajectoryCodec.DecodeError` when the message is malformed or its
+    ///   trailer does not have `T`'s fields.
+    static func decode<T: MessageTrailer>(_ message: [UInt8], trailer: T.Type) throws -> (groups: [[Trajectory]], trailer: T) {
         var bytes = message
-        let trailer = try readSizes(&bytes)
-        return (try decode(bytes), trailer)
+        let words = try readSizes(&bytes)
+        guard words.count == T.fieldCount, words.allSatisfy({ $0 >= 0 }) else { throw TrajectoryCodec.DecodeError() }
+        return (try decode(bytes), T(words: words))
     }
 
     static func sizes(_ values: [Int]) -> [UInt8] {
@@ -53,6 +56,75 @@ enum GroupsMessage {
         bytes.removeLast(4 + 4 * n)
         return values
     }
+}
+
+/// Counts that travel after a message's groups, each a non-negative integer below 2^32,
+/// in the fixed order of `words`.
+protocol MessageTrailer {
+    static var fieldCount: Int { get }
+    var words: [Int] { get }
+    /// - Precondition: `words.count == fieldCount`.
+    init(words: [Int])
+}
+
+/// Episodes cut by the context length and abandoned after an environment failure.
+struct EpisodeCounts: MessageTrailer, Equatable {
+    var truncated = 0
+    var abandoned = 0
+
+    static let fieldCount = 2
+    var words: [Int] { [truncated, abandoned] }
+    init(truncated: Int = 0, abandoned: Int = 0) { self.truncated = truncated; self.abandoned = abandoned }
+    init(words: [Int]) { self.init(truncated: words[0], abandoned: words[1]) }
+
+    static func + (a: Self, b: Self) -> Self { Self(truncated: a.truncated + b.truncated, abandoned: a.abandoned + b.abandoned) }
+    static func += (a: inout Self, b: Self) { a = a + b }
+}
+
+/// What a rollout rank sends after each group: the episodes it cut or abandoned since its
+/// previous group, the group's sequence number, and the microseconds it was held back by
+/// admission control since its previous group.
+struct GroupNote: MessageTrailer {
+    var episodes = EpisodeCounts()
+    var sequence = 0
+    var throttledMicros = 0
+
+    static let fieldCount = 4
+    var words: [Int] { episodes.words + [sequence, throttledMicros] }
+    init(episodes: EpisodeCounts, sequence: Int, throttledMicros: Int) {
+        self.episodes = episodes; self.sequence = sequence; self.throttledMicros = throttledMicros
+    }
+    init(words: [Int]) { self.init(episodes: EpisodeCounts(words: Array(words[0..<2])), sequence: words[2], throttledMicros: words[3]) }
+}
+
+/// A trainer's counts for the batch it helps assemble, summed over trainers.
+struct BatchCounts: MessageTrailer {
+    /// Trajectories dropped as stale, and their flat tokens.
+    var droppedStale = 0
+    var droppedStaleTokens = 0
+    /// Flat tokens of the groups received since the previous batch.
+    var receivedTokens = 0
+    var episodes = EpisodeCounts()
+    /// Microseconds this trainer waited with nothing to do, and spent generating.
+    var idleMicros = 0
+    var generateMicros = 0
+    /// Microseconds its rollout ranks were held back by admission control (summed).
+    var throttledMicros = 0
+    /// Groups this trainer generated itself (multiplexing).
+    var multiplexedGroups = 0
+
+    static let fieldCount = 9
+    var words: [Int] {
+        [droppedStale, droppedStaleTokens, receivedTokens] + episodes.words + [idleMicros, generateMicros, throttledMicros, multiplexedGroups]
+    }
+    init() {}
+    init(words w: [Int]) {
+        droppedStale = w[0]; droppedStaleTokens = w[1]; receivedTokens = w[2]
+        episodes = EpisodeCounts(words: Array(w[3..<5]))
+        idleMicros = w[5]; generateMicros = w[6]; throttledMicros = w[7]; multiplexedGroups = w[8]
+    }
+
+    static func + (a: Self, b: Self) -> Self { Self(words: zip(a.words, b.words).map { $0 + $1 }) }
 }
 
 /// Rollouts finished but not yet trained, as a checkpoint holds them: buffer.bin (the

@@ -313,6 +313,19 @@ public final class MPICollective: Collective, @unchecked Sendable {
         return MPICollective(comm: c, owns: false)
     }
 
+    /// The world ranks of this communicator's members, in its rank order (a local call).
+    /// - Throws: `MPIError` when a call fails.
+    public func members(inWorldOf world: MPICollective) throws -> [Int] {
+        var mine: MPI_Group? = nil, whole: MPI_Group? = nil
+        try check(MPI_Comm_group(comm, &mine), "MPI_Comm_group")
+        try check(MPI_Comm_group(world.comm, &whole), "MPI_Comm_group")
+        defer { MPI_Group_free(&mine); MPI_Group_free(&whole) }
+        var local = (0..<Int32(size)).map { $0 }
+        var out = [Int32](repeating: -1, count: size)
+        try check(MPI_Group_translate_ranks(mine, Int32(size), &local, whole, &out), "MPI_Group_translate_ranks")
+        return out.map(Int.init)
+    }
+
     /// A window of memory shared by the ranks of this (node) communicator: rank 0 of it
     /// allocates `bytes`, the others nothing, and every rank gets the address of rank 0's
     /// part in its own address space. Collective over the communicator. The window lives

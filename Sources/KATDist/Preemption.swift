@@ -14,8 +14,12 @@ public enum Preemption {
         signal(SIGUSR1) { _ in Preemption.flag = 1 }
     }
 
-    /// Whether SIGUSR1 arrived in this process.
+    /// Whether SIGUSR1 arrived in this process, or another rank passed its request on.
     public static var requested: Bool { flag != 0 }
+
+    /// Records a request that arrived at another rank (a rollout rank tells its home
+    /// trainer), so this rank stops as if it had received SIGUSR1 itself.
+    static func request() { flag = 1 }
 }
 
 /// Faults injected by tests through the environment, so that failure handling can be

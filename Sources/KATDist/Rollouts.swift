@@ -122,39 +122,68 @@ final class GroupGenerator {
 
     /// Episodes truncated by the context and abandoned since the last call; abandoned
     /// episodes are reported in one line on standard error, with the last failure.
-    func takeEpisodeCounts() -> [Int] {
+    func takeEpisodeCounts() -> EpisodeCounts {
         let c = worker.takeEpisodeCounts()
         if let last = c.failures.last {
             let line = "kat-dist: rank \(LaunchEnvironment.worldRank): \(c.abandoned) episodes abandoned after environment failures; the last: \(last)\n"
             FileHandle.standardError.write(Data(line.utf8))
         }
-        return [c.truncated, c.abandoned]
+        return EpisodeCounts(truncated: c.truncated, abandoned: c.abandoned)
     }
 }
 
-/// Held-out evaluation: greedy episodes on the test split, the prompts shared out over the
-/// trainers and the tallies summed.
+/// What one held-out evaluation measured.
+struct EvaluationResult {
+    /// Share of the held-out prompts solved (full reward) by greedy decoding, and their mean reward.
+    var success: Double
+    var reward: Double
+    /// From k = rollout.group_size samples per prompt at the rollout temperature: the mean
+    /// share of samples that solve their prompt (pass@1), and the share of prompts that at
+    /// least one of the k solves (pass@k). nil when eval.pass_at_k is off.
+    var passAt1: Double?
+    var passAtK: Double?
+}
+
+/// Held-out evaluation: greedy episodes on the test split, and (with eval.pass_at_k) k
+/// sampled episodes per prompt, the prompts shared out over the trainers and the tallies
+/// summed. Samples draw from generators seeded by the run seed and the prompt, so every
+/// evaluation of a run samples with the same random numbers.
 final class Evaluator {
     let worker: RolloutWorker
     let prompts: Int
+    let passAtK: Bool
+    let seed: UInt64
+    /// Prompts whose k samples are decoded together.
+    static let promptsPerBatch = 16
 
     init(model: any LanguageModel, settings: RunSettings, environments: EnvironmentSource) {
         worker = RolloutWorker(model: model, seed: UInt64(settings.run.seed) &+ 2, config: settings.rollout,
                                tokenizer: environments.tokenizer, makeEnvironment: environments.make)
         prompts = settings.run.evalPrompts
+        passAtK = settings.run.evalPassAtK
+        seed = UInt64(settings.run.seed)
     }
 
-    /// Share of held-out prompts solved (full reward) and their mean reward. `between`
-    /// runs between episodes (the runtime's heartbeats); progress (this rank's share of
-    /// the prompts, and the time left) goes to `console`.
+    /// Greedy success and mean reward on the held-out prompts, and pass@1 / pass@k when
+    /// on. `between` runs between episodes (the runtime's heartbeats); progress (this rank's
+    /// share of the prompts, and the time left) goes to `console`.
     /// - Returns: nil when a stop was requested during the evaluation (it is cut short
     ///   and its partial result dropped, so that the run stops without waiting for it).
     func evaluate(_ collective: Collective, console: Console? = nil,
-                  between: () throws -> Void = {}) throws -> (success: Double, reward: Double)? {
+                  between: () throws -> Void = {}) throws -> EvaluationResult? {
         let mine = Array(stride(from: collective.rank, to: prompts, by: collective.size))
         let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)
         var solved = 0, rewardSum = 0.0, done = 0, interrupted = 0.0
         var lastShown = monotonicSeconds()
+        // Greedy episodes, then (with pass@k) the sampled ones: progress counts both.
+        let total = mine.count * (passAtK ? 2 : 1)
+        func show() {
+            if done < total, monotonicSeconds() - lastShown > 1 {
+                lastShown = monotonicSeconds()
+                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(total),
+                                       clock.leftText(done: done, total: total, now: monotonicSeconds()) as NSString))
+            }
+        }
         for seed in mine {
             try between()
             if Preemption.requested { interrupted = 1; break }
@@ -162,18 +191,43 @@ final class Evaluator {
             solved += r.solved
             rewardSum += r.rewardSum
             done += 1
-            if done < mine.count, monotonicSeconds() - lastShown > 1 {
-                lastShown = monotonicSeconds()
-                console?.status(String(format: "evaluating %d held-out prompts  %.0f%%  %@", prompts, 100 * Double(done) / Double(mine.count),
-                                       clock.leftText(done: done, total: mine.count, now: monotonicSeconds()) as NSString))
-            }
+            show()
         }
-        var tally = [Double(solved), rewardSum, interrupted]
+        var sampledShare = 0.0, anySolved = 0.0
+        if passAtK, interrupted == 0 {
+            let k = worker.config.groupSize
+            var chunk = mine[...]
+            while !chunk.isEmpty {
+                try between()
+                if Preemption.requested { interrupted = 1; break }
+                let part = chunk.prefix(Evaluator.promptsPerBatch)
+                chunk = chunk.dropFirst(part.count)
+                let requests = part.map { i -> RolloutWorker.GroupRequest in
+                    var mix = SplitMix64(seed: seed &* 0x2545F4914F6CDD1D &+ UInt64(i) &* 0x9E3779B97F4A7C15 &+ 0xE7A1)
+                    return RolloutWorker.GroupRequest(seed: UInt64(i), split: "test", groupID: "eval-\(i)", idPrefix: "eval-\(i)",
+                                                      policyVersion: 0, sampleSeed: mix.next())
+                }
+                for group in try worker.rolloutGroups(requests) {
+                    // An abandoned episode counts as unsolved.
+                    let c = group.filter { ($0.reward ?? 0) >= 1 - 1e-9 }.count
+                    sampledShare += Double(c) / Double(max(1, k))
+                    if c > 0 { anySolved += 1 }
+                }
+                done += part.count
+                show()
+            }
+            _ = worker.takeEpisodeCounts()
+        }
+        var tally = [Double(solved), rewardSum, interrupted, sampledShare, anySolved]
         try collective.allreduceSum(&tally)
         guard tally[2] == 0 else { return nil }
-        let result = (success: tally[0] / Double(prompts), reward: tally[1] / Double(prompts))
-        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f", prompts,
-                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward), final: true)
+        let n = Double(prompts)
+        let result = EvaluationResult(success: tally[0] / n, reward: tally[1] / n, passAt1: passAtK ? tally[3] / n : nil,
+                                      passAtK: passAtK ? tally[4] / n : nil)
+        let sampled = result.passAtK.map { String(format: ", pass@%d %.3f", worker.config.groupSize, $0) } ?? ""
+        console?.status(String(format: "evaluated %d held-out prompts in %@: success %.3f, mean reward %.3f%@", prompts,
+                               PhaseClock.duration(monotonicSeconds() - clock.start) as NSString, result.success, result.reward,
+                               sampled as NSString), final: true)
         return result
     }
 }

@@ -23,6 +23,9 @@ public enum RunError: Error, CustomStringConvertible {
     case collectiveStalled(call: String, seconds: Double)
     /// A rank sent nothing for longer than the watchdog.
     case silentRank(rank: Int, seconds: Double)
+    /// The MPI library grouped the ranks into nodes inconsistently (ranks disagree on
+    /// which ranks share their memory).
+    case inconsistentNodes(detail: String)
 
     public var description: String {
         switch self {
@@ -41,6 +44,8 @@ public enum RunError: Error, CustomStringConvertible {
             return "\(call) did not complete within \(Int(seconds)) s (watchdog_s): another trainer rank is stopped, hung or unreachable; ending the job"
         case let .silentRank(rank, seconds):
             return "rank \(rank) sent nothing for \(Int(seconds)) s (watchdog_s): it is stopped, hung or unreachable; ending the job"
+        case let .inconsistentNodes(detail):
+            return "the MPI library's grouping of ranks by node is inconsistent (\(detail)): ranks on one host must see the same host name and share memory; check the hostfile and how ranks are started"
         }
     }
 }

@@ -33,6 +33,8 @@ public struct RunOptions: Sendable, Equatable {
     /// Evaluate every N RL steps (0: never).
     public var evalEvery = 25
     public var evalPrompts = 200
+    /// Evaluation also samples rollout.group_size answers per held-out prompt (pass@1, pass@k).
+    public var evalPassAtK = true
     /// Write RUN/trained_ids.jsonl.
     public var logTrainedIDs = false
     public init() {}
@@ -126,6 +128,7 @@ public struct RunSettings: Sendable {
         run.flatCheckEvery = c.int("check.flat_every")
         run.evalEvery = c.int("eval.every")
         run.evalPrompts = c.int("eval.prompts")
+        run.evalPassAtK = c.bool("eval.pass_at_k")
         run.logTrainedIDs = c.bool("log.trained_ids")
 
         if let dir = c.string("model.init") {
@@ -161,7 +164,13 @@ public struct RunSettings: Sendable {
         step.ppoEpochs = c.int("loss.ppo_epochs")
 
         loss = PolicyLossConfig(mode: LossMode(rawValue: c.string("loss.mode") ?? "token-mean") ?? .tokenMean,
-                                epsLow: c.double("loss.eps_low"), epsHigh: c.double("loss.eps_high"), klCoef: c.double("loss.kl_coef"))
+                                epsLow: c.double("loss.eps_low"), epsHigh: c.double("loss.eps_high"), klCoef: c.double("loss.kl_coef"),
+                                offPolicy: PolicyLossConfig.OffPolicy(rawValue: c.string("loss.off_policy") ?? "ppo") ?? .ppo,
+                                isCap: c.double("loss.is_cap"),
+                                entropyBonusBeta: c.double("advantage.entropy_bonus_beta"),
+                                entropyBonusKappa: c.double("advantage.entropy_bonus_kappa"),
+                                entropyTokenFrac: c.double("loss.entropy_token_frac"),
+                                klCovFrac: c.double("loss.kl_cov_frac"), klCovCoef: c.double("loss.kl_cov_coef"))
 
         advantage = AdvantageConfig(estimator: AdvantageConfig.Estimator(rawValue: c.string("advantage.estimator") ?? "grpo") ?? .grpo,
                                     normalizeStd: c.bool("advantage.normalize_std"), entropyScaling: c.bool("advantage.entropy_scaling"),

@@ -37,6 +37,11 @@ public struct StepMetrics: Sendable {
     public var stalenessHist: [Int] = []
     /// Trajectories dropped for being older than max_staleness.
     public var droppedStale = 0
+    /// Flat tokens of the trajectories dropped for being stale (generated, never trained).
+    public var droppedStaleTokens = 0
+    /// Seconds a rollout rank (mean over rollout ranks) waited for newer weights because
+    /// admission control allowed no new group, as reported with the groups received.
+    public var throttledS = 0.0
     // Time breakdown, seconds.
     public var tWaitData = 0.0
     public var tForwardBackward = 0.0
@@ -65,6 +70,10 @@ public struct StepMetrics: Sendable {
     /// Held-out success and mean reward (evaluation steps).
     public var evalSuccess: Double?
     public var evalReward: Double?
+    /// Held-out pass@1 and pass@k from k = rollout.group_size samples per prompt
+    /// (evaluation steps with eval.pass_at_k).
+    public var evalPassAt1: Double?
+    public var evalPassAtK: Double?
 
     public init() {}
 
@@ -104,18 +113,25 @@ public struct StepMetrics: Sendable {
             ("trie_ratio", JSON(trieRatio)), ("tokens_per_s", JSON(tokensPerS)), ("trajectories", JSON(trajectories)),
             ("staleness_mean", JSON(stalenessMean)), ("staleness_max", JSON(stalenessMax)),
             ("staleness_hist", .array(stalenessHist.map { JSON($0) })), ("dropped_stale", JSON(droppedStale)),
+            ("dropped_stale_tokens", JSON(droppedStaleTokens)), ("throttled_s", JSON(throttledS)),
             ("skipped", .bool(stats.skipped)),
             ("t_wait_data", JSON(tWaitData)), ("t_forward_backward", JSON(tForwardBackward)),
             ("t_allreduce", JSON(tAllreduce)), ("t_optimizer", JSON(tOptimizer)), ("t_weight_sync", JSON(tWeightSync)),
             ("weight_bytes_root", JSON(weightBytesRoot)), ("trainer_idle", JSON(trainerIdle)),
             ("t_generate_trainers", JSON(tGenerateTrainers)), ("optimizer_mib", JSON(optimizerMiB)),
             ("truncated_episodes", JSON(truncatedEpisodes)), ("abandoned_episodes", JSON(abandonedEpisodes)),
+            ("mixed_version_trajectories", JSON(stats.mixedVersionTrajectories)),
         ]
+        if let v = stats.isWeightMean { m.append(("is_weight_mean", JSON(v))) }
+        if let v = stats.isWeightMax { m.append(("is_weight_max", JSON(v))) }
+        if let v = stats.isTruncatedFrac { m.append(("is_truncated_frac", JSON(v))) }
         if let generatedTokens { m.append(("generated_tokens", JSON(generatedTokens))) }
         if let epoch { m.append(("epoch", JSON(epoch))) }
         if let trieFlatDrift { m.append(("trie_flat_drift", JSON(trieFlatDrift))) }
         if let evalSuccess { m.append(("eval_success", JSON(evalSuccess))) }
         if let evalReward { m.append(("eval_reward", JSON(evalReward))) }
+        if let evalPassAt1 { m.append(("eval_pass_at_1", JSON(evalPassAt1))) }
+        if let evalPassAtK { m.append(("eval_pass_at_k", JSON(evalPassAtK))) }
         return .object(m)
     }
 }

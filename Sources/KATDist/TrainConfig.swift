@@ -101,7 +101,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "optimizer.grad_clip", kind: .double(0...1e9), defaultValue: 1.0, help: "global-norm clip, 0 = off"),
         ConfigKey(name: "optimizer.schedule", kind: .choice(["constant", "cosine"]), defaultValue: "cosine", help: "learning-rate schedule"),
         ConfigKey(name: "optimizer.warmup_steps", kind: .int(0...10_000_000), defaultValue: 0, help: "linear warm-up steps"),
-        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: "code", help: "built-in environment (code, arithmetic); used when no other source is set"),
+        ConfigKey(name: "data.task", kind: .optionalString, defaultValue: "code", help: "built-in environment (code, arithmetic, explore); used when no other source is set"),
         ConfigKey(name: "data.env_command", kind: .optionalString, defaultValue: .null, help: "external environment command"),
         ConfigKey(name: "data.trajectories", kind: .optionalString, defaultValue: .null, help: "JSONL file to train on offline"),
         ConfigKey(name: "data.packing", kind: .choice(["trie", "flat"]), defaultValue: "trie", help: "trie packing or flat sequences"),
@@ -122,11 +122,21 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "rollout.branch_points", kind: .intList(1...1_000_000), defaultValue: [], help: "answer depths at which samples branch"),
         ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 25, help: "evaluate every N steps, 0 = never"),
         ConfigKey(name: "eval.prompts", kind: .int(1...1_000_000), defaultValue: 200, help: "held-out prompts per evaluation"),
+        ConfigKey(name: "eval.pass_at_k", kind: .bool, defaultValue: true,
+                  help: "also sample rollout.group_size answers per held-out prompt: pass@1 and pass@k"),
         ConfigKey(name: "loss.mode", kind: .choice(LossMode.allCases.map(\.rawValue)), defaultValue: "token-mean", help: "normalisation"),
         ConfigKey(name: "loss.eps_low", kind: .double(0...1), defaultValue: 0.2, help: "PPO clip below 1"),
         ConfigKey(name: "loss.eps_high", kind: .double(0...100), defaultValue: 0.2, help: "PPO clip above 1"),
         ConfigKey(name: "loss.ppo_epochs", kind: .int(1...1000), defaultValue: 1, help: "passes over each batch"),
         ConfigKey(name: "loss.kl_coef", kind: .double(0...1e6), defaultValue: 0.0, help: "KL penalty to the initial model"),
+        ConfigKey(name: "loss.off_policy", kind: .choice(PolicyLossConfig.OffPolicy.allCases.map(\.rawValue)), defaultValue: "ppo",
+                  help: "ppo: clip against the behaviour policy; decoupled: clip against the step's start weights times the importance weight"),
+        ConfigKey(name: "loss.is_cap", kind: .double(0...1e9), defaultValue: 0.0, help: "decoupled: truncate the importance weight at this value (0: no truncation)"),
+        ConfigKey(name: "loss.entropy_token_frac", kind: .double(1e-6...1), defaultValue: 1.0,
+                  help: "train only this share of a minibatch's loss tokens, those of highest behaviour entropy (1: all)"),
+        ConfigKey(name: "loss.kl_cov_frac", kind: .double(0...1), defaultValue: 0.0,
+                  help: "KL-Cov: share of a minibatch's loss tokens, by covariance of log-prob and advantage, penalised (0: off)"),
+        ConfigKey(name: "loss.kl_cov_coef", kind: .double(0...1e6), defaultValue: 1.0, help: "KL-Cov: weight of (l - b)^2 / 2 on the chosen tokens"),
         ConfigKey(name: "advantage.estimator", kind: .choice(["grpo", "rloo", "given"]), defaultValue: "grpo", help: "advantage estimator"),
         ConfigKey(name: "advantage.normalize_std", kind: .bool, defaultValue: true, help: "GRPO divides by the group's std"),
         ConfigKey(name: "advantage.entropy_scaling", kind: .bool, defaultValue: true, help: "entropy-aware advantage scaling"),
@@ -134,13 +144,16 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "advantage.entropy_min", kind: .double(0...1e6), defaultValue: 0.5, help: "lower clip of the scale"),
         ConfigKey(name: "advantage.entropy_max", kind: .double(0...1e6), defaultValue: 2.0, help: "upper clip of the scale"),
         ConfigKey(name: "advantage.entropy_scope", kind: .choice(["group", "batch"]), defaultValue: "group", help: "mean over the group or the batch"),
+        ConfigKey(name: "advantage.entropy_bonus_beta", kind: .double(0...1e6), defaultValue: 0.0,
+                  help: "per-token entropy bonus: A + min(beta H_t, |A| / kappa) (0: off)"),
+        ConfigKey(name: "advantage.entropy_bonus_kappa", kind: .double(1e-6...1e6), defaultValue: 2.0, help: "the entropy bonus is at most |A| / kappa"),
         ConfigKey(name: "ranks.trainers", kind: .int(1...1_000_000), defaultValue: 1, help: "trainer ranks T"),
         ConfigKey(name: "ranks.rollouts", kind: .optionalInt(0...1_000_000), defaultValue: .null, help: "rollout ranks R (null: world size - T)"),
         ConfigKey(name: "comm.overlap", kind: .bool, defaultValue: true, help: "sum each gradient bucket over trainers as soon as backward has filled it"),
         ConfigKey(name: "comm.bucket_mib", kind: .double(0.001...4096), defaultValue: 4.0, help: "gradient bucket size, MiB"),
         ConfigKey(name: "optimizer.shard", kind: .bool, defaultValue: false, help: "shard the optimizer state over trainers (reduce-scatter, slice update, allgather)"),
         ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data"),
-        ConfigKey(name: "max_staleness", kind: .int(0...1_000_000), defaultValue: 4, help: "largest policy lag trained"),
+        ConfigKey(name: "max_staleness", kind: .int(0...1000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
         ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out, seconds"),
         ConfigKey(name: "watchdog_s", kind: .double(1...1_000_000), defaultValue: 300.0, help: "seconds a rank may stay silent (no heartbeat) before the job ends naming it"),
@@ -301,6 +314,13 @@ public struct TrainConfig: Sendable {
         let sources = ["data.task", "data.env_command", "data.trajectories"].filter { string($0) != nil && explicit.contains($0) }
         if sources.count > 1 {
             throw .badValue(source: source, key: sources[1], reason: "only one of data.task, data.env_command, data.trajectories may be set")
+        }
+        if string("data.trajectories") == nil, int("batch.minibatches") > int("batch.prompts") {
+            throw .badValue(source: source, key: "batch.minibatches",
+                            reason: "must not exceed batch.prompts (\(int("batch.prompts"))): a minibatch holds whole groups, got \(int("batch.minibatches"))")
+        }
+        if explicit.contains("loss.is_cap"), double("loss.is_cap") > 0, string("loss.off_policy") != PolicyLossConfig.OffPolicy.decoupled.rawValue {
+            throw .badValue(source: source, key: "loss.is_cap", reason: "applies to loss.off_policy decoupled only (loss.off_policy is \(string("loss.off_policy") ?? "ppo"))")
         }
         if double("advantage.entropy_min") > double("advantage.entropy_max") {
             throw .badValue(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")

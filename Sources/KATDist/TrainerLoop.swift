@@ -237,7 +237,7 @@ final class TrainerLoop {
             return true
         }
         guard !batch.trajectories.isEmpty else {
-            throw RunError.emptyBatch(step: stepIndex + 1, abandoned: batch.abandonedEpisodes)
+            throw RunError.emptyBatch(step: stepIndex + 1, abandoned: batch.episodes.abandoned)
         }
         let advantages = try batch.advantages ?? computeAdvantages(batch.trajectories, config: settings.advantage)
         var m = StepMetrics()
@@ -245,7 +245,8 @@ final class TrainerLoop {
         if source.phase != .warmstart, settings.run.flatCheckEvery > 0, s % settings.run.flatCheckEvery == 0, let g = batch.groups.first {
             m.trieFlatDrift = try step.drift(trajectories: g.map { batch.trajectories[$0] }, advantages: g.map { advantages[$0] })
         }
-        let stats = try runUpdates(TrainingBatch(trajectories: batch.trajectories, groups: batch.groups, advantages: advantages),
+        let stats = try runUpdates(TrainingBatch(trajectories: batch.trajectories, groups: batch.groups, advantages: advantages,
+                                                 supervised: source.phase == .warmstart),
                                    lr: source.schedule.learningRate(step: s), source: source, metrics: &m)
         version += stats.updates
         stepIndex += 1
@@ -258,11 +259,13 @@ final class TrainerLoop {
         m.stats = stats
         m.tWaitData = batch.waitSeconds
         m.droppedStale = batch.droppedStale
+        m.droppedStaleTokens = batch.droppedStaleTokens
+        m.throttledS = batch.throttledSeconds
         m.generatedTokens = batch.generatedTokens
         m.epoch = batch.epoch
-        m.truncatedEpisodes = batch.truncatedEpisodes
-        m.abandonedEpisodes = batch.abandonedEpisodes
-        if batch.truncatedEpisodes > 0, !reportedTruncation {
+        m.truncatedEpisodes = batch.episodes.truncated
+        m.abandonedEpisodes = batch.episodes.abandoned
+        if batch.episodes.truncated > 0, !reportedTruncation {
             reportedTruncation = true
             console.line("episodes cut short by the context length (model.n_positions) are trained with the reward they earned; metrics.jsonl counts them in truncated_episodes")
         }
@@ -281,6 +284,8 @@ final class TrainerLoop {
             if let e = try evaluator.evaluate(collective, console: console, between: { try self.peers?.poll() }) {
                 m.evalSuccess = e.success
                 m.evalReward = e.reward
+                m.evalPassAt1 = e.passAt1
+                m.evalPassAtK = e.passAtK
                 if isLast {
                 let what = source.phase == .warmstart ? "after the \(source.steps)-step supervised warm start" : "at the end"
                     note(String(format: "held-out success %@: %.3f (mean reward %.3f)", what, e.success, e.reward))
@@ -326,8 +331,17 @@ final class TrainerLoop {
         let t0 = monotonicSeconds()
         let updates = try step.plan(batch, shard: collective.rank, of: collective.size)
         m.tForwardBackward += monotonicSeconds() - t0
-        for update in updates {
-            let t1 = monotonicSeconds()
+        for var update in updates {
+            var t1 = monotonicSeconds()
+            if update.needsCurrentLogprobs {
+                // KL-Cov chooses its tokens over the whole minibatch: every trainer's share, summed.
+                var l = try step.currentLogprobs(update)
+                let t = monotonicSeconds()
+                try collective.allreduceSum(&l)
+                m.tAllreduce += monotonicSeconds() - t
+                t1 += monotonicSeconds() - t
+                update = step.choosingKLCovTokens(update, logprobs: l)
+            }
             model.zeroGrad()
             reducer?.begin()
             var tally = UpdateTally()
@@ -358,6 +372,7 @@ final class TrainerLoop {
             var values = tally.values
             try collective.allreduceSum(&values)
             tally.values = values
+            if tally.isWeightTokens > 0, collective.size > 1 { tally.isWeightMax = try collective.allreduceMaxMin(tally.isWeightMax).max }
             m.tAllreduce += monotonicSeconds() - t2
             let t3 = monotonicSeconds()
             if let reducer, let slice = reducer.sliceGradient {

@@ -24,14 +24,33 @@ public enum Training {
     /// - Throws: `RunError.settings` naming the keys at fault.
     public static func layout(_ settings: RunSettings, worldSize n: Int) throws(RunError) -> Layout {
         let t = settings.ranks.trainers
-        let r = settings.ranks.rollouts ?? (n - t)
-        guard t + r == n, r >= 0 else {
+        guard let r = settings.ranks.rollouts else {
+            guard t <= n else {
+                throw .settings(key: "ranks.trainers", reason: "ranks.trainers (\(t)) is more than the number of MPI ranks (\(n))")
+            }
+            return try checked(Layout(trainers: t, rollouts: n - t), settings)
+        }
+        guard t + r == n else {
             throw .settings(key: "ranks.trainers", reason: "ranks.trainers (\(t)) + ranks.rollouts (\(r)) must equal the number of MPI ranks (\(n))")
         }
+        return try checked(Layout(trainers: t, rollouts: r), settings)
+    }
+
+    /// Checks that a layout can make progress with these settings.
+    static func checked(_ layout: Layout, _ settings: RunSettings) throws(RunError) -> Layout {
+        let (t, r) = (layout.trainers, layout.rollouts)
         if !settings.data.isOnline, r > 0 {
-            throw .settings(key: "ranks.rollouts", reason: "offline training (data.trajectories) has no rollout ranks: set ranks.trainers to the number of ranks (\(n))")
+            throw .settings(key: "ranks.rollouts", reason: "offline training (data.trajectories) has no rollout ranks: set ranks.trainers to the number of ranks (\(t + r))")
         }
-        return Layout(trainers: t, rollouts: r)
+        if settings.data.isOnline, r > 0, !settings.ranks.multiplex {
+            // Rollout rank k sends to trainer k mod T; without multiplexing only those
+            // trainers' buffers can hold the groups of a batch.
+            let room = min(t, r) * settings.ranks.bufferGroups
+            if room < settings.prompts {
+                throw .settings(key: "buffer.max_groups", reason: "the trainers' buffers hold \(room) groups (buffer.max_groups \(settings.ranks.bufferGroups) x \(min(t, r)) trainers with rollout ranks) but a batch needs batch.prompts (\(settings.prompts)) with ranks.multiplex=false: raise buffer.max_groups to at least \((settings.prompts + min(t, r) - 1) / min(t, r)), or turn ranks.multiplex on")
+            }
+        }
+        return layout
     }
 
     /// Checks what can be checked before any rank starts: the rank layout, the task, and
@@ -91,6 +110,11 @@ public enum Training {
     static func checkFilesOnEveryRank(_ settings: RunSettings, world: MPICollective) throws -> [String] {
         var mine = ""
         do { try checkFiles(settings) } catch { mine = "\(error)" }
+        return try faultsOnEveryRank(mine, world: world)
+    }
+
+    /// Every rank's fault (empty: none) gathered on every rank, as the lines to print once.
+    static func faultsOnEveryRank(_ mine: String, world: MPICollective) throws -> [String] {
         let all = try world.allgather(bytes: Array((MetricsLog.hostName() + "\t" + mine).utf8)).map { bytes -> (host: String, fault: String) in
             let parts = String(decoding: bytes, as: UTF8.self).split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
             return (String(parts.first ?? ""), parts.count > 1 ? String(parts[1]) : "")
@@ -148,18 +172,40 @@ public enum Training {
             world.abort("\(error)")
         }
         if settings.run.deterministic { BLASRuntime.setThreads(1) }
+        // Setting up: every rank builds its part, and the ranks agree that all of them
+        // could before any runs, so that a fault of the input (a model, a data file, a run
+        // directory, an environment command) is reported once, by rank 0, naming the ranks
+        // that see it, and the job ends with exit 2 (settings) or 1 without an abort.
+        var fault: Error?
+        func agreed() throws -> Int32? {
+            let lines = try faultsOnEveryRank(fault.map { "\($0)" } ?? "", world: world)
+            guard !lines.isEmpty else { return nil }
+            if world.rank == 0 { FileHandle.standardError.write(Data(lines.map { "kat-dist train: \($0)\n" }.joined().utf8)) }
+            let settingsFault = fault.map { if case RunError.settings = $0 { return true } else { return false } } ?? true
+            return settingsFault ? 2 : 1
+        }
         do {
             let isTrainer = world.rank < layout.trainers
             let trainers = try world.split(color: isTrainer ? 0 : 1, key: world.rank)
-            let model = try settings.initialModel()
+            var model: (any LanguageModel)?
+            do { model = try settings.initialModel() } catch { fault = error }
+            if let code = try agreed() { world.finalize(); return code }
+            guard let model else { world.abort("the model was not built") }
             let topology = layout.rollouts > 0 ? try Topology(world: world, layout: layout, floats: model.params.count) : nil
-            if isTrainer {
-                try trainer(settings, model: model, collective: trainers, world: world, topology: topology, layout: layout,
-                            runDirectory: runDirectory, resume: resume, console: world.rank == 0 ? console : SilentConsole())
-            } else if let topology {
-                try RolloutRankLoop(world: world, model: model, node: topology.node, tree: topology.tree, trainers: layout.trainers,
-                                    settings: settings).run()
-            }
+            var work: (() throws -> Void)?
+            do {
+                if isTrainer {
+                    let loop = try trainerLoop(settings, model: model, collective: trainers, world: world, topology: topology, layout: layout,
+                                               runDirectory: runDirectory, resume: resume, console: world.rank == 0 ? console : SilentConsole())
+                    work = loop.run
+                } else if let topology {
+                    let loop = try RolloutRankLoop(world: world, model: model, node: topology.node, tree: topology.tree,
+                                                   trainers: layout.trainers, settings: settings)
+                    work = loop.run
+                }
+            } catch { fault = error }
+            if let code = try agreed() { world.finalize(); return code }
+            try work?()
         } catch {
             world.abort("\(error)")
         }
@@ -176,6 +222,18 @@ public enum Training {
         /// Collective over the world: finds each rank's node and allocates the node's slots.
         init(world: MPICollective, layout: Layout, floats: Int) throws {
             let nodeComm = try world.splitShared()
+            // Every rank must agree with its node's other ranks on who they are (the MPI
+            // library decides by host; ranks started oddly can disagree, and then the
+            // node's collectives would fail inside MPI).
+            let members = try nodeComm.members(inWorldOf: world)
+            let everyone = try world.allgather(bytes: members.flatMap { m in withUnsafeBytes(of: Int64(m).littleEndian) { Array($0) } })
+                .map { b in b.withUnsafeBytes { raw in (0..<(b.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) } } }
+            for (r, list) in everyone.enumerated() {
+                for m in list where m < 0 || m >= everyone.count || everyone[m] != list {
+                    let theirs = m >= 0 && m < everyone.count ? everyone[m].map(String.init).joined(separator: ",") : "none"
+                    throw RunError.inconsistentNodes(detail: "rank \(r) shares a node with ranks \(list.map(String.init).joined(separator: ",")), but rank \(m) with ranks \(theirs)")
+                }
+            }
             // A node is named by the world rank of its first rank.
             let first = try nodeComm.broadcast(bytes: withUnsafeBytes(of: Int64(world.rank).littleEndian) { Array($0) }, root: 0)
             let nodeOf = try world.allgather(bytes: first).map { b in b.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) } }
@@ -193,6 +251,14 @@ public enum Training {
     /// Builds a trainer's phases and runs its loop.
     static func trainer(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
                         layout: Layout, runDirectory: String, resume: String?, console: Console) throws {
+        try trainerLoop(settings, model: model, collective: collective, world: world, topology: topology, layout: layout,
+                        runDirectory: runDirectory, resume: resume, console: console).run()
+    }
+
+    /// Builds a trainer's phases and its loop (reading the data, the run directory and the
+    /// checkpoint to resume), without running it.
+    static func trainerLoop(_ settings: RunSettings, model: any LanguageModel, collective: Collective, world: MPICollective?, topology: Topology?,
+                            layout: Layout, runDirectory: String, resume: String?, console: Console) throws -> TrainerLoop {
         let plan = try phases(settings, model: model, collective: collective, world: world, topology: topology, layout: layout)
         if let mpi = collective as? MPICollective {
             // A collective that waits serves heartbeats and intake, and gives up after the
@@ -200,10 +266,9 @@ public enum Training {
             mpi.watchdog = settings.watchdog * 1.5
             mpi.whileWaiting = { try plan.peers?.poll() }
         }
-        let loop = try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
-                                   console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
-                                   runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
-        try loop.run()
+        return try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
+                               console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
+                               runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
     }
 
     /// A trainer's phases in order (warm start then RL, or offline), its evaluator, its
@@ -234,7 +299,8 @@ public enum Training {
                 let p = RolloutPeers(link: link, publisher: publisher, ring: ringOnly(collective, settings)?.ring)
                 peers = p
                 let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
-                phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, settings: settings))
+                phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, rolloutRanks: layout.rollouts,
+                                                   settings: settings))
             } else {
                 let generator = GroupGenerator(model: model, settings: settings, environments: environments)
                 phases.append(SynchronousRollouts(generator: generator, collective: collective, settings: settings))

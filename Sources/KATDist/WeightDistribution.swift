@@ -40,8 +40,20 @@ struct WeightTree: Equatable {
     func isLeader(_ rank: Int) -> Bool { leaders.contains(rank) }
 }
 
+/// What a weights message says besides the parameters.
+struct Publication: Equatable {
+    /// The policy version: optimizer updates applied.
+    var version: Int
+    /// Grows by one per publication (once per step, also when a step left the weights
+    /// unchanged), so rollout ranks count steps by it.
+    var number: Int
+    /// Groups the trainers had generated themselves (multiplexing) by then.
+    var trainerGroups: Int
+}
+
 /// The weights of one node in shared memory: three slots of the model's size, each a
-/// message (a 64-byte header holding the policy version, then the parameters) with a
+/// message (a 64-byte header holding the policy version, the publication number and the
+/// groups the trainers generated so far, then the parameters) with a
 /// sequence number and a reader count beside it, so that one copy per node serves every
 /// rank on it and no rank ever reads half-written weights.
 ///
@@ -76,12 +88,19 @@ final class NodeWeights {
         try node.barrier()
     }
 
-    /// The message of slot `k`: header (version) and parameters.
+    /// The message of slot `k`: header (version, publication, trainers' groups) and parameters.
     func message(_ k: Int) -> UnsafeMutableRawPointer { data + k * messageBytes }
     func parameters(_ k: Int) -> UnsafeMutablePointer<Float> {
         (message(k) + NodeWeights.headerBytes).bindMemory(to: Float.self, capacity: floats)
     }
     func version(_ k: Int) -> Int { Int(message(k).loadUnaligned(as: UInt64.self)) }
+    /// The publication number of slot `k`: it grows with every publication, also when a
+    /// step left the weights (and so the version) unchanged.
+    func publication(_ k: Int) -> Int { Int(message(k).loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+    /// The publication number of a message's header.
+    static func publication(ofMessage m: UnsafeRawPointer) -> Int { Int(m.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+    /// Groups the trainers had generated themselves (multiplexing) when slot `k` was published.
+    func trainerGroups(_ k: Int) -> Int { Int(message(k).loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
 
     var newest: Int? {
         let n = Int(kat_atomic_load(newestWord))
@@ -110,11 +129,13 @@ final class NodeWeights {
         kat_atomic_store(newestWord, UInt64(k + 1))
     }
 
-    /// Writes `version` and the parameters into a free slot and publishes it.
+    /// Writes the header and the parameters into a free slot and publishes it.
     /// - Returns: the slot, or nil when none was free.
-    func publish(_ params: UnsafePointer<Float>, version: Int) -> Int? {
+    func publish(_ params: UnsafePointer<Float>, _ header: Publication) -> Int? {
         guard let k = beginWrite() else { return nil }
-        message(k).storeBytes(of: UInt64(version), as: UInt64.self)
+        message(k).storeBytes(of: UInt64(header.version), as: UInt64.self)
+        message(k).storeBytes(of: UInt64(header.number), toByteOffset: 8, as: UInt64.self)
+        message(k).storeBytes(of: UInt64(header.trainerGroups), toByteOffset: 16, as: UInt64.self)
         parameters(k).update(from: params, count: floats)
         finishWrite(k)
         return k
@@ -122,15 +143,15 @@ final class NodeWeights {
 
     // MARK: Readers
 
-    /// Pins the newest slot if its version is above `version`.
-    /// - Returns: the slot and its version; unpin it with `unpin`.
-    func pinNewer(than version: Int) -> (slot: Int, version: Int)? {
+    /// Pins the newest slot if its publication number is above `publication`.
+    /// - Returns: the slot and its header; unpin it with `unpin`.
+    func pinNewer(than publication: Int) -> (slot: Int, header: Publication)? {
         for _ in 0..<64 {
             guard let n = newest else { return nil }
             kat_atomic_add(readers(n), 1)
             if kat_atomic_load(seq(n)) % 2 == 0, self.newest == n {
-                let v = self.version(n)
-                if v > version { return (n, v) }
+                let p = self.publication(n)
+                if p > publication { return (n, Publication(version: self.version(n), number: p, trainerGroups: trainerGroups(n))) }
                 unpin(n)
                 return nil
             }

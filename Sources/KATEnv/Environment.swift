@@ -63,11 +63,12 @@ public func builtinTask(_ name: String) -> Task? {
     switch name {
     case "code": return CodeTask()
     case "arithmetic": return ArithmeticTask()
+    case "explore": return ExploreTask()
     default: return nil
     }
 }
 
-public let builtinTaskNames = ["code", "arithmetic"]
+public let builtinTaskNames = ["code", "arithmetic", "explore"]
 
 /// Prompts indexed by pairs, split into training and held-out lists by a fixed rule, so
 /// that no held-out prompt is ever trained on. A seed picks a pair of a split.

@@ -76,6 +76,7 @@ public enum BLASRuntime {
         } else if genericCores.contains(coreName.lowercased()), let best = bestCore(flags: cpuFlags()) {
             s += " (generic fallback: set OPENBLAS_CORETYPE=\(best) or KAT_BLAS_AUTO=1 for about 6x faster sgemm)"
         }
+        s += "; element-wise kernels \(InstructionSet.current.name)"
         return s
     }
 

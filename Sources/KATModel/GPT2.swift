@@ -75,6 +75,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     var lastTemperature: Float = 1
     let scratch = AttentionScratch()
     let head = OutputHead()
+    public var keepsHeadLogits = true
 
     /// A model with all parameters zero; see `initialize(seed:)` and the loaders.
     public init(config: GPT2Config) throws(ModelError) {
@@ -107,7 +108,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     public func zeroGrad() { grads.zero() }
 
     /// Bytes held by the activation workspace (grows to the largest batch seen).
-    public var workspaceBytes: Int { acts?.bytes ?? 0 }
+    public var workspaceBytes: Int { (acts?.bytes ?? 0) + head.bytes }
 
     private func activations(for n: Int) -> Activations {
         if let a = acts, a.capacity >= n { return a }
@@ -119,7 +120,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     }
 
     /// Drops the activation workspace (it is reallocated by the next forward).
-    public func releaseWorkspace() { acts = nil; lastBatch = nil }
+    public func releaseWorkspace() { acts = nil; lastBatch = nil; head.release() }
 
     // MARK: - Forward
 
@@ -140,18 +141,18 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
             layernormForward(a.ln1[l].pointer, a.ln1Mean[l].pointer, a.ln1Rstd[l].pointer, residual, p + o.ln1w, p + o.ln1b, n, c)
             matmulForward(a.qkv[l].pointer, a.ln1[l].pointer, p + o.attnw, p + o.attnb, n, c, 3 * c)
             attentionForward(a.atty[l].pointer, a.attLse[l].pointer, a.qkv[l].pointer, batch, .gpt2(c: c, nh: nh), scratch)
-            // residual2 = residual + atty @ c_proj
-            matmulForward(a.residual2[l].pointer, a.atty[l].pointer, p + o.attprojw, p + o.attprojb, n, c, c)
-            accumulate(a.residual2[l].pointer, residual, n * c)
+            // residual2 = residual + atty @ c_proj + bias
+            matmulForwardResidual(a.residual2[l].pointer, a.atty[l].pointer, p + o.attprojw, p + o.attprojb, residual, n, c, c)
             layernormForward(a.ln2[l].pointer, a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, a.residual2[l].pointer, p + o.ln2w, p + o.ln2b, n, c)
-            matmulForward(a.fch[l].pointer, a.ln2[l].pointer, p + o.fcw, p + o.fcb, n, c, 4 * c)
-            geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c)
-            matmulForward(a.residual3[l].pointer, a.fchGelu.pointer, p + o.fcprojw, p + o.fcprojb, n, 4 * c, c)
-            accumulate(a.residual3[l].pointer, a.residual2[l].pointer, n * c)
+            matmulForwardGelu(a.fch[l].pointer, a.fchGelu.pointer, a.ln2[l].pointer, p + o.fcw, p + o.fcb, n, c, 4 * c)
+            matmulForwardResidual(a.residual3[l].pointer, a.fchGelu.pointer, p + o.fcprojw, p + o.fcprojb, a.residual2[l].pointer,
+                                  n, 4 * c, c)
             residual = a.residual3[l].pointer
         }
         layernormForward(a.lnf.pointer, a.lnfMean.pointer, a.lnfRstd.pointer, residual, p + layout.lnfw, p + layout.lnfb, n, c)
-        return head.forward(a.rowLse.pointer, batch, a.lnf.pointer, p + layout.wte, temperature, c, config.vocabSize)
+        // The head keeps its logits for backward when they take no more than the activations.
+        return head.forward(a.rowLse.pointer, batch, a.lnf.pointer, p + layout.wte, temperature, c, config.vocabSize,
+                            keepLimit: keepsHeadLogits ? min(a.bytes, 1 << 30) : 0)
     }
 
     /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)
@@ -202,23 +203,22 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
         let o = layout.layers[l]
         let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2))))
-        a.dfchGelu.zero()
+        // Scratch gradients are written whole by their first producer (setInput), not zeroed.
         geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c) // recomputed, not stored per layer
-        matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu.pointer, p + o.fcprojw, n, 4 * c, c)
-        a.dfch.zero()
+        matmulBackward(a.dfchGelu.pointer, g + o.fcprojw, g + o.fcprojb, dres, a.fchGelu.pointer, p + o.fcprojw, n, 4 * c, c,
+                       setInput: true)
         geluBackward(a.dfch.pointer, a.fch[l].pointer, a.dfchGelu.pointer, n * 4 * c)
-        a.dln.zero()
-        matmulBackward(a.dln.pointer, g + o.fcw, g + o.fcb, a.dfch.pointer, a.ln2[l].pointer, p + o.fcw, n, c, 4 * c)
+        matmulBackward(a.dln.pointer, g + o.fcw, g + o.fcb, a.dfch.pointer, a.ln2[l].pointer, p + o.fcw, n, c, 4 * c, setInput: true)
         layernormBackward(dres, g + o.ln2w, g + o.ln2b, a.dln.pointer, a.residual2[l].pointer, p + o.ln2w,
                           a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, n, c)
         // residual2 = residual + c_proj(attn(c_attn(ln_1(residual))))
-        a.datty.zero()
-        matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c)
-        a.dqkv.zero()
+        matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c,
+                       setInput: true)
+        a.dqkv.zero() // attention accumulates key and value gradients over blocks and heads
         attentionBackward(a.dqkv.pointer, a.datty.pointer, a.atty[l].pointer, a.qkv[l].pointer, a.attLse[l].pointer,
                           batch, .gpt2(c: c, nh: nh), scratch)
-        a.dln.zero()
-        matmulBackward(a.dln.pointer, g + o.attnw, g + o.attnb, a.dqkv.pointer, a.ln1[l].pointer, p + o.attnw, n, c, 3 * c)
+        matmulBackward(a.dln.pointer, g + o.attnw, g + o.attnb, a.dqkv.pointer, a.ln1[l].pointer, p + o.attnw, n, c, 3 * c,
+                       setInput: true)
         layernormBackward(dres, g + o.ln1w, g + o.ln1b, a.dln.pointer, residual, p + o.ln1w,
                           a.ln1Mean[l].pointer, a.ln1Rstd[l].pointer, n, c)
     }
@@ -239,43 +239,38 @@ extension GPT2: BackwardStages {
 
 extension GPT2 {
     /// GPT-2's half of `KVCache.extend`: the blocks over the new rows (keys and values
-    /// stored per layer, attention over each row's cached root path), then ln_f and the
-    /// head for the rows in `outputs`.
-    public func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> [Float] {
-        let c = config.nEmbd, nh = config.nHead, v = config.vocabSize, n = newRows.count
+    /// stored per layer, attention over each row's cached root path), then ln_f for the
+    /// rows in `outputs`, written to the cache's hidden buffer (outputs, C).
+    /// - Returns: the head matrix (wte, tied).
+    public func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> UnsafeMutablePointer<Float> {
+        let c = config.nEmbd, nh = config.nHead, n = newRows.count
         let shape = AttentionShape.gpt2(c: c, nh: nh)
         let p = params.pointer
         let x = cache.scratch(0, n * c).pointer, h = cache.scratch(1, n * c).pointer, qkv = cache.scratch(2, n * 3 * c).pointer
-        let att = cache.scratch(3, n * c).pointer, tmp = cache.scratch(4, n * c).pointer
+        let att = cache.scratch(3, n * c).pointer
         let fc = cache.scratch(5, n * 4 * c).pointer, fcg = cache.scratch(6, n * 4 * c).pointer
         let mean = cache.scratch(7, n).pointer, rstd = cache.scratch(8, n).pointer
-        encoderForward(x, Array(cache.tokens[newRows]), Array(cache.depths[newRows]), p + layout.wte, p + layout.wpe, n, c)
+        cache.tokens.withUnsafeBufferPointer { tk in
+            cache.depths.withUnsafeBufferPointer { dp in
+                guard let t = tk.baseAddress, let d = dp.baseAddress else { return }
+                encoderForward(x, t + newRows.lowerBound, d + newRows.lowerBound, p + layout.wte, p + layout.wpe, n, c)
+            }
+        }
         for (l, o) in layout.layers.enumerated() {
             layernormForward(h, mean, rstd, x, p + o.ln1w, p + o.ln1b, n, c)
             matmulForward(qkv, h, p + o.attnw, p + o.attnb, n, c, 3 * c)
-            cache.store(layer: l, qkv, newRows, shape)
+            cache.store(layer: l, qkv, n, shape)
             cache.attend(layer: l, att, qkv, n, shape)
-            matmulForward(tmp, att, p + o.attprojw, p + o.attprojb, n, c, c)
-            accumulate(x, tmp, n * c)
+            matmulForwardResidual(x, att, p + o.attprojw, p + o.attprojb, x, n, c, c)
             layernormForward(h, mean, rstd, x, p + o.ln2w, p + o.ln2b, n, c)
-            matmulForward(fc, h, p + o.fcw, p + o.fcb, n, c, 4 * c)
-            geluForward(fcg, fc, n * 4 * c)
-            matmulForward(tmp, fcg, p + o.fcprojw, p + o.fcprojb, n, 4 * c, c)
-            accumulate(x, tmp, n * c)
+            matmulForwardGelu(fc, fcg, h, p + o.fcw, p + o.fcb, n, c, 4 * c)
+            matmulForwardResidual(x, fcg, p + o.fcprojw, p + o.fcprojb, x, n, 4 * c, c)
         }
-        // ln_f and the head, for the requested rows only.
+        // ln_f for the requested rows only.
         let m = outputs.count
-        if m == 0 { return [] }
-        let sel = FloatBuffer(count: m * c), seln = FloatBuffer(count: m * c)
-        let mean2 = FloatBuffer(count: m), rstd2 = FloatBuffer(count: m)
-        for (k, i) in outputs.enumerated() { (sel.pointer + k * c).update(from: x + i * c, count: c) }
-        layernormForward(seln.pointer, mean2.pointer, rstd2.pointer, sel.pointer, p + layout.lnfw, p + layout.lnfb, m, c)
-        var logits = [Float](repeating: 0, count: m * v)
-        logits.withUnsafeMutableBufferPointer { lb in
-            guard let out = lb.baseAddress else { return }
-            sgemm(transA: false, transB: true, m: m, n: v, k: c, alpha: 1, a: seln.pointer, lda: c, b: p + layout.wte, ldb: c,
-                  beta: 0, c: out, ldc: v)
-        }
-        return logits
+        let sel = cache.scratch(1, m * c).pointer, out = cache.hiddenBuffer(m)
+        for (k, i) in outputs.enumerated() { (sel + k * c).update(from: x + i * c, count: c) }
+        layernormForward(out, mean, rstd, sel, p + layout.lnfw, p + layout.lnfb, m, c)
+        return p + layout.wte
     }
 }

@@ -1,4 +1,5 @@
 import CBLAS
+import CKATKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,12 +37,16 @@ func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
 func encoderForward(_ out: FPtr, _ tokens: [Int32], _ depths: [Int32], _ wte: FPtr, _ wpe: FPtr, _ n: Int, _ c: Int) {
     tokens.withUnsafeBufferPointer { tk in
         depths.withUnsafeBufferPointer { dp in
-            for i in 0..<n {
-                let o = out + i * c, w = wte + Int(tk[i]) * c, p = wpe + Int(dp[i]) * c
-                for j in 0..<c { o[j] = w[j] + p[j] }
-            }
+            guard let t = tk.baseAddress, let d = dp.baseAddress else { return }
+            encoderForward(out, t, d, wte, wpe, n, c)
         }
     }
+}
+
+/// The same from pointers to the N tokens and depths.
+func encoderForward(_ out: FPtr, _ tokens: UnsafePointer<Int32>, _ depths: UnsafePointer<Int32>, _ wte: FPtr, _ wpe: FPtr,
+                    _ n: Int, _ c: Int) {
+    for i in 0..<n { kat_add_bias_rows(out + i * c, wte + Int(tokens[i]) * c, wpe + Int(depths[i]) * c, 1, c) }
 }
 
 func encoderBackward(_ dwte: FPtr, _ dwpe: FPtr, _ dout: FPtr, _ tokens: [Int32], _ depths: [Int32], _ n: Int, _ c: Int) {
@@ -58,130 +63,65 @@ func encoderBackward(_ dwte: FPtr, _ dwpe: FPtr, _ dout: FPtr, _ tokens: [Int32]
 // MARK: - LayerNorm (eps 1e-5)
 
 /// out (N, C), mean (N), rstd (N) from inp (N, C).
+@inline(__always)
 func layernormForward(_ out: FPtr, _ mean: FPtr, _ rstd: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr, _ n: Int, _ c: Int) {
-    let eps: Float = 1e-5
-    for i in 0..<n {
-        let x = inp + i * c
-        var m: Float = 0
-        for j in 0..<c { m += x[j] }
-        m /= Float(c)
-        var v: Float = 0
-        for j in 0..<c { let d = x[j] - m; v += d * d }
-        v /= Float(c)
-        let s = 1 / (v + eps).squareRoot()
-        let o = out + i * c
-        for j in 0..<c { o[j] = (x[j] - m) * s * weight[j] + bias[j] }
-        mean[i] = m
-        rstd[i] = s
-    }
+    kat_layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, 1e-5)
 }
 
+/// dinp (N, C) +=, dweight (C) +=, dbias (C) += the LayerNorm gradients given dout (N, C).
+@inline(__always)
 func layernormBackward(_ dinp: FPtr, _ dweight: FPtr, _ dbias: FPtr, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr,
                        _ mean: FPtr, _ rstd: FPtr, _ n: Int, _ c: Int) {
-    for i in 0..<n {
-        let d = dout + i * c, x = inp + i * c, di = dinp + i * c
-        let m = mean[i], s = rstd[i]
-        var dnormMean: Float = 0, dnormNormMean: Float = 0
-        for j in 0..<c {
-            let norm = (x[j] - m) * s
-            let dn = weight[j] * d[j]
-            dnormMean += dn
-            dnormNormMean += dn * norm
-        }
-        dnormMean /= Float(c)
-        dnormNormMean /= Float(c)
-        for j in 0..<c {
-            let norm = (x[j] - m) * s
-            let dn = weight[j] * d[j]
-            dbias[j] += d[j]
-            dweight[j] += norm * d[j]
-            di[j] += (dn - dnormMean - norm * dnormNormMean) * s
-        }
-    }
+    kat_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c)
 }
 
 // MARK: - Matmul (Hugging Face Conv1D: weight stored (C, OC))
 
 /// out (N, OC) = inp (N, C) @ weight (C, OC) + bias (OC).
 func matmulForward(_ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr, _ n: Int, _ c: Int, _ oc: Int) {
-    for i in 0..<n { (out + i * oc).update(from: bias, count: oc) }
+    kat_fill_rows(out, bias, n, oc)
     sgemm(transA: false, transB: false, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: oc, beta: 1, c: out, ldc: oc)
 }
 
-/// dinp (N, C) += dout @ weight^T; dweight (C, OC) += inp^T @ dout; dbias += column sums.
+/// out (N, OC) = residual (N, OC) + inp (N, C) @ weight (C, OC) + bias (OC): the residual
+/// and bias written in one pass, then the product added by sgemm (beta 1).
+func matmulForwardResidual(_ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr, _ residual: FPtr, _ n: Int, _ c: Int, _ oc: Int) {
+    kat_add_bias_rows(out, residual, bias, n, oc)
+    sgemm(transA: false, transB: false, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: oc, beta: 1, c: out, ldc: oc)
+}
+
+/// pre (N, OC) = inp (N, C) @ weight (C, OC) + bias, out (N, OC) = gelu(pre): sgemm, then
+/// one pass for the bias and GELU.
+func matmulForwardGelu(_ pre: FPtr, _ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr, _ n: Int, _ c: Int, _ oc: Int) {
+    sgemm(transA: false, transB: false, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: oc, beta: 0, c: pre, ldc: oc)
+    kat_bias_gelu_forward(pre, out, bias, n, oc)
+}
+
+/// dinp (N, C) += dout @ weight^T (or = when `setInput`, which saves zeroing a scratch
+/// buffer); dweight (C, OC) += inp^T @ dout; dbias += column sums of dout.
 func matmulBackward(_ dinp: FPtr, _ dweight: FPtr, _ dbias: FPtr, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr,
-                    _ n: Int, _ c: Int, _ oc: Int) {
-    sgemm(transA: false, transB: true, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: oc, beta: 1, c: dinp, ldc: c)
+                    _ n: Int, _ c: Int, _ oc: Int, setInput: Bool = false) {
+    sgemm(transA: false, transB: true, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: oc,
+          beta: setInput ? 0 : 1, c: dinp, ldc: c)
     sgemm(transA: true, transB: false, m: c, n: oc, k: n, alpha: 1, a: inp, lda: c, b: dout, ldb: oc, beta: 1, c: dweight, ldc: oc)
-    for i in 0..<n {
-        let d = dout + i * oc
-        for j in 0..<oc { dbias[j] += d[j] }
-    }
+    kat_column_sums(dbias, dout, n, oc)
 }
 
 // MARK: - GELU (tanh approximation)
 
-private let geluScale: Float = (2 / Float.pi).squareRoot()
-
-func geluForward(_ out: FPtr, _ inp: FPtr, _ count: Int) {
-    for i in 0..<count {
-        let x = inp[i]
-        let u = geluScale * (x + 0.044715 * x * x * x)
-        out[i] = 0.5 * x * (1 + fastTanh(u))
-    }
-}
-
-func geluBackward(_ dinp: FPtr, _ inp: FPtr, _ dout: FPtr, _ count: Int) {
-    for i in 0..<count {
-        let x = inp[i]
-        let u = geluScale * (x + 0.044715 * x * x * x)
-        let t = fastTanh(u)
-        let du = geluScale * (1 + 3 * 0.044715 * x * x)
-        let g = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
-        dinp[i] += g * dout[i]
-    }
-}
-
-/// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); exact to float round-off.
+/// out (count) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 @inline(__always)
-func fastTanh(_ x: Float) -> Float {
-    let a = abs(x)
-    if a < 0.0004 { return x } // tanh(x) = x - x^3/3: the cubic term is below half an ulp
-    let e = fastExp(-2 * a)
-    let t = (1 - e) / (1 + e)
-    return x < 0 ? -t : t
-}
+func geluForward(_ out: FPtr, _ inp: FPtr, _ count: Int) { kat_gelu_forward(out, inp, count) }
 
-/// exp(x) for float, to about 1 ulp: x = k ln2 + r with |r| <= ln2/2, a degree-6
-/// polynomial for exp(r), and 2^k built in the exponent bits. Inlined and branch-light
-/// so the GELU and softmax loops vectorise; about 10x faster than calling expf.
+/// dinp (count) = gelu'(inp) * dout: overwrites (its callers' buffer is scratch).
 @inline(__always)
-func fastExp(_ x: Float) -> Float {
-    let xc = min(max(x, -87.3), 88.7)
-    // Round to nearest by adding and subtracting 1.5 * 2^23 (no libm call, vectorises).
-    let k = (xc * 1.44269504088896341 + 12582912) - 12582912
-    // Cody-Waite reduction with ln2 split in two.
-    let r = (xc - k * 0.693359375) + k * 2.12194440e-4
-    var p: Float = 1.9875691500e-4
-    p = p * r + 1.3981999507e-3
-    p = p * r + 8.3334519073e-3
-    p = p * r + 4.1665795894e-2
-    p = p * r + 1.6666665459e-1
-    p = p * r + 5.0000001201e-1
-    let er = (p * r * r + r) + 1
-    let bits = UInt32(bitPattern: Int32(k) + 127) << 23
-    return er * Float(bitPattern: bits)
-}
+func geluBackward(_ dinp: FPtr, _ inp: FPtr, _ dout: FPtr, _ count: Int) { kat_gelu_backward(dinp, inp, dout, count) }
 
 // MARK: - Residual
 
-func residualForward(_ out: FPtr, _ a: FPtr, _ b: FPtr, _ count: Int) {
-    for i in 0..<count { out[i] = a[i] + b[i] }
-}
-
-func accumulate(_ dst: FPtr, _ src: FPtr, _ count: Int) {
-    for i in 0..<count { dst[i] += src[i] }
-}
+/// dst (count) += src (count).
+@inline(__always)
+func accumulate(_ dst: FPtr, _ src: FPtr, _ count: Int) { kat_accumulate(dst, src, count) }
 
 /// Plain BLAS entry points for benchmarks and tools outside this module.
 public enum BLASKernels {

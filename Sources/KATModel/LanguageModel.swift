@@ -124,6 +124,11 @@ public protocol LanguageModel: AnyObject, Sendable {
     var workspaceBytes: Int { get }
     /// Drops the activation workspace (the next forward reallocates it).
     func releaseWorkspace()
+    /// Whether `forward` keeps the head's logits for backward when they take no more memory
+    /// than the activations (saving backward one of the head's four sgemms). True by
+    /// default; callers that never run backward (scoring, reference models) turn it off so
+    /// that a forward never holds the logits of its batch.
+    var keepsHeadLogits: Bool { get set }
     /// Runs the model over a packed batch and scores every row from its parent's output at
     /// temperature `temperature`: pi_tau = softmax(logits / tau).
     @discardableResult
@@ -135,10 +140,11 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// - Parameter dlogprobs: dL/dl per row of the last batch. (N)
     func beginBackward(dlogprobs: [Float]) -> BackwardPass
     /// The family's half of `KVCache.extend`: runs the rows `newRows` (already appended to
-    /// the cache, root paths set) through the model, stores their keys and values, and
-    /// returns the logits (before temperature) of `outputs` (indices into `newRows`).
-    /// - Returns: (outputs.count, V), row-major.
-    func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> [Float]
+    /// the cache, their slots and key runs planned) through the model, stores their keys and
+    /// values, and writes the final norm's output of `outputs` (indices into `newRows`) to
+    /// the cache's hidden buffer, (outputs.count, C); the cache runs the output head.
+    /// - Returns: the head matrix (V, C).
+    func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> UnsafeMutablePointer<Float>
 }
 
 extension LanguageModel {

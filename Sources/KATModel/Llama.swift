@@ -76,6 +76,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
     var lastTemperature: Float = 1
     let scratch = AttentionScratch()
     let head = OutputHead()
+    public var keepsHeadLogits = true
     let rotary: RotaryTable
     let shape: AttentionShape
     let eps: Float
@@ -110,7 +111,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
 
     public func zeroGrad() { grads.zero() }
 
-    public var workspaceBytes: Int { acts?.bytes ?? 0 }
+    public var workspaceBytes: Int { (acts?.bytes ?? 0) + head.bytes }
 
     private func activations(for n: Int) -> LlamaActivations {
         if let a = acts, a.capacity >= n { return a }
@@ -121,7 +122,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
         return a
     }
 
-    public func releaseWorkspace() { acts = nil; lastBatch = nil }
+    public func releaseWorkspace() { acts = nil; lastBatch = nil; head.release() }
 
     /// Width of a qkv row: NH d queries, then g d keys, then g d values.
     var qkvWidth: Int { shape.stride }
@@ -146,17 +147,18 @@ public final class Llama: LanguageModel, @unchecked Sendable {
             rotaryForward(a.qkv[l].pointer, batch.depths, rotary, n, w3, shape.heads + shape.kvHeads, shape.headSize)
             attentionForward(a.atty[l].pointer, a.attLse[l].pointer, a.qkv[l].pointer, batch, shape, scratch)
             // residual2 = residual + o_proj(atty)
-            linearForward(a.residual2[l].pointer, a.atty[l].pointer, p + o.outputWeight, o.outputBias.map { p + $0 }, n, q, c)
-            accumulate(a.residual2[l].pointer, residual, n * c)
+            linearForwardResidual(a.residual2[l].pointer, a.atty[l].pointer, p + o.outputWeight, o.outputBias.map { p + $0 },
+                                  residual, n, q, c)
             rmsnormForward(a.norm2[l].pointer, a.rstd2[l].pointer, a.residual2[l].pointer, p + o.postNorm, n, c, eps)
             linearForward(a.gateUp[l].pointer, a.norm2[l].pointer, p + o.gateUpWeight, nil, n, c, 2 * f)
             swigluForward(a.act.pointer, a.gateUp[l].pointer, n, f)
-            linearForward(a.residual3[l].pointer, a.act.pointer, p + o.downWeight, nil, n, f, c)
-            accumulate(a.residual3[l].pointer, a.residual2[l].pointer, n * c)
+            linearForwardResidual(a.residual3[l].pointer, a.act.pointer, p + o.downWeight, nil, a.residual2[l].pointer, n, f, c)
             residual = a.residual3[l].pointer
         }
         rmsnormForward(a.normf.pointer, a.rstdf.pointer, residual, p + layout.finalNorm, n, c, eps)
-        return head.forward(a.rowLse.pointer, batch, a.normf.pointer, p + layout.head, temperature, c, config.vocabSize)
+        // The head keeps its logits for backward when they take no more than the activations.
+        return head.forward(a.rowLse.pointer, batch, a.normf.pointer, p + layout.head, temperature, c, config.vocabSize,
+                            keepLimit: keepsHeadLogits ? min(a.bytes, 1 << 30) : 0)
     }
 
     /// Logits (before temperature) of the given rows of the last forward pass.   (rows, V)
@@ -200,22 +202,21 @@ public final class Llama: LanguageModel, @unchecked Sendable {
         let o = layout.layers[l]
         let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual3 = residual2 + down(silu(gate(norm2)) * up(norm2))
+        // Scratch gradients are written whole by their first producer (setInput), not zeroed.
         swigluForward(a.act.pointer, a.gateUp[l].pointer, n, f) // recomputed, not stored per layer
-        a.dact.zero()
-        linearBackward(a.dact.pointer, g + o.downWeight, nil, dres, a.act.pointer, p + o.downWeight, n, f, c)
-        a.dgateUp.zero()
+        linearBackward(a.dact.pointer, g + o.downWeight, nil, dres, a.act.pointer, p + o.downWeight, n, f, c, setInput: true)
         swigluBackward(a.dgateUp.pointer, a.gateUp[l].pointer, a.dact.pointer, n, f)
-        a.dnorm.zero()
-        linearBackward(a.dnorm.pointer, g + o.gateUpWeight, nil, a.dgateUp.pointer, a.norm2[l].pointer, p + o.gateUpWeight, n, c, 2 * f)
+        linearBackward(a.dnorm.pointer, g + o.gateUpWeight, nil, a.dgateUp.pointer, a.norm2[l].pointer, p + o.gateUpWeight, n, c, 2 * f,
+                       setInput: true)
         rmsnormBackward(dres, g + o.postNorm, a.dnorm.pointer, a.residual2[l].pointer, p + o.postNorm, a.rstd2[l].pointer, n, c)
         // residual2 = residual + o_proj(attn(rope(qkv(norm1))))
-        a.datty.zero()
-        linearBackward(a.datty.pointer, g + o.outputWeight, o.outputBias.map { g + $0 }, dres, a.atty[l].pointer, p + o.outputWeight, n, q, c)
-        a.dqkv.zero()
+        linearBackward(a.datty.pointer, g + o.outputWeight, o.outputBias.map { g + $0 }, dres, a.atty[l].pointer, p + o.outputWeight,
+                       n, q, c, setInput: true)
+        a.dqkv.zero() // attention accumulates key and value gradients over blocks and heads
         attentionBackward(a.dqkv.pointer, a.datty.pointer, a.atty[l].pointer, a.qkv[l].pointer, a.attLse[l].pointer, batch, shape, scratch)
         rotaryBackward(a.dqkv.pointer, batch.depths, rotary, n, w3, shape.heads + shape.kvHeads, shape.headSize)
-        a.dnorm.zero()
-        linearBackward(a.dnorm.pointer, g + o.qkvWeight, o.qkvBias.map { g + $0 }, a.dqkv.pointer, a.norm1[l].pointer, p + o.qkvWeight, n, c, w3)
+        linearBackward(a.dnorm.pointer, g + o.qkvWeight, o.qkvBias.map { g + $0 }, a.dqkv.pointer, a.norm1[l].pointer, p + o.qkvWeight,
+                       n, c, w3, setInput: true)
         rmsnormBackward(dres, g + o.inputNorm, a.dnorm.pointer, residual, p + o.inputNorm, a.rstd1[l].pointer, n, c)
     }
 
@@ -235,42 +236,42 @@ extension Llama: BackwardStages {
 extension Llama {
     /// The family's half of `KVCache.extend`: the blocks over the new rows (rotated keys
     /// and the values stored per layer, g heads of d; attention over each row's cached root
-    /// path), then the final norm and the head for the rows in `outputs`.
-    public func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> [Float] {
-        let c = config.nEmbd, f = config.intermediateSize, q = config.queryWidth, v = config.vocabSize, n = newRows.count, w3 = qkvWidth
+    /// path), then the final norm for the rows in `outputs`, written to the cache's hidden
+    /// buffer (outputs, C).
+    /// - Returns: the head matrix (embed_tokens when tied, lm_head otherwise).
+    public func cachedForward(_ cache: KVCache, newRows: Range<Int>, outputs: [Int]) -> UnsafeMutablePointer<Float> {
+        let c = config.nEmbd, f = config.intermediateSize, q = config.queryWidth, n = newRows.count, w3 = qkvWidth
         let p = params.pointer
         let x = cache.scratch(0, n * c).pointer, h = cache.scratch(1, n * c).pointer, qkv = cache.scratch(2, n * w3).pointer
-        let att = cache.scratch(3, n * q).pointer, tmp = cache.scratch(4, n * c).pointer
+        let att = cache.scratch(3, n * q).pointer
         let gateUp = cache.scratch(5, n * 2 * f).pointer, act = cache.scratch(6, n * f).pointer, rstd = cache.scratch(7, n).pointer
-        let depths = Array(cache.depths[newRows])
-        rotary.ensure(Int(depths.max() ?? 0) + 1)
-        embeddingForward(x, Array(cache.tokens[newRows]), p + layout.embed, n, c)
-        for (l, o) in layout.layers.enumerated() {
-            rmsnormForward(h, rstd, x, p + o.inputNorm, n, c, eps)
-            linearForward(qkv, h, p + o.qkvWeight, o.qkvBias.map { p + $0 }, n, c, w3)
-            rotaryForward(qkv, depths, rotary, n, w3, shape.heads + shape.kvHeads, shape.headSize)
-            cache.store(layer: l, qkv, newRows, shape)
-            cache.attend(layer: l, att, qkv, n, shape)
-            linearForward(tmp, att, p + o.outputWeight, o.outputBias.map { p + $0 }, n, q, c)
-            accumulate(x, tmp, n * c)
-            rmsnormForward(h, rstd, x, p + o.postNorm, n, c, eps)
-            linearForward(gateUp, h, p + o.gateUpWeight, nil, n, c, 2 * f)
-            swigluForward(act, gateUp, n, f)
-            linearForward(tmp, act, p + o.downWeight, nil, n, f, c)
-            accumulate(x, tmp, n * c)
+        var deepest: Int32 = 0
+        for r in newRows { deepest = max(deepest, cache.depths[r]) }
+        rotary.ensure(Int(deepest) + 1)
+        cache.tokens.withUnsafeBufferPointer { tk in
+            guard let t = tk.baseAddress else { return }
+            embeddingForward(x, t + newRows.lowerBound, p + layout.embed, n, c)
         }
-        // The final norm and the head, for the requested rows only.
+        cache.depths.withUnsafeBufferPointer { dp in
+            guard let depths = dp.baseAddress.map({ $0 + newRows.lowerBound }) else { return }
+            for (l, o) in layout.layers.enumerated() {
+                rmsnormForward(h, rstd, x, p + o.inputNorm, n, c, eps)
+                linearForward(qkv, h, p + o.qkvWeight, o.qkvBias.map { p + $0 }, n, c, w3)
+                rotaryForward(qkv, depths, rotary, n, w3, shape.heads + shape.kvHeads, shape.headSize)
+                cache.store(layer: l, qkv, n, shape)
+                cache.attend(layer: l, att, qkv, n, shape)
+                linearForwardResidual(x, att, p + o.outputWeight, o.outputBias.map { p + $0 }, x, n, q, c)
+                rmsnormForward(h, rstd, x, p + o.postNorm, n, c, eps)
+                linearForward(gateUp, h, p + o.gateUpWeight, nil, n, c, 2 * f)
+                swigluForward(act, gateUp, n, f)
+                linearForwardResidual(x, act, p + o.downWeight, nil, x, n, f, c)
+            }
+        }
+        // The final norm for the requested rows only.
         let m = outputs.count
-        if m == 0 { return [] }
-        let sel = FloatBuffer(count: m * c), seln = FloatBuffer(count: m * c), rstd2 = FloatBuffer(count: m)
-        for (k, i) in outputs.enumerated() { (sel.pointer + k * c).update(from: x + i * c, count: c) }
-        rmsnormForward(seln.pointer, rstd2.pointer, sel.pointer, p + layout.finalNorm, m, c, eps)
-        var logits = [Float](repeating: 0, count: m * v)
-        logits.withUnsafeMutableBufferPointer { lb in
-            guard let out = lb.baseAddress else { return }
-            sgemm(transA: false, transB: true, m: m, n: v, k: c, alpha: 1, a: seln.pointer, lda: c, b: p + layout.head, ldb: c,
-                  beta: 0, c: out, ldc: v)
-        }
-        return logits
+        let sel = cache.scratch(1, m * c).pointer, out = cache.hiddenBuffer(m), rstdOut = cache.scratch(7, m).pointer
+        for (k, i) in outputs.enumerated() { (sel + k * c).update(from: x + i * c, count: c) }
+        rmsnormForward(out, rstdOut, sel, p + layout.finalNorm, m, c, eps)
+        return p + layout.head
     }
 }

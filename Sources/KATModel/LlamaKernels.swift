@@ -1,3 +1,4 @@
+import CKATKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,8 +12,14 @@ import Glibc
 /// out[i] = table[tokens[i]].                                     out (N, C), table (V, C)
 func embeddingForward(_ out: FPtr, _ tokens: [Int32], _ table: FPtr, _ n: Int, _ c: Int) {
     tokens.withUnsafeBufferPointer { tk in
-        for i in 0..<n { (out + i * c).update(from: table + Int(tk[i]) * c, count: c) }
+        guard let t = tk.baseAddress else { return }
+        embeddingForward(out, t, table, n, c)
     }
+}
+
+/// The same from a pointer to the N tokens.
+func embeddingForward(_ out: FPtr, _ tokens: UnsafePointer<Int32>, _ table: FPtr, _ n: Int, _ c: Int) {
+    for i in 0..<n { (out + i * c).update(from: table + Int(tokens[i]) * c, count: c) }
 }
 
 /// dtable[tokens[i]] += dout[i].
@@ -29,54 +36,42 @@ func embeddingBackward(_ dtable: FPtr, _ dout: FPtr, _ tokens: [Int32], _ n: Int
 
 /// out = x / sqrt(mean(x^2) + eps) * weight, per row; rstd (N) keeps 1 / sqrt(mean(x^2) + eps).
 /// out (N, C) from inp (N, C).
+@inline(__always)
 func rmsnormForward(_ out: FPtr, _ rstd: FPtr, _ inp: FPtr, _ weight: FPtr, _ n: Int, _ c: Int, _ eps: Float) {
-    for i in 0..<n {
-        let x = inp + i * c, o = out + i * c
-        var ss: Float = 0
-        for j in 0..<c { ss += x[j] * x[j] }
-        let s = 1 / (ss / Float(c) + eps).squareRoot()
-        for j in 0..<c { o[j] = weight[j] * (x[j] * s) }
-        rstd[i] = s
-    }
+    kat_rmsnorm_forward(out, rstd, inp, weight, n, c, eps)
 }
 
 /// With xn = x r (r = rstd): dweight += dout * xn, and
 /// dinp += r (weight * dout - xn * mean(weight * dout * xn)).
+@inline(__always)
 func rmsnormBackward(_ dinp: FPtr, _ dweight: FPtr, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr, _ rstd: FPtr, _ n: Int, _ c: Int) {
-    for i in 0..<n {
-        let d = dout + i * c, x = inp + i * c, di = dinp + i * c
-        let s = rstd[i]
-        var dot: Float = 0
-        for j in 0..<c { dot += weight[j] * d[j] * x[j] * s }
-        dot /= Float(c)
-        for j in 0..<c {
-            let xn = x[j] * s
-            dweight[j] += d[j] * xn
-            di[j] += s * (weight[j] * d[j] - xn * dot)
-        }
-    }
+    kat_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, n, c)
 }
 
 // MARK: - Linear (nn.Linear: weight stored (OC, C))
 
 /// out (N, OC) = inp (N, C) @ weight^T + bias (OC, or none).
 func linearForward(_ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr?, _ n: Int, _ c: Int, _ oc: Int) {
-    if let bias { for i in 0..<n { (out + i * oc).update(from: bias, count: oc) } }
+    if let bias { kat_fill_rows(out, bias, n, oc) }
     sgemm(transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: c,
           beta: bias == nil ? 0 : 1, c: out, ldc: oc)
 }
 
-/// dinp (N, C) += dout @ weight; dweight (OC, C) += dout^T @ inp; dbias += column sums.
+/// out (N, OC) = residual (N, OC) + inp (N, C) @ weight^T + bias (OC, or none): the residual
+/// and bias in one pass, then the product added by sgemm (beta 1).
+func linearForwardResidual(_ out: FPtr, _ inp: FPtr, _ weight: FPtr, _ bias: FPtr?, _ residual: FPtr, _ n: Int, _ c: Int, _ oc: Int) {
+    kat_add_bias_rows(out, residual, bias, n, oc)
+    sgemm(transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: c, beta: 1, c: out, ldc: oc)
+}
+
+/// dinp (N, C) += dout @ weight (or = when `setInput`); dweight (OC, C) += dout^T @ inp;
+/// dbias += column sums.
 func linearBackward(_ dinp: FPtr, _ dweight: FPtr, _ dbias: FPtr?, _ dout: FPtr, _ inp: FPtr, _ weight: FPtr,
-                    _ n: Int, _ c: Int, _ oc: Int) {
-    sgemm(transA: false, transB: false, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: c, beta: 1, c: dinp, ldc: c)
+                    _ n: Int, _ c: Int, _ oc: Int, setInput: Bool = false) {
+    sgemm(transA: false, transB: false, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: c,
+          beta: setInput ? 0 : 1, c: dinp, ldc: c)
     sgemm(transA: true, transB: false, m: oc, n: c, k: n, alpha: 1, a: dout, lda: oc, b: inp, ldb: c, beta: 1, c: dweight, ldc: c)
-    if let dbias {
-        for i in 0..<n {
-            let d = dout + i * oc
-            for j in 0..<oc { dbias[j] += d[j] }
-        }
-    }
+    if let dbias { kat_column_sums(dbias, dout, n, oc) }
 }
 
 // MARK: - Rotary position embedding
@@ -116,6 +111,14 @@ final class RotaryTable {
 /// which is Hugging Face's x cos + rotate_half(x) sin. Queries and keys are the first
 /// NH + g heads of a qkv row, so one call rotates both.
 func rotaryForward(_ x: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
+    positions.withUnsafeBufferPointer { pos in
+        guard let p = pos.baseAddress else { return }
+        rotaryForward(x, p, table, n, stride, heads, hs)
+    }
+}
+
+/// The same from a pointer to the N positions.
+func rotaryForward(_ x: FPtr, _ positions: UnsafePointer<Int32>, _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
     let half = hs / 2
     table.cos.withUnsafeBufferPointer { cosT in
         table.sin.withUnsafeBufferPointer { sinT in
@@ -161,23 +164,12 @@ func rotaryBackward(_ dx: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n:
 
 /// out (N, F) = silu(gate) * up, from gateUp (N, 2F) holding gate then up in each row;
 /// silu(g) = g / (1 + exp(-g)).
-func swigluForward(_ out: FPtr, _ gateUp: FPtr, _ n: Int, _ f: Int) {
-    for i in 0..<n {
-        let g = gateUp + i * 2 * f, u = g + f, o = out + i * f
-        for j in 0..<f { o[j] = g[j] / (1 + fastExp(-g[j])) * u[j] }
-    }
-}
+@inline(__always)
+func swigluForward(_ out: FPtr, _ gateUp: FPtr, _ n: Int, _ f: Int) { kat_swiglu_forward(out, gateUp, n, f) }
 
-/// dgate += dout * up * silu'(gate), dup += dout * silu(gate), with
-/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).                   dgateUp (N, 2F)
+/// dgate = dout * up * silu'(gate), dup = dout * silu(gate), with
+/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).       dgateUp (N, 2F), overwritten
+@inline(__always)
 func swigluBackward(_ dgateUp: FPtr, _ gateUp: FPtr, _ dout: FPtr, _ n: Int, _ f: Int) {
-    for i in 0..<n {
-        let g = gateUp + i * 2 * f, u = g + f, d = dout + i * f
-        let dg = dgateUp + i * 2 * f, du = dg + f
-        for j in 0..<f {
-            let s = 1 / (1 + fastExp(-g[j]))
-            dg[j] += d[j] * u[j] * s * (1 + g[j] * (1 - s))
-            du[j] += d[j] * g[j] * s
-        }
-    }
+    kat_swiglu_backward(dgateUp, gateUp, dout, n, f)
 }

@@ -1,3 +1,4 @@
+import CKATKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,8 +45,9 @@ public final class Optimizer: @unchecked Sendable {
     public let v: FloatBuffer
     /// Number of updates applied (Adam's bias-correction step).
     public var t: Int = 0
-    /// 1 where weight decay applies, 0 elsewhere, over `slice`.
-    let decayMask: FloatBuffer
+    /// The owned slice in runs of tensors that all take weight decay or all do not, in order,
+    /// relative to `slice` (a few dozen ranges instead of a mask as large as the parameters).
+    let decayRuns: [(range: Range<Int>, decays: Bool)]
 
     /// - Parameter slice: the parameters to own (default: all).
     public init(config: OptimizerConfig, layout: any ParameterTable, slice: Range<Int>? = nil) {
@@ -55,32 +57,37 @@ public final class Optimizer: @unchecked Sendable {
         let n = config.kind == .adamw ? owned.count : 0
         m = FloatBuffer(count: n)
         v = FloatBuffer(count: n)
-        decayMask = FloatBuffer(count: owned.count)
-        for t in layout.tensors where t.decays {
+        var runs: [(range: Range<Int>, decays: Bool)] = []
+        for t in layout.tensors.sorted(by: { $0.offset < $1.offset }) {
             let lo = max(t.offset, owned.lowerBound), hi = min(t.offset + t.count, owned.upperBound)
-            if lo < hi { (decayMask.pointer + (lo - owned.lowerBound)).update(repeating: 1, count: hi - lo) }
+            guard lo < hi else { continue }
+            let r = (lo - owned.lowerBound)..<(hi - owned.lowerBound)
+            if let last = runs.last, last.decays == t.decays, last.range.upperBound == r.lowerBound {
+                runs[runs.count - 1].range = last.range.lowerBound..<r.upperBound
+            } else {
+                runs.append((r, t.decays))
+            }
         }
+        decayRuns = runs
     }
 
     /// Bytes of optimizer state held (both moments).
     public var stateBytes: Int { 4 * (m.count + v.count) }
 
-    /// L2 norm of a gradient buffer, accumulated in double.
+    /// L2 norm of a gradient buffer: float sums of squares over blocks of 4096, added in double.
     public static func globalNorm(_ grads: FloatBuffer) -> Float {
         Float(sumOfSquares(grads.pointer, count: grads.count).squareRoot())
     }
 
-    /// Sum of squares of `count` floats, accumulated in double over blocks of float sums:
-    /// fast and accurate. Blocks end at multiples of 4096 of `offset + i`, so that the
-    /// slices of a buffer summed apart add up to (almost exactly) the whole buffer's sum.
+    /// Sum of squares of `count` floats: float sums over blocks, added in double (fast and
+    /// accurate). Blocks end at multiples of 4096 of `offset + i`, so that the slices of a
+    /// buffer summed apart add up to the whole buffer's sum, block for block.
     public static func sumOfSquares(_ g: UnsafePointer<Float>, count n: Int, offset: Int = 0) -> Double {
         var s: Double = 0
         var i = 0
         while i < n {
             let end = min(n, i + 4096 - (offset + i) % 4096)
-            var block: Float = 0
-            for j in i..<end { block += g[j] * g[j] }
-            s += Double(block)
+            s += kat_sum_squares(g + i, end - i)
             i = end
         }
         return s
@@ -103,27 +110,19 @@ public final class Optimizer: @unchecked Sendable {
     public func step(params: FloatBuffer, gradients g: UnsafePointer<Float>, lr: Float, norm: Float) {
         var gscale: Float = 1
         if config.gradClip > 0, norm > config.gradClip { gscale = config.gradClip / norm }
-        let p = params.pointer + slice.lowerBound, dm = decayMask.pointer, n = slice.count
-        let wd = config.weightDecay
+        let base = params.pointer + slice.lowerBound
         t += 1
-        switch config.kind {
-        case .sgd:
-            for i in 0..<n {
-                p[i] -= lr * (gscale * g[i] + wd * dm[i] * p[i])
-            }
-        case .adamw:
-            let b1 = config.beta1, b2 = config.beta2, eps = config.eps
-            let c1 = 1 - Float(pow(Double(b1), Double(t)))
-            let c2 = 1 - Float(pow(Double(b2), Double(t)))
-            let mp = m.pointer, vp = v.pointer
-            for i in 0..<n {
-                let gi = gscale * g[i]
-                let mi = b1 * mp[i] + (1 - b1) * gi
-                let vi = b2 * vp[i] + (1 - b2) * gi * gi
-                mp[i] = mi
-                vp[i] = vi
-                let mh = mi / c1, vh = vi / c2
-                p[i] -= lr * (mh / (vh.squareRoot() + eps) + wd * dm[i] * p[i])
+        let c1 = 1 - Float(pow(Double(config.beta1), Double(t)))
+        let c2 = 1 - Float(pow(Double(config.beta2), Double(t)))
+        for (range, decays) in decayRuns {
+            let p = base + range.lowerBound, gr = g + range.lowerBound, n = range.count
+            let wd = decays ? config.weightDecay : 0
+            switch config.kind {
+            case .sgd:
+                kat_sgd(p, gr, n, lr, wd, gscale)
+            case .adamw:
+                kat_adamw(p, gr, m.pointer + range.lowerBound, v.pointer + range.lowerBound, n, lr, config.beta1, config.beta2,
+                          config.eps, wd, c1, c2, gscale)
             }
         }
     }

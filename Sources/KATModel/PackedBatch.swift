@@ -35,9 +35,11 @@ public struct PackedBatch: Sendable {
     public let depths: [Int32]
     /// The attention segments, in row order, covering every row once.
     public let segments: [AttentionSegment]
-    /// Rows that have at least one child: the rows whose output distribution is scored.
+    /// Rows that have at least one scored child: the rows whose output distribution is
+    /// computed by the head (every row with children unless the batch was packed with
+    /// `scoring`).
     public let headRows: [Int32]
-    /// For head row k, its children are `children[childStart[k]..<childStart[k+1]]`.
+    /// For head row k, its scored children are `children[childStart[k]..<childStart[k+1]]`.
     public let childStart: [Int32]
     public let children: [Int32]
 
@@ -47,11 +49,17 @@ public struct PackedBatch: Sendable {
     public var attentionPairs: Int { depths.reduce(0) { $0 + Int($1) + 1 } }
 
     /// Packs rows given by tokens and parent pointers.
+    /// - Parameter scoring: when given, the rows whose log-prob is wanted (for training, the
+    ///   rows that carry a loss token); the head then computes only their parents'
+    ///   distributions, and the other rows get log-prob and entropy 0. Nil scores every row.
     /// - Throws: `ModelError.badInput` naming the row when a parent is not an earlier row,
     ///   a token is outside the vocabulary or a depth reaches `maxPositions`.
-    public init(tokens: [Int], parents: [Int], vocabSize: Int, maxPositions: Int) throws(ModelError) {
+    public init(tokens: [Int], parents: [Int], vocabSize: Int, maxPositions: Int, scoring: [Bool]? = nil) throws(ModelError) {
         guard tokens.count == parents.count else {
             throw .badInput(reason: "packed batch: \(tokens.count) tokens but \(parents.count) parents")
+        }
+        if let scoring, scoring.count != tokens.count {
+            throw .badInput(reason: "packed batch: \(tokens.count) tokens but \(scoring.count) scoring flags")
         }
         let n = tokens.count
         var depth = [Int32](repeating: 0, count: n)
@@ -62,7 +70,7 @@ public struct PackedBatch: Sendable {
             if p < -1 || p >= i { throw .badInput(reason: "packed batch: row \(i): parent \(p) is not an earlier row") }
             if p >= 0 {
                 depth[i] = depth[p] + 1
-                childCount[p] += 1
+                if scoring?[i] ?? true { childCount[p] += 1 }
             }
             if Int(depth[i]) >= maxPositions {
                 throw .badInput(reason: "packed batch: row \(i): depth \(depth[i]) exceeds n_positions (\(maxPositions))")
@@ -103,7 +111,7 @@ public struct PackedBatch: Sendable {
         }
         var fill = Array(start.dropLast())
         var kids = [Int32](repeating: 0, count: start[start.count - 1] == 0 ? 0 : Int(start[start.count - 1]))
-        for u in 0..<n where parents[u] >= 0 {
+        for u in 0..<n where parents[u] >= 0 && scoring?[u] ?? true {
             let k = Int(slot[parents[u]])
             kids[Int(fill[k])] = Int32(u)
             fill[k] += 1

@@ -107,3 +107,13 @@ public func computeAdvantages(_ trajectories: [Trajectory], config: AdvantageCon
     }
     return adv
 }
+
+/// The entropy bonus of one token (Cheng et al., "Reasoning with Exploration: An Entropy
+/// Perspective", arXiv 2506.14758): A_{s,t} = A_s + min(beta H_{s,t}, |A_s| / kappa), with
+/// H_{s,t} the behaviour entropy of the token (nats), a constant of the loss. The bonus is
+/// never negative and never more than |A_s| / kappa, so for kappa > 1 it never flips the
+/// sign of a negative advantage, and a token of a zero-advantage trajectory gets none.
+@inline(__always)
+public func entropyBonusAdvantage(_ a: Double, entropy h: Double, beta: Double, kappa: Double) -> Double {
+    a + min(beta * h, abs(a) / kappa)
+}

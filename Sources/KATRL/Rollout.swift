@@ -155,7 +155,8 @@ public final class RolloutWorker {
         var turnSeed = SplitMix64(seed: seed)
         var tokens = prompt, mask = [UInt8](repeating: 0, count: prompt.count)
         var lps = [Float](repeating: .nan, count: prompt.count)
-        var ents: [Float] = []
+        // Per position: the behaviour entropy where the mask is 1, NaN elsewhere.
+        var ents = [Float](repeating: .nan, count: prompt.count)
         var reward = 0.0
         var cont = leaf
         var turn = 0
@@ -172,12 +173,17 @@ public final class RolloutWorker {
             }
             let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
             tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
+            ents += [Float](repeating: .nan, count: obs.count)
             cont = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
                                         config: samplingConfig)[0][0]
         }
-        let h = ents.isEmpty ? 0 : Double(ents.reduce(0, +)) / Double(ents.count)
+        let answer = ents.indices.filter { mask[$0] == 1 }.map { ents[$0] }
+        let h = answer.isEmpty ? 0 : Double(answer.reduce(0, +)) / Double(answer.count)
+        // Every token of the episode was sampled by the weights of `req.policyVersion`.
+        let versions = mask.map { $0 == 1 ? req.policyVersion : -1 }
         return Trajectory(id: "\(req.idPrefix)-\(k)", group: req.groupID, tokens: tokens, lossMask: mask, logprobs: lps,
-                          reward: reward, entropy: h, policyVersion: req.policyVersion, source: "rollout \(req.idPrefix)-\(k)")
+                          reward: reward, entropy: h, policyVersion: req.policyVersion, versions: versions, entropies: ents,
+                          source: "rollout \(req.idPrefix)-\(k)")
     }
 
     /// Greedy episodes on the held-out prompts `seeds` of `split`.

@@ -51,11 +51,48 @@ public func distribution(_ logits: UnsafeBufferPointer<Float>, temperature: Floa
     return (logp, Float(h))
 }
 
+/// One draw from pi_tau = softmax(z / tau) made while the logits arrive in vocabulary
+/// slices, without holding a row: weighted reservoir sampling with a reservoir of one. Each
+/// slice replaces the current pick with probability (its mass) / (the mass of every slice
+/// so far), then a token within it is drawn in proportion to its probability; the pick
+/// after the last slice is distributed as pi_tau. Greedy keeps the first largest logit.
+struct TileDraw {
+    /// The token picked so far (-1 before the first slice) and its scaled logit z / tau.
+    var token = -1
+    var logit: Float = 0
+
+    /// Takes slice `z` (`width` logits from vocabulary entry `start`), whose summary is
+    /// `part`, after `total` (the summary of every slice so far, this one merged in).
+    mutating func add(_ z: UnsafePointer<Float>, width: Int, start: Int, scale: Float, part: SoftmaxSummary, total: SoftmaxSummary,
+                      greedy: Bool, rng: inout SplitMix64) {
+        if greedy {
+            let i = LogitScan.argmax(z, count: width)
+            if token < 0 || z[i] * scale > logit { token = start + i; logit = z[i] * scale }
+            return
+        }
+        if token >= 0, Float(rng.nextDouble()) >= total.share(of: part) { return }
+        let u = Float(rng.nextDouble()) * part.sum
+        let i = LogitScan.sampleIndex(z, count: width, scale: scale, logSumExp: part.max, u: u) ?? LogitScan.argmax(z, count: width)
+        token = start + i
+        logit = z[i] * scale
+    }
+}
+
 /// Samples continuations with a KV cache; the prompt is prefilled once and shared, and
 /// branches share their parent's cache.
+///
+/// Each decoding step appends every live sample's token in one `KVCache.extend` call (one
+/// sgemm per weight for all of them) and draws the next tokens while the output head
+/// streams its logits by vocabulary tiles: a running softmax summary gives each row's
+/// log-sum-exp and entropy, and weighted reservoir sampling over the tiles (a tile replaces
+/// the current pick with probability its share of the mass seen so far, then a token
+/// within it is drawn in proportion) draws exactly from pi_tau without holding a row.
+/// Top-p below 1 needs a row's every logit and takes whole rows a few at a time.
 public final class Sampler {
     public let cache: KVCache
     public var rng: SplitMix64
+    /// Candidate indices of a top-p draw, reused.
+    var nucleusScratch: [Int32] = []
 
     public init(model: any LanguageModel, seed: UInt64) {
         cache = KVCache(model: model)
@@ -66,32 +103,65 @@ public final class Sampler {
     func pick(_ logp: [Float], config: SamplingConfig) -> Int32 { Sampler.pick(logp, config: config, rng: &rng) }
 
     static func pick(_ logp: [Float], config: SamplingConfig, rng: inout SplitMix64) -> Int32 {
+        var scratch: [Int32] = []
+        return logp.withUnsafeBufferPointer { b -> Int32 in
+            guard let z = b.baseAddress else { return 0 }
+            let summary = SoftmaxSummary(z, count: b.count, scale: 1)
+            return draw(z, count: b.count, scale: 1, summary: summary, config: config, rng: &rng, scratch: &scratch).token
+        }
+    }
+
+    /// One draw from a whole row of logits z (V) at scale 1/tau, whose softmax summary is
+    /// given: the argmax (greedy), a draw from the top-p nucleus, or from the full pi_tau.
+    /// The log-prob and entropy are the full distribution's.
+    static func draw(_ z: UnsafePointer<Float>, count v: Int, scale: Float, summary: SoftmaxSummary, config: SamplingConfig,
+                     rng: inout SplitMix64, scratch: inout [Int32]) -> SampledToken {
+        let lse = summary.logSumExp
+        let tok: Int
         if config.greedy {
-            var best = 0
-            for i in 1..<logp.count where logp[i] > logp[best] { best = i }
-            return Int32(best)
+            tok = LogitScan.argmax(z, count: v)
+        } else if config.topP >= 1 {
+            let u = Float(rng.nextDouble())
+            tok = LogitScan.sampleIndex(z, count: v, scale: scale, logSumExp: lse, u: u) ?? LogitScan.argmax(z, count: v)
+        } else {
+            tok = nucleus(z, count: v, scale: scale, logSumExp: lse, topP: config.topP, rng: &rng, scratch: &scratch)
         }
-        if config.topP >= 1 {
-            var u = rng.nextDouble()
-            for (i, lp) in logp.enumerated() {
-                u -= Double(Foundation.exp(lp))
-                if u <= 0 { return Int32(i) }
+        return SampledToken(token: Int32(tok), logprob: z[tok] * scale - lse, entropy: summary.entropy)
+    }
+
+    /// A draw from the smallest set of most likely tokens whose mass reaches topP (ties by
+    /// index). Only tokens above a probability threshold are sorted: the threshold starts
+    /// at 1e-3 and falls by 64x until the tokens above it hold topP of the mass (they are
+    /// then a prefix of the sorted order that contains the nucleus).
+    static func nucleus(_ z: UnsafePointer<Float>, count v: Int, scale: Float, logSumExp lse: Float, topP: Float,
+                        rng: inout SplitMix64, scratch: inout [Int32]) -> Int {
+        if scratch.count < v { scratch = [Int32](repeating: 0, count: v) }
+        var pmin: Float = 1e-3
+        var k = 0
+        while true {
+            let threshold = pmin > 0 ? lse + logf(pmin) : -Float.infinity
+            k = scratch.withUnsafeMutableBufferPointer { b in
+                b.baseAddress.map { LogitScan.indices(atLeast: threshold, z, count: v, scale: scale, into: $0) } ?? 0
             }
-            return Int32(logp.indices.max { logp[$0] < logp[$1] } ?? 0)
+            var mass = 0.0
+            for i in 0..<k { mass += Foundation.exp(Double(z[Int(scratch[i])] * scale - lse)) }
+            if mass >= Double(topP) || pmin == 0 { break }
+            pmin = pmin > 1e-12 ? pmin / 64 : 0
         }
-        let order = logp.indices.sorted { logp[$0] > logp[$1] }
-        var kept: [Int] = [], mass = 0.0
+        var order = Array(scratch[0..<k])
+        order.sort { z[Int($0)] != z[Int($1)] ? z[Int($0)] > z[Int($1)] : $0 < $1 }
+        var kept = 0, mass = 0.0
         for i in order {
-            kept.append(i)
-            mass += Double(Foundation.exp(logp[i]))
-            if mass >= Double(config.topP) { break }
+            kept += 1
+            mass += Foundation.exp(Double(z[Int(i)] * scale - lse))
+            if mass >= Double(topP) { break }
         }
         var u = rng.nextDouble() * mass
-        for i in kept {
-            u -= Double(Foundation.exp(logp[i]))
-            if u <= 0 { return Int32(i) }
+        for i in order.prefix(kept) {
+            u -= Foundation.exp(Double(z[Int(i)] * scale - lse))
+            if u <= 0 { return Int(i) }
         }
-        return Int32(kept.last ?? 0)
+        return Int(order[max(0, kept - 1)])
     }
 
     /// Appends `tokens` as a chain under `parent` (-1: a new root) and returns the last
@@ -100,6 +170,7 @@ public final class Sampler {
         precondition(!tokens.isEmpty, "Sampler.prefill: no tokens")
         let base = Int32(cache.count)
         let parents = tokens.indices.map { $0 == 0 ? parent : base + Int32($0) - 1 }
+        cache.reserveRows = 0
         let logits = try cache.extend(tokens: tokens, parents: parents, outputs: [tokens.count - 1])
         return (base + Int32(tokens.count) - 1, logits)
     }
@@ -127,48 +198,102 @@ public final class Sampler {
     /// seeded from its start's seed, so the result of a start does not depend on what else
     /// is generated beside it. Returns the continuations of each start.
     public func generate(starts: [GenerationStart], config: SamplingConfig) throws(ModelError) -> [[Continuation]] {
-        struct Stream { var origin: Int; var tokens: [SampledToken]; var last: Int32; var logits: ArraySlice<Float>; var rng: SplitMix64 }
+        struct Stream { var origin: Int; var tokens: [SampledToken]; var last: Int32; var rng: SplitMix64; var next: SampledToken }
         let v = cache.model.config.vocabSize
+        let scale = 1 / config.temperature
         var live: [Stream] = []
         for (k, st) in starts.enumerated() {
             var base = SplitMix64(seed: st.seed)
+            let summary = st.logits.withUnsafeBufferPointer { b in b.baseAddress.map { SoftmaxSummary($0, count: v, scale: scale) } }
             for _ in 0..<max(1, st.streams) {
-                live.append(Stream(origin: k, tokens: [], last: st.row, logits: st.logits[...], rng: SplitMix64(seed: base.next())))
+                var r = SplitMix64(seed: base.next())
+                let first = st.logits.withUnsafeBufferPointer { b in
+                    b.baseAddress.map { Sampler.draw($0, count: v, scale: scale, summary: summary ?? SoftmaxSummary(), config: config,
+                                                     rng: &r, scratch: &nucleusScratch) }
+                }
+                guard let first else { continue }
+                live.append(Stream(origin: k, tokens: [], last: st.row, rng: r, next: first))
             }
         }
         var done = [[Continuation]](repeating: [], count: starts.count)
         let branchAt = Set(config.branchPoints)
+        // Each chain keeps room for the rest of its sample, so its answer stays contiguous.
+        cache.reserveRows = config.maxNewTokens
+        let tiling: KVCache.HeadTiling = config.greedy || config.topP >= 1 ? .vocabularyTiles : .wholeRows
+        // Reused from step to step.
+        var newTokens: [Int32] = [], newParents: [Int32] = [], outputs: [Int] = []
+        var drawStart: [Int] = [], drawRng: [SplitMix64] = [], summaries: [SoftmaxSummary] = []
+        var picks: [TileDraw] = [], results: [SampledToken] = []
+        var next: [Stream] = []
         while !live.isEmpty {
-            var newTokens: [Int32] = [], newParents: [Int32] = []
+            newTokens.removeAll(keepingCapacity: true); newParents.removeAll(keepingCapacity: true)
+            outputs.removeAll(keepingCapacity: true); drawStart.removeAll(keepingCapacity: true); drawRng.removeAll(keepingCapacity: true)
             for k in live.indices {
-                let (logp, h) = live[k].logits.withUnsafeBufferPointer { distribution($0, temperature: config.temperature) }
-                let tok = Sampler.pick(logp, config: config, rng: &live[k].rng)
-                live[k].tokens.append(SampledToken(token: tok, logprob: logp[Int(tok)], entropy: h))
-                newTokens.append(tok)
+                live[k].tokens.append(live[k].next)
+                newTokens.append(live[k].next.token)
                 newParents.append(live[k].last)
             }
-            let logitsAll = try cache.extend(tokens: newTokens, parents: newParents, outputs: Array(0..<newTokens.count))
-            let base = Int32(cache.count - newTokens.count)
-            let current = live
-            live = []
-            for (k, var s) in current.enumerated() {
-                s.last = base + Int32(k)
-                let tok = newTokens[k]
-                if config.stopTokens.contains(tok) || s.tokens.count >= config.maxNewTokens {
-                    done[s.origin].append(Continuation(tokens: s.tokens, lastRow: s.last, stopped: config.stopTokens.contains(tok)))
-                    continue
-                }
-                s.logits = logitsAll[(k * v)..<((k + 1) * v)]
-                if branchAt.contains(s.tokens.count), config.branchFactor > 1 {
-                    for _ in 0..<config.branchFactor {
-                        var child = s
-                        child.rng = SplitMix64(seed: s.rng.next())
-                        live.append(child)
-                    }
+            // The samples that go on, and the draws each makes: one, or one per branch.
+            for k in live.indices {
+                let tok = live[k].next.token
+                if config.stopTokens.contains(tok) || live[k].tokens.count >= config.maxNewTokens { continue }
+                outputs.append(k)
+                drawStart.append(drawRng.count)
+                if branchAt.contains(live[k].tokens.count), config.branchFactor > 1 {
+                    for _ in 0..<config.branchFactor { drawRng.append(SplitMix64(seed: live[k].rng.next())) }
                 } else {
-                    live.append(s)
+                    drawRng.append(live[k].rng)
                 }
             }
+            drawStart.append(drawRng.count)
+            summaries.removeAll(keepingCapacity: true); summaries.append(contentsOf: repeatElement(SoftmaxSummary(), count: outputs.count))
+            picks.removeAll(keepingCapacity: true); picks.append(contentsOf: repeatElement(TileDraw(), count: drawRng.count))
+            results.removeAll(keepingCapacity: true)
+            try cache.extend(tokens: newTokens, parents: newParents, outputs: outputs, tiling: tiling) { tile in
+                for r in 0..<tile.rows {
+                    let o = tile.firstOutput + r, z = tile.logits + r * tile.width, w = tile.width
+                    if tiling == .wholeRows {
+                        let summary = SoftmaxSummary(z, count: w, scale: scale)
+                        for d in drawStart[o]..<drawStart[o + 1] {
+                            results.append(Sampler.draw(z, count: w, scale: scale, summary: summary, config: config, rng: &drawRng[d],
+                                                        scratch: &nucleusScratch))
+                        }
+                        continue
+                    }
+                    let part = SoftmaxSummary(z, count: w, scale: scale)
+                    summaries[o].merge(part)
+                    for d in drawStart[o]..<drawStart[o + 1] {
+                        picks[d].add(z, width: w, start: tile.vocabularyStart, scale: scale, part: part, total: summaries[o],
+                                     greedy: config.greedy, rng: &drawRng[d])
+                    }
+                }
+            }
+            if tiling == .vocabularyTiles {
+                for (o, _) in outputs.enumerated() {
+                    let lse = summaries[o].logSumExp, h = summaries[o].entropy
+                    for d in drawStart[o]..<drawStart[o + 1] {
+                        results.append(SampledToken(token: Int32(picks[d].token), logprob: picks[d].logit - lse, entropy: h))
+                    }
+                }
+            }
+            let base = Int32(cache.count - newTokens.count)
+            next.removeAll(keepingCapacity: true)
+            var o = 0
+            for (k, var s) in live.enumerated() {
+                s.last = base + Int32(k)
+                guard o < outputs.count, outputs[o] == k else {
+                    done[s.origin].append(Continuation(tokens: s.tokens, lastRow: s.last, stopped: config.stopTokens.contains(s.next.token)))
+                    continue
+                }
+                for d in drawStart[o]..<drawStart[o + 1] {
+                    var child = s
+                    child.rng = drawRng[d]
+                    child.next = results[d]
+                    next.append(child)
+                }
+                o += 1
+            }
+            swap(&live, &next)
         }
         return done
     }

@@ -24,8 +24,11 @@ public struct TrainingBatch: Sendable {
     public var trajectories: [Trajectory]
     public var groups: [[Int]]
     public var advantages: [Double]
-    public init(trajectories: [Trajectory], groups: [[Int]], advantages: [Double]) {
-        self.trajectories = trajectories; self.groups = groups; self.advantages = advantages
+    /// Demonstrations (a supervised warm start): trained with PPO-clip alone, since the
+    /// off-policy and entropy variants need behaviour data that demonstrations lack.
+    public var supervised: Bool
+    public init(trajectories: [Trajectory], groups: [[Int]], advantages: [Double], supervised: Bool = false) {
+        self.trajectories = trajectories; self.groups = groups; self.advantages = advantages; self.supervised = supervised
     }
 }
 
@@ -41,6 +44,24 @@ public struct UpdatePlan: Sendable {
     public let normaliser: LossNormaliser
     /// This trainer's shard, in micro-batches of at most `maxTokens` rows.
     public let microBatches: [TrieShard]
+    /// The loss this update trains with (the step's, or PPO-clip alone for demonstrations).
+    public let loss: PolicyLossConfig
+    /// Proximal log-probs and per-token selections, the same on every trainer: taken from
+    /// the whole minibatch, never from one trainer's shard.
+    public internal(set) var terms: TokenTerms
+
+    /// Where trajectory s's positions start in the flattened layout of
+    /// `TrainStep.currentLogprobs` (trajectory after trajectory, every position).
+    public var tokenOffsets: [Int] {
+        var o = [0]
+        for t in trajectories { o.append((o.last ?? 0) + t.tokens.count) }
+        return o
+    }
+
+    /// Whether the loss needs every loss token's current log-prob over the whole minibatch
+    /// before it is computed (KL-Cov): the caller then runs `TrainStep.currentLogprobs`,
+    /// sums the result over trainers, and passes it to `TrainStep.choosingKLCovTokens`.
+    public var needsCurrentLogprobs: Bool { loss.usesKLCov && terms.klCovered == nil }
 }
 
 /// What the micro-batches of one update add up to: on one trainer, then (after
@@ -58,21 +79,32 @@ public struct UpdateTally: Sendable, Equatable {
     public var computedRows = 0.0
     /// Sum over loss tokens of the k3 estimate of KL(current || reference).
     public var klReferenceSum = 0.0
+    /// Decoupled loss: loss tokens with an importance weight, the sum of their weights,
+    /// and how many were truncated at loss.is_cap.
+    public var isWeightTokens = 0.0
+    public var isWeightSum = 0.0
+    public var isTruncatedTokens = 0.0
+    /// The largest importance weight: a maximum, not a sum, so it is not in `values`;
+    /// combine it over trainers with a max.
+    public var isWeightMax = 0.0
 
     public init() {}
 
-    /// The fields as one vector, for a sum over trainers.
+    /// The fields that add up, as one vector, for a sum over trainers.
     public var values: [Double] {
-        get { [loss, lossTokens, clippedTokens, klBehaviourSum, logprobSum, computedRows, klReferenceSum] }
+        get { [loss, lossTokens, clippedTokens, klBehaviourSum, logprobSum, computedRows, klReferenceSum, isWeightTokens, isWeightSum,
+               isTruncatedTokens] }
         set {
-            precondition(newValue.count == 7, "UpdateTally.values: 7 numbers")
+            precondition(newValue.count == 10, "UpdateTally.values: 10 numbers")
             loss = newValue[0]; lossTokens = newValue[1]; clippedTokens = newValue[2]; klBehaviourSum = newValue[3]
             logprobSum = newValue[4]; computedRows = newValue[5]; klReferenceSum = newValue[6]
+            isWeightTokens = newValue[7]; isWeightSum = newValue[8]; isTruncatedTokens = newValue[9]
         }
     }
 
     public static func += (a: inout UpdateTally, b: UpdateTally) {
         a.values = zip(a.values, b.values).map { $0 + $1 }
+        a.isWeightMax = max(a.isWeightMax, b.isWeightMax)
     }
 }
 
@@ -104,10 +136,18 @@ public struct StepStats: Sendable {
     public var updates = 0
     /// Whether any update was skipped for a non-finite loss or gradient.
     public var skipped = false
+    /// Decoupled loss: mean and largest importance weight over the step's loss tokens, and
+    /// the share truncated at loss.is_cap; nil when the loss has no importance weights.
+    public var isWeightMean: Double?
+    public var isWeightMax: Double?
+    public var isTruncatedFrac: Double?
+    /// Trained trajectories whose loss tokens were sampled by more than one policy version.
+    public var mixedVersionTrajectories = 0
     public init() {}
 
     // Running sums; `finish` turns them into the averages above.
     var lossSum = 0.0, normSum = 0.0, tokens = 0.0, clipped = 0.0, kl = 0.0, klRef = 0.0, lpSum = 0.0, lpCount = 0.0, parts = 0
+    var isTokens = 0.0, isSum = 0.0, isTruncated = 0.0, isMax = 0.0
 
     /// Adds one update's summed tally and outcome.
     public mutating func add(_ update: UpdatePlan, _ tally: UpdateTally, _ outcome: UpdateOutcome) {
@@ -120,6 +160,10 @@ public struct StepStats: Sendable {
             tokensComputed += Int(tally.computedRows)
             tokensTrie += update.trie.count
             tokensFlat += update.trie.flatTokens
+            // The importance weights are fixed for the whole step: the first epoch sees each once.
+            isTokens += tally.isWeightTokens; isSum += tally.isWeightSum; isTruncated += tally.isTruncatedTokens
+            isMax = max(isMax, tally.isWeightMax)
+            mixedVersionTrajectories += update.trajectories.filter(\.hasMixedVersions).count
         }
     }
 
@@ -132,16 +176,26 @@ public struct StepStats: Sendable {
         klBehaviour = tokens > 0 ? kl / tokens : 0
         klReference = tokens > 0 ? klRef / tokens : 0
         logprobMean = lpCount > 0 ? lpSum / lpCount : 0
+        if isTokens > 0 {
+            isWeightMean = isSum / isTokens
+            isWeightMax = isMax
+            isTruncatedFrac = isTruncated / isTokens
+        }
     }
 }
 
 /// The maths of one training step, in pieces that a caller runs in order:
 ///
 ///     let updates = try step.plan(batch, shard: i, of: T)
-///     for u in updates {
+///     for var u in updates {
+///         if u.needsCurrentLogprobs {                      // KL-Cov: choose over the whole minibatch
+///             var l = try step.currentLogprobs(u)          // this trainer's rows
+///             (sum l over the T trainers)
+///             u = step.choosingKLCovTokens(u, logprobs: l)
+///         }
 ///         model.zeroGrad()
 ///         for mb in u.microBatches { tally += try step.accumulate(mb, of: u) }   // or forward + backward.step()
-///         (sum model.grads and tally.values over the T trainers)
+///         (sum model.grads and tally.values over the T trainers; tally.isWeightMax: max)
 ///         outcome = step.apply(tally, lr: lr)
 ///     }
 ///
@@ -160,6 +214,7 @@ public final class TrainStep {
         self.model = model; self.optimizer = optimizer; self.loss = loss; self.config = config
         if loss.klCoef > 0, let copy = try? model.config.makeModel() {
             copy.params.copy(from: model.params)
+            copy.keepsHeadLogits = false // scored, never differentiated
             reference = copy
         } else {
             reference = nil
@@ -170,46 +225,108 @@ public final class TrainStep {
         config.packing == .flat ? Trie.flat(sequences: trajs.map(\.tokens)) : Trie(trajs)
     }
 
+    /// The current weights' log-prob of every loss token of `trajs` (NaN elsewhere), per
+    /// trajectory and position, from one pass over their trie in micro-batches.
+    func logprobsAtCurrentWeights(_ trajs: [Trajectory]) throws -> [[Float]] {
+        var out = trajs.map { [Float](repeating: .nan, count: $0.tokens.count) }
+        let t = trie(trajs)
+        for shard in t.shards(1, maxTokens: config.maxTokens)[0] where shard.count > 0 {
+            let lp = model.forward(try shard.packedBatch(of: t, config: model.config), temperature: config.temperature).logprobs
+            for (i, row) in shard.rowMap.enumerated() {
+                for term in t.terms(of: Int(row)) {
+                    let s = Int(term.trajectory), t = Int(term.position)
+                    if trajs[s].lossMask[t] == 1 { out[s][t] = lp[i] }
+                }
+            }
+        }
+        return out
+    }
+
     /// Current log-probs for every loss token of `trajs` that has no behaviour log-prob,
     /// computed before any update of this step (PPO's "old" policy).
     func fillOnPolicyLogprobs(_ trajs: inout [Trajectory]) throws {
         let missing = trajs.indices.filter { trajs[$0].logprobs == nil }
         guard !missing.isEmpty else { return }
-        let sub = missing.map { trajs[$0] }
-        let t = trie(sub)
-        for shard in t.shards(1, maxTokens: config.maxTokens)[0] where shard.count > 0 {
-            let lp = model.forward(try shard.packedBatch(of: t, config: model.config), temperature: config.temperature).logprobs
-            for (i, row) in shard.rowMap.enumerated() {
-                for term in t.terms(of: Int(row)) {
-                    let s = missing[Int(term.trajectory)], t = Int(term.position)
-                    if trajs[s].logprobs == nil { trajs[s].logprobs = [Float](repeating: .nan, count: trajs[s].tokens.count) }
-                    if trajs[s].lossMask[t] == 1 { trajs[s].logprobs?[t] = lp[i] }
-                }
-            }
+        for (k, lp) in try logprobsAtCurrentWeights(missing.map { trajs[$0] }).enumerated() { trajs[missing[k]].logprobs = lp }
+    }
+
+    /// Checks that every trajectory carries what the loss variants read.
+    /// - Throws: `AdvantageError.missingField` naming the trajectory's source, the field and the setting.
+    func checkInputs(_ trajs: [Trajectory], loss: PolicyLossConfig) throws(AdvantageError) {
+        guard loss.needsTokenEntropies else { return }
+        let setting = loss.usesEntropyBonus ? "advantage.entropy_bonus_beta is above 0" : "loss.entropy_token_frac is below 1"
+        for t in trajs where t.entropies == nil && t.lossTokens > 0 {
+            throw .missingField(source: t.source, field: "entropies", setting: setting)
         }
     }
 
     /// Plans a step: minibatches of whole groups, each packed once and split into `shards`
     /// shards of whole subtrees; this trainer (`shard`) gets its micro-batches. With several
     /// updates per step (minibatches or PPO epochs) the log-probs that are missing are
-    /// filled first from the current weights, so every update clips against the same policy.
+    /// filled first from the current weights, so every update clips against the same policy;
+    /// the decoupled loss takes its proximal log-probs p of every trajectory there too
+    /// (with one update, that update's own forward pass runs at the step's start weights).
+    /// High-entropy tokens are chosen per minibatch from the trajectories' `entropies`.
     /// - Returns: the updates in order: epoch by epoch, minibatch by minibatch.
+    /// - Throws: `AdvantageError` when a variant's input is missing; model errors.
     public func plan(_ batch: TrainingBatch, shard: Int, of shards: Int) throws -> [UpdatePlan] {
+        let lossConfig = batch.supervised ? PolicyLossConfig(mode: loss.mode, epsLow: loss.epsLow, epsHigh: loss.epsHigh, klCoef: loss.klCoef)
+                                          : loss
+        try checkInputs(batch.trajectories, loss: lossConfig)
         var trajs = batch.trajectories
         let parts = KATTrie.minibatches(batch.groups, config.minibatches)
-        if config.ppoEpochs > 1 || parts.count > 1 { try fillOnPolicyLogprobs(&trajs) }
-        let packed = parts.map { idx -> (Trie, [Trajectory], [Double]) in
+        let several = config.ppoEpochs > 1 || parts.count > 1
+        var proximal: [[Float]]?
+        if lossConfig.offPolicy == .decoupled {
+            // Missing behaviour log-probs are then p itself (weight 1).
+            if several { proximal = try logprobsAtCurrentWeights(trajs) }
+        } else if several {
+            try fillOnPolicyLogprobs(&trajs)
+        }
+        let packed = parts.map { idx -> (Trie, [Trajectory], [Double], TokenTerms) in
             let sub = idx.map { trajs[$0] }
-            return (trie(sub), sub, idx.map { batch.advantages[$0] })
+            let terms = TokenTerms(proximal: proximal.map { p in idx.map { p[$0] } },
+                                   contributes: lossConfig.selectsHighEntropyTokens ? highEntropyTokens(sub, fraction: lossConfig.entropyTokenFrac) : nil)
+            return (trie(sub), sub, idx.map { batch.advantages[$0] }, terms)
         }
         var out: [UpdatePlan] = []
         for epoch in 0..<config.ppoEpochs {
-            for (m, (t, sub, adv)) in packed.enumerated() {
+            for (m, (t, sub, adv, terms)) in packed.enumerated() {
                 out.append(UpdatePlan(epoch: epoch, minibatch: m, trie: t, trajectories: sub, advantages: adv,
                                       normaliser: LossNormaliser(sub),
-                                      microBatches: t.shards(shards, maxTokens: config.maxTokens)[shard].filter { $0.count > 0 }))
+                                      microBatches: t.shards(shards, maxTokens: config.maxTokens)[shard].filter { $0.count > 0 },
+                                      loss: lossConfig, terms: terms))
             }
         }
+        return out
+    }
+
+    /// This trainer's share of the current log-probs of `update`'s loss tokens, laid out
+    /// by `update.tokenOffsets` (0 at every position this trainer does not carry): summed
+    /// over the trainers, it holds every loss token's log-prob once. Costs one forward pass
+    /// of the trainer's micro-batches.
+    public func currentLogprobs(_ update: UpdatePlan) throws -> [Double] {
+        let offsets = update.tokenOffsets, t = update.trie, sub = update.trajectories
+        var out = [Double](repeating: 0, count: offsets.last ?? 0)
+        for micro in update.microBatches {
+            let lp = model.forward(try micro.packedBatch(of: t, config: model.config), temperature: config.temperature).logprobs
+            for (i, row) in micro.rowMap.enumerated() where micro.carriesLoss[i] {
+                for term in t.terms(of: Int(row)) where sub[Int(term.trajectory)].lossMask[Int(term.position)] == 1 {
+                    out[offsets[Int(term.trajectory)] + Int(term.position)] = Double(lp[i])
+                }
+            }
+        }
+        return out
+    }
+
+    /// `update` with its KL-Cov tokens chosen from every loss token's current log-prob
+    /// (`currentLogprobs` summed over the trainers), the same choice on every trainer.
+    public func choosingKLCovTokens(_ update: UpdatePlan, logprobs: [Double]) -> UpdatePlan {
+        let offsets = update.tokenOffsets
+        let l = update.trajectories.indices.map { s in Array(logprobs[offsets[s]..<offsets[s + 1]]) }
+        let a = tokenAdvantages(update.trajectories, advantages: update.advantages, config: update.loss)
+        var out = update
+        out.terms.klCovered = klCovTokens(update.trajectories, logprobs: l, advantages: a, fraction: update.loss.klCovFrac)
         return out
     }
 
@@ -217,14 +334,24 @@ public final class TrainStep {
     /// (which accumulates into `model.grads`) before the next forward.
     public func forward(_ micro: TrieShard, of update: UpdatePlan) throws -> MicroBatchPass {
         let t = update.trie, sub = update.trajectories
-        let packed = try micro.packedBatch(of: t, config: model.config)
+        // Only rows that carry a loss token here need a log-prob: the head computes their
+        // parents' distributions and no other (prompt rows cost no vocabulary-wide softmax).
+        let scoring = micro.rowMap.indices.map { i in
+            micro.carriesLoss[i] && t.terms(of: Int(micro.rowMap[i])).contains { sub[Int($0.trajectory)].lossMask[Int($0.position)] == 1 }
+        }
+        let packed = try PackedBatch(tokens: micro.tokens(of: t).map(Int.init), parents: micro.parents.map(Int.init),
+                                     vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions, scoring: scoring)
         let ref = reference.map { $0.forward(packed, temperature: config.temperature).logprobs }
         let out = model.forward(packed, temperature: config.temperature)
-        let r = policyLoss(trie: t, trajectories: sub, advantages: update.advantages, logprobs: out.logprobs, config: loss,
-                           normaliser: update.normaliser, shard: micro, referenceLogprobs: ref)
+        let r = policyLoss(trie: t, trajectories: sub, advantages: update.advantages, logprobs: out.logprobs, config: update.loss,
+                           normaliser: update.normaliser, shard: micro, referenceLogprobs: ref, terms: update.terms)
         var tally = UpdateTally()
         tally.loss = r.loss; tally.lossTokens = Double(r.lossTokens); tally.clippedTokens = Double(r.clippedTokens)
         tally.klBehaviourSum = r.klBehaviourSum; tally.computedRows = Double(micro.count); tally.klReferenceSum = r.klReferenceSum
+        if update.loss.offPolicy == .decoupled {
+            tally.isWeightTokens = Double(r.lossTokens); tally.isWeightSum = r.isWeightSum
+            tally.isTruncatedTokens = Double(r.isTruncatedTokens); tally.isWeightMax = r.isWeightMax
+        }
         for (i, row) in micro.rowMap.enumerated() where micro.carriesLoss[i] {
             for term in t.terms(of: Int(row)) where sub[Int(term.trajectory)].lossMask[Int(term.position)] == 1 {
                 tally.logprobSum += Double(out.logprobs[i])
@@ -268,7 +395,8 @@ public final class TrainStep {
     public func run(_ batch: TrainingBatch, lr: Float) throws -> StepStats {
         var stats = StepStats()
         stats.lr = Double(lr)
-        for update in try plan(batch, shard: 0, of: 1) {
+        for var update in try plan(batch, shard: 0, of: 1) {
+            if update.needsCurrentLogprobs { update = choosingKLCovTokens(update, logprobs: try currentLogprobs(update)) }
             model.zeroGrad()
             var tally = UpdateTally()
             for mb in update.microBatches { tally += try accumulate(mb, of: update) }

@@ -15,20 +15,41 @@ public struct Trajectory: Sendable, Equatable {
     public var advantage: Double?
     /// Mean behaviour entropy over the mask-1 tokens.
     public var entropy: Double?
+    /// The policy version that sampled the trajectory: with `versions`, the oldest of them.
     public var policyVersion: Int?
+    /// Per position, the policy version that sampled the token where the mask is 1 (-1
+    /// elsewhere); nil when not recorded. Partial rollouts change weights mid-episode, so
+    /// one trajectory may hold several versions.
+    public var versions: [Int]?
+    /// Per position, the entropy (nats) of the behaviour policy's full next-token
+    /// distribution at the token, where the mask is 1 (NaN elsewhere); nil when not recorded.
+    public var entropies: [Float]?
     /// Where it was read from, for messages ("file:line").
     public var source: String
 
     public init(id: String, group: String? = nil, tokens: [Int32], lossMask: [UInt8], logprobs: [Float]? = nil,
                 reward: Double? = nil, advantage: Double? = nil, entropy: Double? = nil, policyVersion: Int? = nil,
-                source: String = "") {
+                versions: [Int]? = nil, entropies: [Float]? = nil, source: String = "") {
         self.id = id; self.group = group; self.tokens = tokens; self.lossMask = lossMask; self.logprobs = logprobs
         self.reward = reward; self.advantage = advantage; self.entropy = entropy; self.policyVersion = policyVersion
+        self.versions = versions; self.entropies = entropies
         self.source = source
     }
 
     /// Number of mask-1 tokens.
     public var lossTokens: Int { lossMask.reduce(0) { $0 + Int($1) } }
+
+    /// Whether the loss tokens were sampled by more than one policy version (a partial
+    /// rollout that took new weights mid-episode).
+    public var hasMixedVersions: Bool {
+        guard let versions else { return false }
+        var first: Int?
+        for (k, v) in versions.enumerated() where lossMask[k] == 1 {
+            if let f = first, f != v { return true }
+            first = first ?? v
+        }
+        return false
+    }
 }
 
 /// A fault in a trajectory file: names the file, line and field.
@@ -146,14 +167,57 @@ public enum TrajectoryReader {
         }
         let reward = try number("reward")
         let advantage = try number("advantage")
-        let entropy = try number("entropy")
+        var entropy = try number("entropy")
         if let e = entropy, e < 0 { throw bad("entropy", "must be non-negative, got \(e)") }
         var version: Int?
         if let v = obj["policy_version"], !v.isNull {
             guard let i = v.intValue, i >= 0 else { throw bad("policy_version", "must be a non-negative integer") }
             version = i
         }
+
+        /// A per-token array: `n` entries, null or a value where the mask is 0, a value where it is 1.
+        func perToken<T>(_ key: String, what: String, _ convert: (JSON, Int) throws(TrajectoryError) -> T?) throws(TrajectoryError) -> [T?]? {
+            guard let av = obj[key], !av.isNull else { return nil }
+            guard let a = av.arrayValue else { throw bad(key, "must be an array, got \(av.typeName)") }
+            if a.count != n { throw bad(key, "has \(a.count) entries but tokens has \(n)") }
+            var out: [T?] = []
+            out.reserveCapacity(n)
+            for (k, v) in a.enumerated() {
+                if v.isNull {
+                    if mask[k] == 1 { throw bad(key, "entry \(k) is null but the token is trained on (mask 1)") }
+                    out.append(nil)
+                    continue
+                }
+                guard let x = try convert(v, k) else { throw bad(key, "entry \(k) must be \(what) or null, got \(v.serialized)") }
+                out.append(mask[k] == 1 ? x : nil)
+            }
+            return out
+        }
+        let versions = try perToken("versions", what: "a non-negative integer") { v, _ throws(TrajectoryError) in
+            v.intValue.flatMap { $0 >= 0 ? $0 : nil }
+        }.map { $0.map { $0 ?? -1 } }
+        let entropies = try perToken("entropies", what: "a number") { v, k throws(TrajectoryError) -> Float? in
+            guard let d = v.doubleValue else { return nil }
+            guard d.isFinite else { throw bad("entropies", "entry \(k) must be finite") }
+            guard d >= 0 else { throw bad("entropies", "entry \(k) = \(d) must be non-negative (an entropy)") }
+            return Float(d)
+        }.map { $0.map { $0 ?? .nan } }
+        if let versions {
+            let trained = versions.indices.filter { mask[$0] == 1 }.map { versions[$0] }
+            if let oldest = trained.min() {
+                if let v = version, v != oldest {
+                    throw bad("policy_version", "is \(v) but the oldest version in versions is \(oldest); policy_version must be the smallest of them")
+                }
+                version = oldest
+            }
+        }
+        if entropy == nil, let entropies {
+            // The mean over the loss tokens stands in for a missing `entropy`.
+            let h = entropies.indices.filter { mask[$0] == 1 }.map { Double(entropies[$0]) }
+            if !h.isEmpty { entropy = h.reduce(0, +) / Double(h.count) }
+        }
         return Trajectory(id: id, group: group, tokens: tokens, lossMask: mask, logprobs: logprobs, reward: reward,
-                          advantage: advantage, entropy: entropy, policyVersion: version, source: "\(path):\(lineNo)")
+                          advantage: advantage, entropy: entropy, policyVersion: version, versions: versions, entropies: entropies,
+                          source: "\(path):\(lineNo)")
     }
 }

@@ -46,6 +46,7 @@ enum LogprobsCommand {
             throw UsageError(description: "kat-dist logprobs: --input \(input): no such file")
         }
         let model = try loadModelOption(a, command: "logprobs")
+        model.keepsHeadLogits = false // scoring only: no backward follows, so no logits are kept
         let lines = try readTokenLines(input, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
         let display = try ProgressDisplay(a, command: "logprobs", fd: 2)
         let clock = PhaseClock(start: monotonicSeconds(), startStep: 0)

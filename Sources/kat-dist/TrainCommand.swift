@@ -11,7 +11,7 @@ enum TrainCommand {
     Trains a policy. With no config, runs the built-in default: reinforcement learning on
     the code task (write a stack-language program for a function described in words), after
     a short supervised warm start, evaluated on held-out prompts.
-    data.task=NAME picks a built-in task (code, arithmetic); data.env_command=CMD an external
+    data.task=NAME picks a built-in task (code, arithmetic, explore); data.env_command=CMD an external
     environment (JSON lines, see Docs/formats.md); data.trajectories=FILE trains offline on
     that JSONL file. Batches are packed into a trie (data.packing=trie) or flat.
     Under mpirun, ranks.trainers ranks train and the others generate rollouts.

@@ -98,6 +98,30 @@ final class DistributedTrainingTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Admission control: with rollout ranks only (no multiplexing), no group is started
+    /// that could be stale before it is trained, so none is dropped and every trained
+    /// trajectory is within the bound; the rollout ranks wait for newer weights instead.
+    /// With two updates per step, max_staleness=1 still lets a group wait no step.
+    func testAdmissionControlThrottlesInsteadOfDropping() throws {
+        for (maxStale, minibatches) in [(0, 1), (1, 2)] {
+            let run = dir + "/admit\(maxStale)-\(minibatches)"
+            let out = try mpirun(3, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "ranks.multiplex=false",
+                                     "--set", "max_staleness=\(maxStale)", "--set", "batch.minibatches=\(minibatches)"]
+                                 + tinyRun + ["--set", "steps=6"], timeout: 180)
+            XCTAssertEqual(out.code, 0, out.output)
+            let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
+            XCTAssertEqual(rl.count, 6)
+            for line in rl {
+                XCTAssertEqual(line["dropped_stale"], .int(0), "step \(line["step"]!)")
+                XCTAssertEqual(line["dropped_stale_tokens"], .int(0), "step \(line["step"]!)")
+                XCTAssertLessThanOrEqual(line["staleness_max"]!.intValue!, maxStale)
+            }
+            let throttled = rl.compactMap { $0["throttled_s"]?.doubleValue }
+            XCTAssertEqual(throttled.count, 6)
+            XCTAssertGreaterThan(throttled.reduce(0, +), 0, "rollout ranks never waited: admission control did not act")
+        }
+    }
+
     /// Synchronous and deterministic: the same seeds give bit-identical weights.
     func testDeterministicSynchronousRunsRepeatBitwise() throws {
         var files: [Data] = []

@@ -141,3 +141,19 @@ func parseCSVRow<S: StringProtocol>(_ row: S) -> [String] {
     cells.append(cell)
     return cells
 }
+
+final class MetricsDocsTests: XCTestCase {
+    /// Docs/metrics.md has a row for every key a metrics line can hold.
+    func testEveryMetricsKeyIsDocumented() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Docs/metrics.md").standardized.path
+        let doc = try String(contentsOfFile: path, encoding: .utf8)
+        var m = StepMetrics()
+        m.generatedTokens = 1; m.epoch = 0; m.trieFlatDrift = 0; m.evalSuccess = 0; m.evalReward = 0
+        guard case let .object(fields) = m.json else { return XCTFail("a metrics line is not an object") }
+        XCTAssertGreaterThan(fields.count, 30)
+        for (key, _) in fields {
+            let row = doc.split(separator: "\n").first { $0.hasPrefix("| ") && $0.contains("`\(key)`") }
+            XCTAssertNotNil(row, "\(key) has no row in Docs/metrics.md")
+        }
+    }
+}

@@ -191,9 +191,10 @@ final class BatchAssemblyTests: XCTestCase {
         for (id, v) in [("a", 1), ("b", 5), ("c", 6), ("d", 7)] { b.append(group(id, version: v)) }
         let taken = b.take(2, version: 7, maxStaleness: 2)
         XCTAssertEqual(taken.groups.map { $0[0].group }, ["b", "c"])
-        XCTAssertEqual(taken.dropped, 2, "group a (lag 6) is dropped")
+        XCTAssertEqual(taken.dropped.trajectories, 2, "group a (lag 6) is dropped")
+        XCTAssertEqual(taken.dropped.tokens, 2 * 3)
         XCTAssertEqual(b.groups.map { $0.trajectories[0].group }, ["d"])
-        XCTAssertEqual(b.receivedTokens, 4 * 2 * 3)
+        XCTAssertEqual(b.counts.receivedTokens, 4 * 2 * 3)
     }
 
     /// Oldest first is by policy version, then source rank, then that rank's sequence
@@ -271,9 +272,49 @@ final class BatchAssemblyTests: XCTestCase {
         }
         let peerGroups = try GroupGenerator(model: model, settings: s, environments: env).generate(step: 3, indices: [1, 3], version: 0)
         let source = SynchronousRollouts(generator: GroupGenerator(model: model, settings: s, environments: env),
-                                         collective: TwoTrainers(peer: GroupsMessage.encode(peerGroups, trailer: [0, 0])), settings: s)
+                                         collective: TwoTrainers(peer: GroupsMessage.encode(peerGroups, trailer: EpisodeCounts())), settings: s)
         let batch = try source.collect(step: 3, version: 0)
         XCTAssertEqual(batch.groups.map { g in batch.trajectories[g[0]].group }, (0..<5).map { "s3-g\($0)" })
         XCTAssertEqual(batch.groups.flatMap { $0 }, Array(0..<batch.trajectories.count))
+    }
+
+    /// Admission shares: the rollout ranks' shares sum to (steps + steps ahead + 1) x
+    /// prompts less the trainers' own groups (never below 0), and differ by at most one.
+    func testAdmissionSharesSumToTheBound() {
+        for ranks in 1...5 {
+            for prompts in [1, 3, 8] {
+                for ahead in 0...2 {
+                    for steps in 0...4 {
+                        for trainerGroups in [0, 2, 1000] {
+                            let shares = (0..<ranks).map {
+                                RolloutRankLoop.admitted(publications: steps, stepsAhead: ahead, prompts: prompts, trainerGroups: trainerGroups,
+                                                         rank: $0, of: ranks)
+                            }
+                            XCTAssertEqual(shares.reduce(0, +), max(0, (steps + ahead + 1) * prompts - trainerGroups))
+                            XCTAssertLessThanOrEqual(shares.max()! - shares.min()!, 1)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts in a message's trailer come back by name; a trailer of another shape is an error.
+    func testTrailersRoundTripAndAreChecked() throws {
+        let note = GroupNote(episodes: EpisodeCounts(truncated: 3, abandoned: 1), sequence: 7, throttledMicros: 12345)
+        let message = GroupsMessage.encode([group("a", version: 2)], trailer: note)
+        let back = try GroupsMessage.decode(message, trailer: GroupNote.self)
+        XCTAssertEqual(back.trailer.episodes, note.episodes)
+        XCTAssertEqual(back.trailer.sequence, 7)
+        XCTAssertEqual(back.trailer.throttledMicros, 12345)
+        XCTAssertEqual(back.groups.map { $0.map(\.id) }, [["a-0", "a-1"]])
+        XCTAssertThrowsError(try GroupsMessage.decode(message, trailer: BatchCounts.self))
+        var counts = BatchCounts()
+        counts.droppedStaleTokens = 5
+        counts.throttledMicros = 9
+        let sum = counts + counts
+        XCTAssertEqual(sum.droppedStaleTokens, 10)
+        XCTAssertEqual(sum.throttledMicros, 18)
+        XCTAssertEqual(BatchCounts(words: sum.words).words, sum.words)
     }
 }

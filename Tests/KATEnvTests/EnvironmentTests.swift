@@ -158,3 +158,90 @@ func pgrep(_ text: String) throws -> [pid_t] {
         return cmd.contains(text) && !cmd.contains("pgrep") ? p : nil
     }
 }
+
+final class ExploreTaskTests: XCTestCase {
+    let task = ExploreTask()
+
+    func reward(_ program: String, _ seed: UInt64, _ split: String = "train") -> Double {
+        task.reward(program: program, seed: seed, split: split)
+    }
+
+    /// The rewards of the strategies, by kind of prompt: the literal program is full reward
+    /// where it is shortest and half where a fold is shorter; the fold is full reward; a
+    /// wrong constant earns nothing.
+    func testStrategiesAndTheirRewards() throws {
+        var seen = Set<ExploreTask.Kind>()
+        for split in ["train", "test"] {
+            for i in 0..<task.promptCount(split: split) {
+                let seed = UInt64(i)
+                let prompt = task.prompt(seed: seed, split: split)
+                let parts = prompt.components(separatedBy: " then ")
+                let ops = parts.map { words in ExploreTask.ops.first { $0.words == words } }
+                guard let a = ops[0], let b = ops[1] else { return XCTFail("prompt \(prompt)") }
+                let literal = "x \(a.code) \(b.code)"
+                // f(x) = m x + c, folded by hand.
+                func f(_ x: Int64) -> Int64 { b.f(a.f(x)) }
+                let c = f(0), m = f(1) - f(0)
+                var shortest = "x"
+                if m != 1 { shortest += " \(m) *" }
+                if c > 0 { shortest += " \(c) +" } else if c < 0 { shortest += " \(-c) -" }
+                let kind = task.kind(seed: seed, split: split)
+                seen.insert(kind)
+                XCTAssertEqual(reward(shortest, seed, split), 1, "\(prompt): \(shortest)")
+                XCTAssertEqual(reward(literal, seed, split), kind == .mixed ? 1 : 0.5, "\(prompt): \(literal)")
+                // Imitating the demonstrated fold (adding the constants) is wrong on a difference.
+                if kind == .differences { XCTAssertLessThan(reward("x \(a.k + b.k) +", seed, split), 0.5, "\(prompt)") }
+                // A wrong constant in the shortest program's form is right on no input but by chance.
+                XCTAssertLessThan(reward("x \(abs(c) + 1) +", seed, split), 0.5, "\(prompt)")
+                XCTAssertEqual(reward("x 3 +", seed, split) > 0.5, c == 3 && m == 1, "\(prompt)")
+                XCTAssertEqual(reward("not a program", seed, split), 0)
+            }
+        }
+        XCTAssertEqual(seen, Set(ExploreTask.Kind.allCases))
+    }
+
+    /// The bonus is never demonstrated: on prompts with an operation that changes nothing,
+    /// and on prompts of an addition and a subtraction, neither the teacher nor the weaker
+    /// teacher reaches full reward; elsewhere the teacher does, and the weaker teacher's
+    /// swapped operations are wrong or unfolded.
+    func testDemonstrationsNeverShowTheBonus() {
+        var differences = 0
+        for i in 0..<task.promptCount(split: "train") {
+            let seed = UInt64(i)
+            let ref = task.reference(seed: seed, split: "train"), flawed = task.flawedDemonstration(seed: seed, split: "train")
+            let kind = task.kind(seed: seed, split: "train")
+            if kind == .differences || kind == .identity {
+                differences += 1
+                XCTAssertEqual(reward(ref.answer, seed), 0.5, ref.answer)
+                XCTAssertEqual(reward(flawed.answer, seed), 0.5, flawed.answer)
+            } else {
+                XCTAssertEqual(reward(ref.answer, seed), 1, ref.answer)
+                // Swapped operations: wrong for a multiplication with an addition, right but
+                // unfolded for two multiplications or two additions.
+                if kind == .mixed { XCTAssertLessThan(reward(flawed.answer, seed), 0.5, flawed.answer) }
+                else { XCTAssertEqual(reward(flawed.answer, seed), 0.5, flawed.answer) }
+            }
+        }
+        XCTAssertGreaterThan(differences, task.promptCount(split: "train") / 3, "the bonus concerns a large share of the prompts")
+    }
+
+    /// The held-out split is disjoint from the training split, and it holds every kind.
+    func testHeldOutPromptsAreNeverTrained() {
+        let train = Set((0..<task.promptCount(split: "train")).map { task.prompt(seed: UInt64($0), split: "train") })
+        let test = (0..<task.promptCount(split: "test")).map { task.prompt(seed: UInt64($0), split: "test") }
+        XCTAssertEqual(train.count + test.count, 29 * 29)
+        XCTAssertTrue(test.allSatisfy { !train.contains($0) })
+        XCTAssertEqual(Set((0..<test.count).map { task.kind(seed: UInt64($0), split: "test") }), Set(ExploreTask.Kind.allCases))
+    }
+
+    /// The environment plays one answer per episode with the task's reward.
+    func testEnvironmentEpisode() throws {
+        let env = task.makeEnvironment(maxTurns: 3)
+        let prompt = try env.reset(seed: 5, split: "test")
+        XCTAssertEqual(prompt, task.prompt(seed: 5, split: "test"))
+        let reply = try env.step(action: "x")
+        XCTAssertTrue(reply.done)
+        XCTAssertEqual(reply.reward, task.reward(program: "x", seed: 5, split: "test"))
+        XCTAssertNotNil(builtinTask("explore"))
+    }
+}

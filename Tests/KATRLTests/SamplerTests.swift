@@ -101,4 +101,63 @@ final class SamplerTests: XCTestCase {
         for _ in 0..<2000 { seen.insert(s.pick(logp, config: cfg)) }
         XCTAssertEqual(seen, [0, 1, 2, 3])
     }
+
+    /// Draws made while the logits arrive in vocabulary slices (a reservoir of one) follow
+    /// pi_tau: over 40000 draws from 7 slices of a 700-token distribution, every slice's and
+    /// every likely token's frequency is within 5 standard deviations of its probability,
+    /// and the recorded logit is the drawn token's.
+    func testDrawsOverSlicesFollowTheSoftmax() {
+        var rng = SplitMix64(seed: 21)
+        let v = 700, width = 100, draws = 40000
+        let z: [Float] = (0..<v).map { i in i % 97 == 5 ? 3 : Float(rng.nextDouble() * 4 - 2) }
+        let scale: Float = 1 / 0.7
+        let mx = Double(z.max() ?? 0) * Double(scale)
+        let w = z.map { exp(Double($0) * Double(scale) - mx) }
+        let p = w.map { $0 / w.reduce(0, +) }
+        var counts = [Int](repeating: 0, count: v)
+        z.withUnsafeBufferPointer { zb in
+            guard let base = zb.baseAddress else { return }
+            for _ in 0..<draws {
+                var total = SoftmaxSummary(), pick = TileDraw()
+                for start in stride(from: 0, to: v, by: width) {
+                    let part = SoftmaxSummary(base + start, count: width, scale: scale)
+                    total.merge(part)
+                    pick.add(base + start, width: width, start: start, scale: scale, part: part, total: total, greedy: false, rng: &rng)
+                }
+                XCTAssertEqual(pick.logit, z[pick.token] * scale)
+                counts[pick.token] += 1
+            }
+        }
+        func check(_ tokens: [Int], _ name: String) {
+            let q = tokens.reduce(0) { $0 + p[$1] }, seen = Double(tokens.reduce(0) { $0 + counts[$1] })
+            let sigma = (Double(draws) * q * (1 - q)).squareRoot()
+            XCTAssertLessThan(abs(seen - Double(draws) * q), 5 * sigma + 1, "\(name): \(seen) draws, expected \(Double(draws) * q)")
+        }
+        for start in stride(from: 0, to: v, by: width) { check(Array(start..<(start + width)), "slice at \(start)") }
+        for t in 0..<v where t % 97 == 5 { check([t], "token \(t)") }
+    }
+
+    /// A top-p draw picks only from the smallest set of most likely tokens whose mass
+    /// reaches p, and spreads over it: for a peaked distribution and for a nearly flat one
+    /// (a nucleus of thousands, where the candidates' threshold has to fall).
+    func testTopPDrawsFromTheNucleusOnly() {
+        var rng = SplitMix64(seed: 23)
+        for flat in [false, true] {
+            let v = 3000
+            let z: [Float] = (0..<v).map { _ in flat ? Float(rng.nextDouble() * 1e-3) : Float(rng.nextGaussian() * 3) }
+            let w = z.map { exp(Double($0)) }, total = w.reduce(0, +)
+            let order = z.indices.sorted { z[$0] > z[$1] }
+            var nucleus = Set<Int>(), mass = 0.0
+            for i in order where mass < 0.9 { nucleus.insert(i); mass += w[i] / total }
+            var cfg = SamplingConfig()
+            cfg.topP = 0.9
+            var seen = Set<Int>()
+            for _ in 0..<3000 {
+                let t = Int(Sampler.pick(z, config: cfg, rng: &rng))
+                XCTAssertTrue(nucleus.contains(t), "flat \(flat): token \(t) is outside the nucleus of \(nucleus.count)")
+                seen.insert(t)
+            }
+            XCTAssertGreaterThan(seen.count, min(nucleus.count, 3000) / 3, "flat \(flat): draws spread over the nucleus")
+        }
+    }
 }
