@@ -266,6 +266,7 @@ DEFAULT_SIM = dict(
     install_s=0.0,           # core-seconds a rollout rank spends copying new weights
     buffer_groups=16,        # groups each trainer buffers
     max_staleness=4,
+    admission=True,          # rollout ranks start groups only within their share (below)
     multiplex=False,
     partial=False,           # rollout ranks take new weights mid-batch
     partial_recompute_s=0.0, # core-seconds to recompute the KV cache when they do
@@ -295,7 +296,7 @@ class Simulation:
         self.timers = []        # heap of (time, seq, callback)
         self.seq = 0
         self.version = 0
-        self.published = [(0.0, 0)]  # (time the rollout ranks' nodes hold it, version)
+        self.published = [(0.0, 0, 0)]  # (time the rollout ranks' nodes hold it, version, groups the trainers made by then)
         self.buffer = []        # (version, source, sequence, tokens, token_versions)
         self.waiting_sends = []  # rollout ranks blocked in a synchronous send, in order
         self.steps = []
@@ -309,6 +310,8 @@ class Simulation:
         self.trainer_state = None
         self.waiter = None
         self.cpu = 0.0          # core-seconds the simulated ranks ran
+        self.throttled = []     # rollout ranks waiting for newer weights (admission control)
+        self.throttled_s = 0.0  # rank-seconds spent so
 
     # --- CPU as processor sharing
     def speed(self):
@@ -354,18 +357,43 @@ class Simulation:
 
     # --- weights
     def newest_version_at_nodes(self):
-        v = 0
-        for t, ver in self.published:
-            if t <= self.now + 1e-12:
-                v = max(v, ver)
-        return v
+        return self.newest_at_nodes()[0]
+
+    def newest_at_nodes(self):
+        """The newest publication the rollout ranks' nodes hold: (version, groups the
+        trainers had made themselves when it was published)."""
+        v, made = 0, 0
+        for t, ver, mux in self.published:
+            if t <= self.now + 1e-12 and ver >= v:
+                v, made = ver, mux
+        return v, made
+
+    def admitted(self, st):
+        """kat-dist's admission control: the groups a rollout rank may have started,
+        `publications` steps after it first held weights, are its share of
+        (publications + max_staleness + 1) x prompts less the groups the trainers made
+        themselves meanwhile (one update per step, so max_staleness steps ahead)."""
+        c = self.c
+        if not c["admission"]:
+            return math.inf
+        v, made = self.newest_at_nodes()
+        total = max(0, (v + c["max_staleness"] + 1) * int(c["prompts"]) - made)
+        ranks = int(c["rollouts"])
+        return total // ranks + (1 if st["rank"] < total % ranks else 0)
+
+    def release_throttled(self):
+        """New weights reached the nodes: throttled ranks look again."""
+        waiting, self.throttled = self.throttled, []
+        for st in waiting:
+            self.throttled_s += self.now - st["throttled_since"]
+            self.begin_batch(st)
 
     # --- rollout ranks
     def start_rollouts(self):
         c = self.c
         self.rollout = []
         for r in range(int(c["rollouts"])):
-            st = dict(rank=r, version=0, sequence=0, ready=[], batch_start_version=0)
+            st = dict(rank=r, version=0, sequence=0, ready=[], batch_start_version=0, started=0)
             self.rollout.append(st)
             self.begin_batch(st)
 
@@ -381,7 +409,16 @@ class Simulation:
         if v > st["version"]:
             st["version"] = v
             work += c["install_s"]
-        n = int(c["per_batch"])
+        allowed = self.admitted(st)
+        if st["started"] >= allowed:
+            # Wait for newer weights rather than make groups that would be stale.
+            st["throttled_since"] = self.now
+            self.throttled.append(st)
+            if work > 0:
+                self.add_job(work, lambda: None)
+            return
+        n = int(min(c["per_batch"], allowed - st["started"]))
+        st["started"] += n
         work += sum(self.group_work(c["gen_s_per_token"]) for _ in range(n)) + c["gen_fixed_s"]
         st["batch_start_version"] = st["version"]
         st["batch_start_time"] = self.now
@@ -518,7 +555,8 @@ class Simulation:
 
         def finished():
             self.version += 1
-            self.published.append((self.now + c["sync_delay_s"], self.version))
+            self.published.append((self.now + c["sync_delay_s"], self.version, self.mux_groups))
+            self.at(self.now + c["sync_delay_s"], self.release_throttled)
             hist = [0] * (c["max_staleness"] + 1)
             for lag in lags:
                 hist[min(lag, c["max_staleness"])] += 1
@@ -559,6 +597,7 @@ class Simulation:
             staleness_mean=sum(k * h for k, h in enumerate(hist)) / n,
             token_lag_mean=sum(x["token_lag"] for x in s) / len(s),
             dropped_groups=self.dropped,
+            throttled_share=self.throttled_s / max(1, int(self.c["rollouts"])) / max(self.now, 1e-12),
             multiplexed_groups=self.mux_groups,
             cores_used=self.cpu / self.now,
         )
@@ -1059,7 +1098,7 @@ def simulate_layout(p, m, nodes, ratio, multiplex, w, steps):
     return dict(T=T, R=R, ratio=R / T, parts=parts, sim=sim, tokens_per_s=flat_per_step / sim["step_s"])
 
 
-RATIOS = [0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+RATIOS = [0.125, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 
 
 def bottleneck(x):
@@ -1106,6 +1145,7 @@ def project(p, quick=False, w=None):
             out["rows"].append(dict(model=name, nodes=nodes, T=chosen["T"], R=chosen["R"], ratio=chosen["ratio"],
                                     step_s=chosen["sim"]["step_s"], idle_off=chosen["sim"]["trainer_idle"],
                                     idle_on=on["sim"]["trainer_idle"], step_on_s=on["sim"]["step_s"],
+                                    throttled=chosen["sim"]["throttled_share"], smallest=found and chosen is tried[0],
                                     staleness_mean=chosen["sim"]["staleness_mean"], tokens_per_s=chosen["tokens_per_s"],
                                     dropped=chosen["sim"]["dropped_groups"], efficiency=eff, bottleneck=bottleneck(chosen),
                                     parts=chosen["parts"], found=found))

@@ -311,15 +311,18 @@ def write(res, p, held, proj, out):
         add("Asynchronous RL on the default task and model (one trainer, R rollout ranks, 16 prompts x 8 samples a step, "
             "answers of up to 16 tokens, no warm start), with multiplexing off and on. Generated tokens/s counts the flat "
             "tokens that reached the trainer; trainer idle is the `trainer_idle` metric (time asleep waiting for groups); "
-            "wait share is `t_wait_data` over the step; staleness is the share of trained trajectories by lag. "
+            "wait share is `t_wait_data` over the step; throttled is the rollout ranks' share of time waiting for newer "
+            "weights under admission control (`throttled_s`); staleness is the share of trained trajectories by lag. "
             f"R + 1 > {cores} ranks are oversubscribed. The model columns come from the simulation (calibrated on R = 1 "
             "without multiplexing only).\n")
         cmd("online T=1 R=1 multiplex off")
         if res.get("partial_key"):
             add("`rollout.partial` exists in `kat-dist train --keys`: runs with it on and off are in the table.\n")
         else:
-            add("Partial rollouts: `rollout.partial` is not a key of this build (`kat-dist train --keys`), so they are not "
-                "measured; the simulation has them as a parameter (`partial`).\n")
+            add("**With and without partial rollouts: not measured yet.** This build has no partial rollouts "
+                "(`rollout.partial` is not a key of `kat-dist train --keys`), so every row below is without them. The "
+                "suite measures both as soon as the key exists; the simulation has them as a parameter (`partial`), "
+                "but no projection below uses it, since no measurement calibrates it.\n")
         rows = []
         sims = {}
         for r in sorted(ro, key=lambda r: (r["rollouts"], r["mode"])):
@@ -332,10 +335,11 @@ def write(res, p, held, proj, out):
             rows.append([r["rollouts"], r["mode"] + (" (oversubscribed)" if r["oversubscribed"] else ""), f(r["generated_tokens_per_s"], 0),
                          f(sim["generated_tokens_per_s"], 0) if sim else "-", f(r["step_wall_s"]), f(sim["step_s"]) if sim else "-",
                          f(r["trainer_idle"]), f(r["wait_share"]), f(sim["trainer_idle"]) if sim else "-", f(r["generate_share"]),
+                         f(r.get("throttled_share")), f(sim.get("throttled_share")) if sim else "-",
                          " / ".join(f"{x / n:.2f}" for x in h[:3]), " / ".join(f"{x:.2f}" for x in sim["staleness_hist"][:3]) if sim else "-",
                          f(r.get("background_cores"), 2)])
         add(table(["R", "multiplex", "generated tok/s", "model", "step (s)", "model", "trainer idle", "wait share",
-                   "model wait", "trainers generating", "lag 0 / 1 / 2", "model lag 0 / 1 / 2", "background cores"], rows) + "\n")
+                   "model wait", "trainers generating", "throttled", "model", "lag 0 / 1 / 2", "model lag 0 / 1 / 2", "background cores"], rows) + "\n")
         series = []
         for k, mode in enumerate(sorted({r["mode"] for r in ro})):
             pts = sorted((r["rollouts"], r["generated_tokens_per_s"]) for r in ro if r["mode"] == mode)
@@ -529,8 +533,10 @@ def write(res, p, held, proj, out):
         f"`Launch/envs/reverse_env.py` over its pipe); the built-in tasks score in process, inside the generation cost.\n")
     add("- **The simulation** (`Simulation` in the script) runs the asynchronous loop event by event: trainers in lockstep "
         "(they agree on every batch), taking groups only while they collect a batch or between micro-batches; rollout ranks "
-        "decoding 4 groups at a time with the newest weights their node holds and handing each group over with a "
-        "synchronous send (a full buffer, or a trainer busy computing, holds them back); stale groups dropped; "
+        "decoding up to 4 groups at a time with the newest weights their node holds and handing each group over with a "
+        "synchronous send (a full buffer, or a trainer busy computing, holds them back); admission control as kat-dist "
+        "does it (after n published steps a rollout rank has started at most its share of (n + max_staleness + 1) x "
+        "batch.prompts groups, less those the trainers made; past it, it waits for newer weights); stale groups dropped; "
         "multiplexing (a trainer that would wait makes a group itself); partial rollouts (`partial`: new weights taken "
         "mid-batch, a KV-cache recompute each time); CPU work shared over the cores by processor sharing. One finding "
         "it reproduces: with one micro-batch per step, a rollout rank finishes one batch while the trainer computes and "
@@ -576,16 +582,17 @@ def write(res, p, held, proj, out):
     rows = []
     for r in proj["rows"]:
         pt = r["parts"]
-        rows.append([r["model"], r["nodes"], f"{r['ratio']:.2f}" + ("" if r["found"] else " (none under 5%)"), r["T"], r["R"],
+        rows.append([r["model"], r["nodes"], ("<= " if r.get("smallest") else "") + f"{r['ratio']:.2f}" + ("" if r["found"] else " (none under 5%)"), r["T"], r["R"],
                      f(r["step_s"], 2), f(r["idle_off"], 3), f(r["idle_on"], 3), f(r["staleness_mean"], 2), f(r["efficiency"], 2),
-                     f(pt["compute"], 2), f"{f(pt['allreduce'], 3)}, {f(pt['allreduce_exposed'], 3)}", f(pt["sync"], 3), f(pt["memory"]["trainer_GB"] * pt["ranks_per_node"], 0),
+                     f(r.get("throttled"), 2), f(pt["compute"], 2), f"{f(pt['allreduce'], 3)}, {f(pt['allreduce_exposed'], 3)}", f(pt["sync"], 3),
+                     f(pt["memory"]["trainer_GB"] * pt["ranks_per_node"], 0),
                      r["bottleneck"]])
     add(table(["model", "nodes", "R/T (idle < 5%, multiplex off)", "trainers", "rollout ranks", "step (s)", "idle off", "idle on",
-               "staleness", "efficiency", "compute (s)", "allreduce (s), exposed", "weights to last node (s)", "trainer node memory (GB)",
+               "staleness", "efficiency", "rollouts throttled", "compute (s)", "allreduce (s), exposed", "weights to last node (s)", "trainer node memory (GB)",
                "bottleneck"], rows) + "\n")
     add("Columns: trainers and rollout ranks (ranks of the BLAS threads above); step, the simulated mean step with "
         "multiplexing off; idle off / on, the trainers' idle share without and with multiplexing at that ratio; staleness, "
-        "the mean lag of trained groups; compute, one trainer's forward and backward per step; allreduce, the gradient "
+        "the mean lag of trained groups; rollouts throttled, the rollout ranks' share of time waiting under admission control (rollout capacity beyond what the trainers take); compute, one trainer's forward and backward per step; allreduce, the gradient "
         "sum (kat-dist's binomial tree) and the part of it left after overlapping the last micro-batch's backward; "
         "weights to last node, from trainer 0's publishing to the last node's copy; trainer node memory, weights, "
         "gradients, sharded Adam moments and one micro-batch's activations for the node's trainer ranks.\n")
@@ -604,6 +611,10 @@ def write(res, p, held, proj, out):
                    "bottleneck"],
                   [[x["model"], x["nodes"], f"{x['link_gbit']:g}", f(x["step_s"], 2), f(x["allreduce"], 3), f(x["exposed"], 3), f(x["sync"], 3),
                     f(x["idle"], 3), f(x["staleness"], 2), x["bottleneck"]] for x in lk]) + "\n")
+        by = {}
+        for x in lk:
+            by.setdefault(x["model"], []).append(f"{x['bottleneck'].split(':')[0].split(',')[0]} at {x['link_gbit']:g} Gbit/s")
+        add(f"At {lk[0]['nodes']} nodes, by link speed: " + "; ".join(f"{k}: " + ", ".join(v) for k, v in by.items()) + ".\n")
     series = []
     for k, name in enumerate(proj["models"]):
         series.append(dict(name=name, points=[(r["nodes"], r["efficiency"]) for r in proj["rows"] if r["model"] == name]))
@@ -615,7 +626,7 @@ def write(res, p, held, proj, out):
     add("## What this does not measure\n")
     add("- More than one machine: hosts are network namespaces of one 2-core machine, so every rank of every host shares "
         "the same cores and memory; link rates are real (tbf), latencies are this machine's TCP stack's.\n"
-        "- Partial rollouts, unless `rollout.partial` is a key of the build (see above).\n"
+        "- Partial rollouts: not measured yet (this build has no `rollout.partial`; see the rollout section).\n"
         "- Node memory bandwidth at scale (assumed in the projections), and OpenBLAS threads inside a rank (the projections "
         "use one rank per core, as the measurements do).\n")
     with open(os.path.join(out, "scaling.md"), "w") as fh:
