@@ -520,8 +520,8 @@ class Hosts:
                 self.sh(f"ip netns add {ns}")
                 self.made.append(ns)
                 d, p = self.devs[i], self.ports[i]
-                self.sh(f"ip link add {d} type veth peer name {p}")
-                self.sh(f"ip link set {d} netns {ns} && ip link set {p} netns {self.switch}")
+                # Made inside the namespaces: nothing of the machine's own namespace is touched.
+                self.sh(f"ip -n {ns} link add {d} type veth peer name {p} netns {self.switch}")
                 self.sh(f"ip netns exec {self.switch} ip link set {p} master br0 && ip netns exec {self.switch} ip link set {p} up")
                 self.sh(f"ip netns exec {ns} ip addr add {self.subnet}.{i + 1}/24 dev {d} && ip netns exec {ns} ip link set {d} up "
                         f"&& ip netns exec {ns} ip link set lo up")

@@ -739,6 +739,14 @@ def fit_offline(runs, compute, workload):
     return dict(kappa=kappa, c0=max(c0, 0.0), optimizer_s_per_param=opt)
 
 
+def offline_cpu_per_step(run, p):
+    """CPU seconds all T trainers of an offline run do per step in the model (its FLOP-model
+    work and c0 per trainer; the allreduce's waiting is not CPU)."""
+    o = p["offline"]
+    sh = offline_shard(run, p["offline_workload"])
+    return run["trainers"] * (o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"])
+
+
 def predict_offline_step(run, p, link=None):
     """Step wall time of an offline run with T trainers on this machine: each trainer's CPU
     work at its share of the cores left by other processes, plus the gradient allreduce

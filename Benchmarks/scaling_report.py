@@ -289,9 +289,16 @@ def write(res, p, held, proj, out):
             pred = model.predict_offline_step(dict(r, cores=r.get("cores", cores)), p)
             rows.append([r["mode"], f"{r['trainers']}{' (oversubscribed)' if r['oversubscribed'] else ''}", r["trajectories_per_step"],
                          f(r["step_wall_s"]), f(pred), f(r["t_forward_backward"]), f(r["t_allreduce"], 4), f(r["flat_tokens_per_s"], 0),
-                         f(sp, 2), f(r.get("background_cores"), 2)])
+                         f(sp, 2), f(r.get("background_cores"), 2),
+                         f(r["our_cores"] * r["step_wall_s"]) if r.get("our_cores") is not None else "-",
+                         f(model.offline_cpu_per_step(r, p))])
         add(table(["scaling", "trainers T", "trajectories/step", "step (s)", "model (s)", "forward+backward (s)", "allreduce (s)",
-                   "flat tokens/s", "speed-up", "background cores"], rows) + "\n")
+                   "flat tokens/s", "speed-up", "background cores", "CPU per step (s)", "model CPU (s)"], rows) + "\n")
+        add("CPU per step is the CPU time the run's ranks used over its steps (sampled from /proc) per step; model CPU is "
+            "the FLOP-model work of all T trainers. The model predicts the step as that work shared over the cores the "
+            "background left; where a run used more CPU per step than the model's work, the difference is spent outside "
+            "the FLOP count (ranks that finished their shard polling in MPI while they wait for the slowest, and switching "
+            "between oversubscribed ranks), and the model's step comes out short by about as much.\n")
         add("Speed-up is step time against T = 1 (strong) or throughput against T = 1 (weak); the ideal is T up to the core "
             "count and flat beyond it.\n")
         series = []
@@ -479,6 +486,11 @@ def write(res, p, held, proj, out):
                         " / ".join(f"{x / max(1, sum(t['staleness_hist'])):.2f}" for x in t["staleness_hist"][:3])] for t in runs if t.get("round", 0) == 0]) + "\n")
     if res.get("hosts_skipped"):
         add(f"Not measured in this run: {res['hosts_skipped']}.\n")
+    if hosts.get("namespaces_removed") is not None:
+        add("The hosts are network namespaces the suite makes for the run (a random tag in their names, addresses only "
+            "inside them: a bridge in one namespace, a veth pair to each host) and deletes afterwards; "
+            + ("none was left after this run (`ip netns list`).\n" if hosts["namespaces_removed"]
+               else "**some were left after this run** (`ip netns list`).\n"))
 
     # 6. Sampling
     sm = res.get("sampler")

@@ -154,6 +154,20 @@ final class ScalingModelTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(number(m, "trainer_idle"), 0)
         XCTAssertGreaterThan(number(m, "trainer_generating"), 0)
         XCTAssertGreaterThan(number(a, "trainer_idle"), 0.05, "without multiplexing this layout waits for its rollout rank")
+        // Admission control: 16 rollout ranks that could generate 64 groups at once for a
+        // trainer taking 16 a step, with max_staleness 1, start no group that would go stale
+        // (none dropped; they wait for newer weights instead), so no more is generated than
+        // is trained. Without it the same layout makes groups that go stale and are dropped.
+        var many = base
+        many["rollouts"] = JSON(16); many["cores"] = JSON.null; many["max_staleness"] = JSON(1)
+        let admitted = try simulate(many)
+        XCTAssertEqual(number(admitted, "dropped_groups"), 0)
+        XCTAssertGreaterThan(number(admitted, "throttled_share"), 0)
+        XCTAssertEqual(number(admitted, "generated_tokens_per_s") / number(admitted, "trained_tokens_per_s"), 1, accuracy: 0.05)
+        many["admission"] = JSON(false)
+        let unadmitted = try simulate(many)
+        XCTAssertGreaterThan(number(unadmitted, "dropped_groups"), 0)
+        XCTAssertEqual(number(unadmitted, "throttled_share"), 0)
         // Buffers that cannot hold one batch are refused (kat-dist would wait for ever).
         var small = base
         small["buffer_groups"] = JSON(8)
