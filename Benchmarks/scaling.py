@@ -716,6 +716,7 @@ def main():
     for h in held:
         print(h["line"])
     proj = model.project(params, quick=res.get("run", {}).get("quick", False))
+    proj["sensitivity"] = model.ratio_sensitivity(params, quick=res.get("run", {}).get("quick", False))
     report.write(res, params, held, proj, args.out)
     print(f"wrote {os.path.relpath(os.path.join(args.out, 'scaling.md'), ROOT)} and {os.path.relpath(out_dir, ROOT)}/*.svg")
     return 0

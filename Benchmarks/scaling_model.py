@@ -1170,6 +1170,16 @@ def project(p, quick=False, w=None):
     return out
 
 
+def ratio_sensitivity(p, quick=False, factors=(0.8, 1.25), w=None):
+    """The projection's ratios again with generation `factor` times as costly (the decode
+    efficiency divided by it): how much the answer rests on the one calibrated rate."""
+    out = {}
+    for k in factors:
+        q = dict(p, decode_efficiency=p["decode_efficiency"] / k)
+        out[k] = {(r["model"], r["nodes"]): (r["ratio"], r["found"], r.get("smallest", False)) for r in project(q, quick, w)["rows"]}
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # CLI
 

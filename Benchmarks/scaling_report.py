@@ -616,6 +616,17 @@ def write(res, p, held, proj, out):
     add("Where the bottleneck moves (nodes in brackets): " + "; ".join(moves) + f". With multiplexing (a trainer that "
         f"would wait generates instead) the trainers' idle at the table's ratio is at most {100 * worst_on:.1f}%; "
         "the ratio is what it takes without it.\n")
+    sens = proj.get("sensitivity")
+    if sens:
+        def rt(v):
+            ratio, found, smallest = v
+            return ("<= " if smallest else "") + f"{ratio:.2f}" + ("" if found else " (none)")
+        ks = sorted(sens)
+        add("The ratio rests on one calibrated rate, generation per token (from the R = 1 run on this loaded machine). "
+            "The same search with generation " + " and ".join(f"{k:g}x" for k in ks) + " as costly:\n")
+        add(table(["model", "nodes", "R/T as above"] + [f"R/T, generation {k:g}x" for k in ks],
+                  [[r["model"], r["nodes"], rt((r["ratio"], r["found"], r.get("smallest", False)))]
+                   + [rt(sens[k][(r["model"], r["nodes"])]) for k in ks] for r in proj["rows"]]) + "\n")
     lk = proj.get("links", [])
     if lk:
         add(f"The largest layout at other link speeds (same ratio; `link_gbit` of the projection):\n")
