@@ -547,7 +547,7 @@ def write(res, p, held, proj, out):
         "(they agree on every batch), taking groups only while they collect a batch or between micro-batches; rollout ranks "
         "decoding up to 4 groups at a time with the newest weights their node holds and handing each group over with a "
         "synchronous send (a full buffer, or a trainer busy computing, holds them back); admission control as kat-dist "
-        "does it (after n published steps a rollout rank has started at most its share of (n + max_staleness + 1) x "
+        "does it (`rollout.admission`, on by default; the simulation's `admission`: after n published steps a rollout rank has started at most its share of (n + max_staleness + 1) x "
         "batch.prompts groups, less those the trainers made; past it, it waits for newer weights); stale groups dropped; "
         "multiplexing (a trainer that would wait makes a group itself); partial rollouts (`partial`: new weights taken "
         "mid-batch, a KV-cache recompute each time); CPU work shared over the cores by processor sharing. One finding "
