@@ -198,6 +198,7 @@ final class TrainerLoop {
         // would wait on ranks that are not coming).
         try runPhases()
         for source in phases { try source.finish() }
+        for source in phases { notes += source.finishNotes }
         for n in notes { console.line(n) }
         if let directory { console.line(String(format: "done in %.0f s; report %@/report.html", runTime, directory.path as NSString)) }
     }
