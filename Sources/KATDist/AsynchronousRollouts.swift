@@ -621,6 +621,7 @@ final class RolloutRankLoop {
     func betweenDecodeSteps() -> DecodeAction {
         let used = version
         trace?.step(publication: publication)
+        if faults.decodeDelayMicros > 0 { usleep(faults.decodeDelayMicros) }
         do {
             if let last = try stopRequested() { stopMessage = last; return .stop }
         } catch {

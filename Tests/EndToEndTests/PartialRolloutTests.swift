@@ -10,6 +10,11 @@ let longAnswers = ["--set", "model.n_embd=32", "--set", "model.n_layer=1", "--se
                    "--set", "eval.every=0", "--set", "batch.prompts=2", "--set", "rollout.group_size=4",
                    "--set", "rollout.max_new_tokens=96", "--set", "ranks.multiplex=false"]
 
+/// Rollout ranks sleep 1 ms after each decode step, so that a 96-token answer takes longer
+/// than a training step of this model (about 30-70 ms here) and weights are published while
+/// episodes are unfinished whatever the machine's load.
+let slowDecoding = "1000"
+
 /// Lines of a JSON Lines file.
 func jsonLines(_ path: String) throws -> [JSON] {
     try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
@@ -26,7 +31,7 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
         let run = dir + "/run", trace = dir + "/trace"
         try FileManager.default.createDirectory(atPath: trace, withIntermediateDirectories: true)
         let out = try mpirun(4, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "steps=12"] + longAnswers,
-                             timeout: 240, env: ["KAT_TRACE_WEIGHTS": trace])
+                             timeout: 240, env: ["KAT_TRACE_WEIGHTS": trace, "KAT_FAULT_DECODE_DELAY_US": slowDecoding])
         XCTAssertEqual(out.code, 0, out.output)
         let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
         XCTAssertEqual(rl.count, 12, out.output)
@@ -68,11 +73,11 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
         let args = [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "log.trained_ids=true",
                     "--set", "max_staleness=\(maxStale)", "--set", "steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep=10"]
             + longAnswers
-        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "11:0"]).code, 0, "killed at step 11")
+        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "11:0", "KAT_FAULT_DECODE_DELAY_US": slowDecoding]).code, 0, "killed at step 11")
         let ckpt = run + "/checkpoints/step-000009"
         let buffered = Set(try state(ckpt)["buffered_ids"]?.arrayValue?.compactMap(\.stringValue) ?? [])
         XCTAssertFalse(buffered.isEmpty, "the checkpoint holds buffered rollouts")
-        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240)
+        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240, env: ["KAT_FAULT_DECODE_DELAY_US": slowDecoding])
         XCTAssertEqual(r.code, 0, r.output)
 
         let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
