@@ -64,51 +64,81 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
 
     /// An asynchronous run with partial rollouts (1 trainer, 2 rollout ranks, episodes
     /// spanning steps) trains trajectories whose tokens come from several versions, within
-    /// the staleness bound on every token; killed and resumed, every buffered trajectory of
-    /// the checkpoint is trained once or dropped and counted as stale, none twice; the
-    /// episodes unfinished when the rollout ranks stop are discarded and counted.
-    func testMixedVersionsTrainWithinTheBoundAndResumeTrainsBufferedOnce() throws {
+    /// the staleness bound on every token, and its staleness metrics count from each
+    /// trajectory's oldest token; the episodes unfinished when the rollout ranks stop are
+    /// discarded and counted.
+    func testMixedVersionsTrainWithinTheStalenessBoundOnEveryToken() throws {
         let run = dir + "/run"
         let maxStale = 2
-        let args = [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "log.trained_ids=true",
-                    "--set", "max_staleness=\(maxStale)", "--set", "steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep=10"]
-            + longAnswers
-        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "11:0", "KAT_FAULT_DECODE_DELAY_US": slowDecoding]).code, 0, "killed at step 11")
-        let ckpt = run + "/checkpoints/step-000009"
-        let buffered = Set(try state(ckpt)["buffered_ids"]?.arrayValue?.compactMap(\.stringValue) ?? [])
-        XCTAssertFalse(buffered.isEmpty, "the checkpoint holds buffered rollouts")
-        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240, env: ["KAT_FAULT_DECODE_DELAY_US": slowDecoding])
-        XCTAssertEqual(r.code, 0, r.output)
-
+        let out = try mpirun(3, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "log.trained_ids=true",
+                                 "--set", "max_staleness=\(maxStale)", "--set", "steps=12"] + longAnswers,
+                             timeout: 240, env: ["KAT_FAULT_DECODE_DELAY_US": slowDecoding])
+        XCTAssertEqual(out.code, 0, out.output)
         let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
-        XCTAssertEqual(rl.map { $0["step"]?.intValue ?? 0 }, Array(1...12))
+        XCTAssertEqual(rl.count, 12)
         let mixed = rl.compactMap { $0["mixed_version_trajectories"]?.intValue }.reduce(0, +)
         XCTAssertGreaterThan(mixed, 0, "some trained trajectories took new weights mid-episode")
-
-        var seen = Set<String>(), mixedLogged = 0
         let lines = try jsonLines(run + "/trained_ids.jsonl")
         XCTAssertEqual(lines.count, 12)
-        for line in lines {
-            let ids = line["ids"]?.arrayValue?.compactMap(\.stringValue) ?? []
-            let before = try XCTUnwrap(line["version_before"]?.intValue)
-            let oldest = line["oldest_versions"]?.arrayValue ?? [], newest = line["newest_versions"]?.arrayValue ?? []
-            XCTAssertEqual(oldest.count, ids.count)
-            for (k, id) in ids.enumerated() {
-                XCTAssertTrue(seen.insert(id).inserted, "\(id) trained twice")
-                let lo = try XCTUnwrap(oldest[k].intValue, "\(id) has per-token versions"), hi = newest[k].intValue ?? lo
-                XCTAssertLessThanOrEqual(before - lo, maxStale, "step \(line["step"]!): \(id) has a token \(before - lo) versions old")
-                XCTAssertLessThanOrEqual(hi, before, "no token is newer than the weights being trained")
-                if hi > lo { mixedLogged += 1 }
-            }
+        var mixedLogged = 0
+        for (line, metrics) in zip(lines, rl) {
+            let (lags, mixedHere) = try tokenLags(line, maxStale: maxStale)
+            mixedLogged += mixedHere
+            XCTAssertEqual(metrics["staleness_max"]?.intValue, lags.max(), "step \(line["step"]!): staleness counts from the oldest token")
         }
         XCTAssertEqual(mixedLogged, mixed, "mixed_version_trajectories counts the trajectories with several token versions")
+        // The rollout ranks were decoding when told to stop: their unfinished episodes are counted.
+        XCTAssertTrue(out.output.contains("unfinished episodes were discarded when the rollout ranks stopped"), out.output)
+    }
+
+    /// Killed and resumed, an asynchronous run with partial rollouts trains every buffered
+    /// trajectory of the checkpoint once after it (or drops it and counts it as stale), none
+    /// twice, every token within the staleness bound. Training is the slow side here (12
+    /// updates per step), so the rollout ranks are ahead and the checkpoint holds groups.
+    func testKilledPartialRunTrainsEveryBufferedTrajectoryOnce() throws {
+        let run = dir + "/run"
+        let maxStale = 36
+        let args = [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "log.trained_ids=true",
+                    "--set", "max_staleness=\(maxStale)", "--set", "loss.ppo_epochs=12", "--set", "steps=12", "--set", "checkpoint.every=3",
+                    "--set", "checkpoint.keep=10"] + longAnswers
+        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "11:0"]).code, 0, "killed at step 11")
+        let buffered = Set(try state(run + "/checkpoints/step-000009")["buffered_ids"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+        XCTAssertFalse(buffered.isEmpty, "the checkpoint holds buffered rollouts")
+        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240)
+        XCTAssertEqual(r.code, 0, r.output)
+        let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
+        XCTAssertEqual(rl.map { $0["step"]?.intValue ?? 0 }, Array(1...12))
+        var seen = Set<String>()
+        let lines = try jsonLines(run + "/trained_ids.jsonl")
+        for line in lines {
+            for id in line["ids"]?.arrayValue?.compactMap(\.stringValue) ?? [] { XCTAssertTrue(seen.insert(id).inserted, "\(id) trained twice") }
+            _ = try tokenLags(line, maxStale: maxStale)
+        }
         let after = Set(lines.filter { ($0["step"]?.intValue ?? 0) > 9 }.flatMap { $0["ids"]?.arrayValue?.compactMap(\.stringValue) ?? [] })
         let dropped = rl.filter { ($0["step"]?.intValue ?? 0) > 9 }.compactMap { $0["dropped_stale"]?.intValue }.reduce(0, +)
         let lost = buffered.subtracting(after)
         XCTAssertLessThanOrEqual(lost.count, dropped, "every buffered id is trained after the checkpoint or counted as dropped")
         if dropped == 0 { XCTAssertTrue(lost.isEmpty, "\(lost) neither trained nor dropped") }
-        // The rollout ranks were decoding when told to stop: their unfinished episodes are counted.
-        XCTAssertTrue(r.output.contains("unfinished episodes were discarded when the rollout ranks stopped"), r.output)
+    }
+
+    /// The lag of each trajectory of a trained_ids.jsonl line (the version before the step
+    /// minus its oldest token's version), checked against the bound on every token, and how
+    /// many trajectories hold several versions.
+    func tokenLags(_ line: JSON, maxStale: Int) throws -> (lags: [Int], mixed: Int) {
+        let ids = line["ids"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        let before = try XCTUnwrap(line["version_before"]?.intValue)
+        let oldest = line["oldest_versions"]?.arrayValue ?? [], newest = line["newest_versions"]?.arrayValue ?? []
+        XCTAssertEqual(oldest.count, ids.count)
+        XCTAssertEqual(newest.count, ids.count)
+        var lags: [Int] = [], mixed = 0
+        for (k, id) in ids.enumerated() where k < oldest.count && k < newest.count {
+            let lo = try XCTUnwrap(oldest[k].intValue, "\(id) has per-token versions"), hi = try XCTUnwrap(newest[k].intValue)
+            XCTAssertLessThanOrEqual(before - lo, maxStale, "step \(line["step"]!): \(id) has a token \(before - lo) versions old")
+            XCTAssertLessThanOrEqual(hi, before, "no token is newer than the weights being trained")
+            lags.append(before - lo)
+            if hi > lo { mixed += 1 }
+        }
+        return (lags, mixed)
     }
 
     /// Elements of every tensor of a safetensors file (from its JSON header).
