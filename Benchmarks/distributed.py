@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Distributed benchmarks of kat-dist, each number measured in this run.
 
-    swift build -c release && python3 Benchmarks/distributed.py
+    swift build -c release && python3 Benchmarks/distributed.py [--sections abcdef]
 
 (a) synchronous against asynchronous at the same total rank count: trainer idle fraction
     (t_wait_data / step time), throughput, generation and training rates; then more
@@ -53,8 +53,8 @@ def online(t, r, steps=20):
                 train=trained / compute, trajs=sum(m["trajectories"] for m in rows) / wall)
 
 
-def multiplexed(flag, steps=16):
-    run = os.path.join(TMP, f"multiplex-{flag}")
+def multiplexed(flag, steps=16, attempt=0):
+    run = os.path.join(TMP, f"multiplex-{flag}-{attempt}")
     mpirun(2, [KAT, "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "warmstart.steps=0",
                "--set", "eval.every=0", "--set", f"steps={steps}", "--set", f"ranks.multiplex={flag}",
                "--set", "rollout.max_new_tokens=48", "--set", "rollout.group_size=8", "--set", "batch.prompts=8",
@@ -85,7 +85,25 @@ def offline(t, threads, data):
 
 
 def main():
-    print(f"# {os.cpu_count()} cores; results written under {TMP}")
+    import argparse
+    ap = argparse.ArgumentParser(description="kat-dist distributed benchmarks")
+    ap.add_argument("--sections", default="abcdef", help="which sections to run, e.g. ef")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating repeats of (e), medians reported")
+    args = ap.parse_args()
+    sections = set(args.sections)
+    print(f"# {os.cpu_count()} cores; load average {open('/proc/loadavg').read().split()[0]} at start; results under {TMP}")
+    if "a" in sections or "d" in sections:
+        section_a(sections)
+    if "b" in sections or "c" in sections:
+        section_bc(sections)
+    if "e" in sections:
+        section_e(args.repeat)
+    if "f" in sections:
+        section_f()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def section_a(sections):
     print("\n(a) synchronous vs asynchronous, 2 ranks in all (default model and task, no warm start)")
     print("layout          trainer idle  trained tok/s  generated tok/s  train rate tok/s  trajectories/s")
     res = {}
@@ -96,7 +114,13 @@ def main():
         print(f"{name:<16}{x['idle']:>12.3f}{x['throughput']:>15.0f}{x['gen']:>17.0f}{x['train']:>18.0f}{x['trajs']:>16.1f}")
     ok = [r for (t, r), x in res.items() if r > 0 and x["idle"] <= 0.05]
     print("smallest R with asynchronous idle <= 5%:", min(ok) if ok else "none of R = 1..3 on this machine")
+    if "d" in sections:
+        print("\n(d) generated tokens/s")
+        print(f"1 rollout rank   {res[(1, 1)]['gen']:.0f}")
+        print(f"2 rollout ranks  {res[(1, 2)]['gen']:.0f}  ({res[(1, 2)]['gen'] / res[(1, 1)]['gen']:.2f}x; 3 ranks on {os.cpu_count()} cores)")
 
+
+def section_bc(sections):
     print("\n(b) offline training throughput (C=256 L=4, W1-like groups: 256-token prompts, 64-token answers)")
     data = os.path.join(TMP, "w1.jsonl")
     rng = random.Random(1)
@@ -119,12 +143,21 @@ def main():
     print(r.stdout.strip())
     print(f"share of step time in allreduce (2 ranks, (b)): {two_ranks['allreduce']:.3f}")
 
-    print("\n(d) generated tokens/s")
-    print(f"1 rollout rank   {res[(1, 1)]['gen']:.0f}")
-    print(f"2 rollout ranks  {res[(1, 2)]['gen']:.0f}  ({res[(1, 2)]['gen'] / res[(1, 1)]['gen']:.2f}x; 3 ranks on {os.cpu_count()} cores)")
 
-    print("\n(e) multiplexing, T=1 R=1 (answers of up to 48 tokens, 8 prompts x 8 samples a step)")
-    off, on = multiplexed("false"), multiplexed("true")
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def section_e(repeat):
+    print(f"\n(e) multiplexing, T=1 R=1 (answers of up to 48 tokens, 8 prompts x 8 samples a step; "
+          f"{repeat} alternating runs each, medians)")
+    runs = {"false": [], "true": []}
+    for attempt in range(repeat):
+        for flag in ("false", "true"):
+            runs[flag].append(multiplexed(flag, attempt=attempt))
+    off, on = ({k: median([x[k] for x in runs[f]]) for k in runs[f][0]} for f in ("false", "true"))
     print("multiplex   trainer idle  trained tok/s  trainer generating s/step")
     for name, x in [("off", off), ("on", on)]:
         print(f"{name:<12}{x['idle']:>12.3f}{x['throughput']:>15.0f}{x['generate']:>26.2f}")
@@ -132,12 +165,13 @@ def main():
     print(f"speed-up with multiplexing {gain:+.2f} (target: at least a third of the idle share without it, {off['idle'] / 3:.2f}); "
           f"idle with it {on['idle']:.3f} (target at most 0.05)")
 
+
+def section_f():
     print("\n(f) weight sync on one node (median time trainers spend publishing an update)")
     print("rollout ranks  t_weight_sync s  bytes sent by trainer 0")
     for r in [1, 2, 3]:
         x = weight_sync(r)
         print(f"{r:>13}{x['t']:>17.4f}{x['bytes']:>25}" + ("" if 1 + r <= os.cpu_count() else "  (oversubscribed)"))
-    shutil.rmtree(TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":

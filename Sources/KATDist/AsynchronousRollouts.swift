@@ -569,6 +569,8 @@ final class RolloutRankLoop {
     /// started per version held, (max_staleness + 1) x batch.prompts in all.
     let prompts: Int
     let stepsAhead: Int
+    /// Whether admission control applies (`rollout.admission`).
+    let admission: Bool
     let rolloutRanks: Int
     let faults: FaultInjection
     let home: Int
@@ -591,6 +593,7 @@ final class RolloutRankLoop {
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         prompts = settings.prompts
         stepsAhead = settings.ranks.maxStaleness / max(1, settings.step.minibatches * settings.step.ppoEpochs)
+        admission = settings.ranks.admission
         rolloutRanks = world.size - trainers
         faults = FaultInjection(worldRank: world.rank)
         home = (world.rank - trainers) % trainers
@@ -787,9 +790,10 @@ final class RolloutRankLoop {
             pending = nil
             if ready.isEmpty {
                 if firstVersion < 0 { firstVersion = version; firstPublication = publication; firstTrainerGroups = trainerGroups }
-                let allowed = Self.admitted(publications: publication - firstPublication, stepsAhead: stepsAhead, prompts: prompts,
-                                            trainerGroups: trainerGroups - firstTrainerGroups,
-                                            rank: world.rank - (world.size - rolloutRanks), of: rolloutRanks)
+                let allowed = !admission ? started + perBatch
+                    : Self.admitted(publications: publication - firstPublication, stepsAhead: stepsAhead, prompts: prompts,
+                                    trainerGroups: trainerGroups - firstTrainerGroups,
+                                    rank: world.rank - (world.size - rolloutRanks), of: rolloutRanks)
                 if started >= allowed {
                     // Admission control: wait for newer weights rather than make groups
                     // that would be stale before they are trained.

@@ -73,6 +73,9 @@ public struct RanksConfig: Sendable, Equatable {
     public var bufferGroups = 16
     /// Trainers generate rollouts themselves when they would wait for data.
     public var multiplex = true
+    /// Rollout ranks start a group only within the staleness budget (admission control);
+    /// false: they generate freely and groups that become stale are dropped.
+    public var admission = true
     public init() {}
 }
 
@@ -197,6 +200,7 @@ public struct RunSettings: Sendable {
         ranks.maxStaleness = c.int("max_staleness")
         ranks.bufferGroups = c.int("buffer.max_groups")
         ranks.multiplex = c.bool("ranks.multiplex")
+        ranks.admission = c.bool("rollout.admission")
         comm.overlap = c.bool("comm.overlap")
         comm.bucketMiB = c.double("comm.bucket_mib")
         comm.shardOptimizer = c.bool("optimizer.shard")

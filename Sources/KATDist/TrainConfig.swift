@@ -156,6 +156,8 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "optimizer.shard", kind: .bool, defaultValue: false, help: "shard the optimizer state over trainers (reduce-scatter, slice update, allgather)"),
         ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data"),
         ConfigKey(name: "max_staleness", kind: .int(0...1000), defaultValue: 4, help: "largest policy lag trained"),
+        ConfigKey(name: "rollout.admission", kind: .bool, defaultValue: true,
+                  help: "rollout ranks start a group only while it can be trained within max_staleness (false: generate freely, drop stale groups)"),
         ConfigKey(name: "buffer.max_groups", kind: .int(1...1_000_000), defaultValue: 16, help: "trainers' buffer of groups"),
         ConfigKey(name: "env.timeout_s", kind: .double(0.001...86_400), defaultValue: 10.0, help: "environment reply time-out, seconds"),
         ConfigKey(name: "watchdog_s", kind: .double(1...1_000_000), defaultValue: 300.0, help: "seconds a rank may stay silent (no heartbeat) before the job ends naming it"),

@@ -81,7 +81,7 @@ final class FrictionTests: TemporaryDirectoryTestCase {
     func testConfigErrorsUnderMpirunArePrintedOnce() throws {
         let cases: [([String], String)] = [
             (["--set", "steps=-1"], "key steps: must be in"),
-            (["--set", "ranks.trainers=3"], "must equal the number of MPI ranks (2)"),
+            (["--set", "ranks.trainers=3"], "is more than the number of MPI ranks (2)"),
             (["--set", "ranks.trainers=2", "--set", "data.trajectories=\(dir)/none.jsonl"], "none.jsonl: no such file"),
         ]
         for (args, fragment) in cases {
