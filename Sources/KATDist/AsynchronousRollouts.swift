@@ -16,7 +16,8 @@ enum Tag {
     static let weights = 11
     /// home trainer -> rollout: stop generating (payload: the last publication number).
     static let stop = 12
-    /// rollout -> home trainer: stopped, last group sent, last weights passed on.
+    /// rollout -> home trainer: stopped, last group sent, last weights passed on (payload:
+    /// the unfinished episodes it gave up, Int64).
     static let done = 13
     /// home trainer -> rollout: every message has been drained; exit.
     static let bye = 14
@@ -83,7 +84,9 @@ struct BufferedGroup {
     var trajectories: [Trajectory]
     var source: Int
     var sequence: Int
-    var version: Int { trajectories.first?.policyVersion ?? 0 }
+    /// The oldest policy version of its trajectories (each the version of its oldest
+    /// token): staleness and order count from there.
+    var version: Int { trajectories.compactMap(\.policyVersion).min() ?? 0 }
     var key: (Int, Int, Int) { (version, source, sequence) }
 }
 
@@ -187,16 +190,22 @@ final class RolloutLink {
     /// - Parameter serve: run while waiting (trainer 0's weight sends must progress).
     /// - Throws: `RunError.silentRank` when a rollout rank does not answer within the
     ///   watchdog (the job then ends without it).
-    func shutdown(lastPublication: Int, serve: () throws -> Void) throws {
+    /// - Returns: the unfinished episodes the rollout ranks gave up at the stop (the
+    ///   payload of their done messages).
+    @discardableResult
+    func shutdown(lastPublication: Int, serve: () throws -> Void) throws -> Int {
         var v = [UInt8]()
         withUnsafeBytes(of: Int64(lastPublication).littleEndian) { v += $0 }
         var stops: [MPICollective.PendingSend] = []
         for rank in rollouts { stops.append(try world.isend(v, to: rank, tag: Tag.stop)) }
         var done = Set<Int>()
+        var unfinished = 0
         while done.count < rollouts.count {
             try serve()
             if let m = try world.probe(source: nil, tag: Tag.done) {
-                _ = try world.receive(from: m.source, tag: Tag.done)
+                let bytes = try world.receive(from: m.source, tag: Tag.done)
+                guard bytes.count == 8 else { throw RunError.badMessage(rank: m.source, reason: "done message of \(bytes.count) bytes") }
+                unfinished += bytes.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) }
                 done.insert(m.source)
                 liveness.heard(m.source)
             }
@@ -215,6 +224,7 @@ final class RolloutLink {
             usleep(200)
         }
         for rank in rollouts { try world.send([], to: rank, tag: Tag.bye) }
+        return unfinished
     }
 }
 
@@ -235,6 +245,7 @@ final class WeightPublisher {
     /// A publication that found no free slot (each was the newest, read, or still being
     /// sent from), retried by `retry` while the weights are still the same.
     private(set) var pending: Publication?
+    let trace = WeightTrace.fromEnvironment(rank: LaunchEnvironment.worldRank)
 
     init(world: MPICollective, node: NodeWeights, tree: WeightTree) {
         self.world = world
@@ -270,6 +281,7 @@ final class WeightPublisher {
     func retry(_ params: FloatBuffer) throws -> Int {
         try poll()
         guard let p = pending, let slot = node.publish(params.pointer, p) else { return 0 }
+        trace?.publish(p)
         pending = nil
         lastPublication = p.number
         guard !children.isEmpty else { return 0 }
@@ -525,8 +537,18 @@ final class AsynchronousRollouts: BatchSource {
         var last = [Double(peers.publisher?.lastPublication ?? -1)]
         if collective.rank != 0 { last = [0] }
         try collective.allreduceSum(&last)
-        try peers.link?.shutdown(lastPublication: Int(last[0])) { try peers.publisher?.poll() }
+        var unfinished = [Double(try peers.link?.shutdown(lastPublication: Int(last[0])) { try peers.publisher?.poll() } ?? 0)]
         while let p = peers.publisher, !p.sends.isEmpty { try p.poll(); usleep(200) }
+        try collective.allreduceSum(&unfinished)
+        discardedUnfinished = Int(unfinished[0])
+    }
+
+    /// Unfinished episodes the rollout ranks gave up when they were stopped (partial
+    /// rollouts stop mid-episode), summed over trainers by `finish`.
+    var discardedUnfinished = 0
+
+    var finishNotes: [String] {
+        discardedUnfinished == 0 ? [] : ["\(discardedUnfinished) unfinished episodes were discarded when the rollout ranks stopped"]
     }
 }
 
@@ -578,9 +600,39 @@ final class RolloutRankLoop {
         parent = tree.parent(of: world.rank)
         children = tree.children(of: world.rank)
         liveness = Liveness(watchdog: settings.watchdog, peers: [home], armed: false)
+        if settings.rollout.partial {
+            generator.worker.sampler.betweenSteps = { [unowned self] _ in self.betweenDecodeSteps() }
+        }
     }
 
     deinit { scratch?.deallocate() }
+
+    /// Debug trace of the weights each decode step used (KAT_TRACE_WEIGHTS).
+    let trace = WeightTrace.fromEnvironment(rank: LaunchEnvironment.worldRank)
+    /// Partial rollouts: a stop that came mid-episode (its last publication number), an
+    /// error met between decode steps (thrown once the decoding has stopped), and the
+    /// unfinished episodes given up.
+    var stopMessage: Int?
+    var betweenStepsError: (any Error)?
+    var discarded = 0
+    /// Whether a decoding is under way (installs are then mid-episode).
+    var decoding = false
+
+    /// Between two decode steps of a partial rollout: what the loop does between groups
+    /// that must not wait (heartbeats, relaying weights down the tree, passing on a
+    /// preemption, the stop message) and the newest weights of the node when they are newer.
+    func betweenDecodeSteps() -> DecodeAction {
+        let used = version
+        trace?.step(publication: publication)
+        if faults.decodeDelayMicros > 0 { usleep(faults.decodeDelayMicros) }
+        do {
+            if let last = try stopRequested() { stopMessage = last; return .stop }
+        } catch {
+            betweenStepsError = error
+            return .stop
+        }
+        return version != used ? .newWeights(version: version) : .proceed
+    }
 
     /// The policy version and publication number of the weights this rank holds (-1: none
     /// yet), and the groups the trainers had generated by then.
@@ -660,6 +712,7 @@ final class RolloutRankLoop {
         version = header.version
         publication = header.number
         trainerGroups = header.trainerGroups
+        trace?.install(header, midEpisode: decoding)
     }
 
     /// Whether this rank already passed a SIGUSR1 on to its home trainer.
@@ -692,7 +745,9 @@ final class RolloutRankLoop {
             while lastReceived < lastPublication { try serve(); usleep(200) }
             while !forwards.isEmpty { try keepAlive(); try relayDrain() }
         }
-        try world.send([], to: home, tag: Tag.done)
+        var payload = [UInt8]()
+        withUnsafeBytes(of: Int64(discarded).littleEndian) { payload += $0 }
+        try world.send(payload, to: home, tag: Tag.done)
         while try world.probe(source: home, tag: Tag.bye) == nil {
             try keepAlive()
             usleep(200)
@@ -753,9 +808,19 @@ final class RolloutRankLoop {
                 // Ids and samples are unique per run segment: a resumed run starts at a later version.
                 let indices = (0..<count).map { 1_000_000 + world.rank * 64 + $0 }
                 let names = (0..<count).map { "v\(firstVersion)-r\(world.rank)-c\(counter)-\($0)" }
-                ready = try generator.generate(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
-                    .filter { !$0.isEmpty }
+                decoding = true
+                do {
+                    ready = try generator.generate(step: counter &+ firstVersion &* 1_000_003, indices: indices, version: version, names: names)
+                        .filter { !$0.isEmpty }
+                } catch let e as GenerationInterrupted {
+                    // Stopped mid-episode: the groups are given up, and counted.
+                    discarded += e.episodes
+                    ready = []
+                }
+                decoding = false
+                if let e = betweenStepsError { throw e }
                 counter += 1
+                if let last = stopMessage { lastPublication = last; break }
                 if ready.isEmpty { continue }
             }
             // The episode counts and admission waits travel with the group that follows them.

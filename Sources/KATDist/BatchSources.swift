@@ -82,6 +82,8 @@ protocol BatchSource: AnyObject {
     func restore(state: JSON, directory: String) throws
     /// Called once when the run ends (also when it stops early).
     func finish() throws
+    /// Lines for the end of the run, known only after `finish` (on every trainer).
+    var finishNotes: [String] { get }
 }
 
 extension BatchSource {
@@ -93,6 +95,7 @@ extension BatchSource {
     func checkpoint() -> (fields: [(String, JSON)], files: [String: Data]) { ([], [:]) }
     func restore(state: JSON, directory: String) throws {}
     func finish() throws {}
+    var finishNotes: [String] { [] }
 }
 
 // MARK: - Warm start

@@ -34,6 +34,9 @@ struct FaultInjection {
     var killAt: Int?
     var nanAt: Int?
     var skipGradientSum = false
+    /// Microseconds a rollout rank sleeps after each decode step (a slow generator, so that
+    /// weights are published while episodes are unfinished).
+    var decodeDelayMicros: UInt32 = 0
 
     init(worldRank: Int, environment: [String: String] = ProcessInfo.processInfo.environment) {
         if let spec = environment["KAT_FAULT_KILL_AT"] {
@@ -42,6 +45,7 @@ struct FaultInjection {
         }
         nanAt = environment["KAT_FAULT_NAN_AT"].flatMap(Int.init)
         skipGradientSum = environment["KAT_BENCH_SKIP_GRADIENT_SUM"] == "1"
+        decodeDelayMicros = environment["KAT_FAULT_DECODE_DELAY_US"].flatMap { UInt32($0) } ?? 0
     }
 
     /// Ends this process at once when `step` is the chosen one.

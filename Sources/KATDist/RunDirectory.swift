@@ -286,11 +286,16 @@ public final class RunDirectory {
         try metrics.append(m.json)
     }
 
-    /// Appends one line to RUN/trained_ids.jsonl: the trajectory ids trained at a step.
-    public func appendTrainedIDs(step: Int, ids: [String]) throws(RunError) {
+    /// Appends one line to RUN/trained_ids.jsonl: the trajectory ids trained at a step,
+    /// the policy version before it, and each trajectory's oldest and newest token version
+    /// (from its per-token `versions`; null when it has none).
+    public func appendTrainedIDs(step: Int, ids: [String], versionBefore: Int, tokenVersions: [(oldest: Int, newest: Int)?]) throws(RunError) {
         do {
             if trainedIDs == nil { trainedIDs = try LineFile(appendingTo: path + "/trained_ids.jsonl") }
-            try trainedIDs?.append(JSON.object([("step", JSON(step)), ("ids", .array(ids.map { .string($0) }))]).serialized)
+            let oldest = tokenVersions.map { $0.map { JSON($0.oldest) } ?? .null }, newest = tokenVersions.map { $0.map { JSON($0.newest) } ?? .null }
+            try trainedIDs?.append(JSON.object([("step", JSON(step)), ("ids", .array(ids.map { .string($0) })),
+                                                ("version_before", JSON(versionBefore)), ("oldest_versions", .array(oldest)),
+                                                ("newest_versions", .array(newest))]).serialized)
         } catch { throw .file(error) }
     }
 

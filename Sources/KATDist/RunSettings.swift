@@ -188,6 +188,7 @@ public struct RunSettings: Sendable {
         rollout.turns = c.int("rollout.turns")
         rollout.branchFactor = c.int("rollout.branch_factor")
         rollout.branchPoints = c.intList("rollout.branch_points")
+        rollout.partial = c.bool("rollout.partial")
 
         warmStart.steps = c.int("warmstart.steps")
         warmStart.batch = c.int("warmstart.batch")

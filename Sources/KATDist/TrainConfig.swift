@@ -120,6 +120,8 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "rollout.turns", kind: .int(1...10_000), defaultValue: 1, help: "turns per episode"),
         ConfigKey(name: "rollout.branch_factor", kind: .int(1...1000), defaultValue: 1, help: "children per branch point"),
         ConfigKey(name: "rollout.branch_points", kind: .intList(1...1_000_000), defaultValue: [], help: "answer depths at which samples branch"),
+        ConfigKey(name: "rollout.partial", kind: .bool, defaultValue: true,
+                  help: "rollout ranks take new weights between decode steps of unfinished episodes (asynchronous mode)"),
         ConfigKey(name: "eval.every", kind: .int(0...100_000_000), defaultValue: 25, help: "evaluate every N steps, 0 = never"),
         ConfigKey(name: "eval.prompts", kind: .int(1...1_000_000), defaultValue: 200, help: "held-out prompts per evaluation"),
         ConfigKey(name: "eval.pass_at_k", kind: .bool, defaultValue: true,

@@ -198,6 +198,7 @@ final class TrainerLoop {
         // would wait on ranks that are not coming).
         try runPhases()
         for source in phases { try source.finish() }
+        for source in phases { notes += source.finishNotes }
         for n in notes { console.line(n) }
         if let directory { console.line(String(format: "done in %.0f s; report %@/report.html", runTime, directory.path as NSString)) }
     }
@@ -250,7 +251,15 @@ final class TrainerLoop {
                                    lr: source.schedule.learningRate(step: s), source: source, metrics: &m)
         version += stats.updates
         stepIndex += 1
-        if settings.run.logTrainedIDs { try directory?.appendTrainedIDs(step: stepIndex, ids: batch.trajectories.map(\.id)) }
+        if settings.run.logTrainedIDs {
+            let tokenVersions = batch.trajectories.map { t -> (oldest: Int, newest: Int)? in
+                let v = zip(t.versions ?? [], t.lossMask).filter { $0.1 == 1 && $0.0 >= 0 }.map(\.0)
+                guard let lo = v.min(), let hi = v.max() else { return nil }
+                return (lo, hi)
+            }
+            try directory?.appendTrainedIDs(step: stepIndex, ids: batch.trajectories.map(\.id), versionBefore: version - stats.updates,
+                                            tokenVersions: tokenVersions)
+        }
 
         m.step = stepIndex
         m.policyVersion = version

@@ -13,7 +13,16 @@ public struct RolloutConfig: Sendable {
     public var turns = 1
     public var branchFactor = 1
     public var branchPoints: [Int] = []
+    /// Partial rollouts: a rollout rank takes new weights between decode steps of an
+    /// unfinished episode (else only between groups). Acted on by the runtime.
+    public var partial = true
     public init() {}
+}
+
+/// A generation stopped mid-way by `Sampler.betweenSteps` (a rollout rank told to stop):
+/// the groups being generated are given up, their `episodes` counted as unfinished.
+public struct GenerationInterrupted: Error, Sendable {
+    public var episodes: Int
 }
 
 /// An episode's result for evaluation.
@@ -104,8 +113,14 @@ public final class RolloutWorker {
     /// Several groups at once: every prompt is prefilled once, and the first turns of all
     /// samples of all groups are decoded together, one cache call per token. Later turns
     /// continue each sample from its own cache rows.
+    /// - Throws: `GenerationInterrupted` when `sampler.betweenSteps` stopped a decoding
+    ///   (every episode of the requests is given up).
     public func rolloutGroups(_ requests: [GroupRequest]) throws -> [[Trajectory]] {
         sampler.cache.reset()
+        // The weights the prompts are prefilled with; partial rollouts may change them
+        // between decode steps (each token records its version).
+        sampler.version = requests.first?.policyVersion ?? sampler.version
+        let interrupted = GenerationInterrupted(episodes: requests.count * config.groupSize)
         // Every episode starts with its own reset, so that episodes never interleave on
         // an environment process: first each group's prompt, then each sample's episode.
         var prompts: [[Int32]?] = [], starts: [Sampler.GenerationStart] = []
@@ -131,6 +146,7 @@ public final class RolloutWorker {
         cfg.branchPoints = config.branchPoints
         cfg.branchFactor = config.branchFactor
         var leavesPerGroup = try sampler.generate(starts: starts, config: cfg)[...]
+        if sampler.unfinished > 0 { throw interrupted }
         var out: [[Trajectory]] = []
         for (g, req) in requests.enumerated() {
             guard let prompt = prompts[g] else { out.append([]); continue }
@@ -140,6 +156,7 @@ public final class RolloutWorker {
             for (k, leaf) in leaves.prefix(config.groupSize).enumerated() {
                 let seed = turnSeed.next()
                 guard let t = try episode({ try runEpisode(req, k: k, prompt: prompt, first: leaf, turnSeed: seed) }) else { continue }
+                if sampler.unfinished > 0 { throw interrupted }
                 group.append(t)
             }
             out.append(group)
@@ -157,12 +174,16 @@ public final class RolloutWorker {
         var lps = [Float](repeating: .nan, count: prompt.count)
         // Per position: the behaviour entropy where the mask is 1, NaN elsewhere.
         var ents = [Float](repeating: .nan, count: prompt.count)
+        // Per position: the policy version that sampled the token where the mask is 1, -1 elsewhere.
+        var versions = [Int](repeating: -1, count: prompt.count)
         var reward = 0.0
         var cont = leaf
         var turn = 0
         while true {
             turn += 1
-            for t in cont.tokens { tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy) }
+            for t in cont.tokens {
+                tokens.append(t.token); mask.append(1); lps.append(t.logprob); ents.append(t.entropy); versions.append(t.version)
+            }
             let reply = try env.step(action: tokenizer.actionText(cont.tokens.map(\.token)))
             reward += reply.reward
             if reply.done || turn >= config.turns { break }
@@ -174,15 +195,19 @@ public final class RolloutWorker {
             let (r2, l2) = try sampler.prefill(obs, parent: cont.lastRow)
             tokens += obs; mask += [UInt8](repeating: 0, count: obs.count); lps += [Float](repeating: .nan, count: obs.count)
             ents += [Float](repeating: .nan, count: obs.count)
-            cont = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
-                                        config: samplingConfig)[0][0]
+            versions += [Int](repeating: -1, count: obs.count)
+            let next = try sampler.generate(starts: [Sampler.GenerationStart(row: r2, logits: l2, streams: 1, seed: turnSeed.next())],
+                                            config: samplingConfig)
+            // Stopped mid-turn: the caller gives the episode up.
+            guard let c = next.first?.first, sampler.unfinished == 0 else { break }
+            cont = c
         }
         let answer = ents.indices.filter { mask[$0] == 1 }.map { ents[$0] }
         let h = answer.isEmpty ? 0 : Double(answer.reduce(0, +)) / Double(answer.count)
-        // Every token of the episode was sampled by the weights of `req.policyVersion`.
-        let versions = mask.map { $0 == 1 ? req.policyVersion : -1 }
+        // A trajectory's policy version is its oldest token's (its lag counts from there).
+        let oldest = versions.filter { $0 >= 0 }.min() ?? req.policyVersion
         return Trajectory(id: "\(req.idPrefix)-\(k)", group: req.groupID, tokens: tokens, lossMask: mask, logprobs: lps,
-                          reward: reward, entropy: h, policyVersion: req.policyVersion, versions: versions, entropies: ents,
+                          reward: reward, entropy: h, policyVersion: oldest, versions: versions, entropies: ents,
                           source: "rollout \(req.idPrefix)-\(k)")
     }
 

@@ -9,6 +9,37 @@ public struct SampledToken: Sendable, Equatable {
     public var logprob: Float
     /// Entropy of the full pi_tau at this position.
     public var entropy: Float
+    /// The policy version of the weights that sampled it (`Sampler.version` at the draw).
+    public var version: Int
+
+    public init(token: Int32, logprob: Float, entropy: Float, version: Int = 0) {
+        self.token = token; self.logprob = logprob; self.entropy = entropy; self.version = version
+    }
+}
+
+/// What a decoding continues with after a step (`Sampler.betweenSteps`).
+public enum DecodeAction: Sendable, Equatable {
+    /// The same weights.
+    case proceed
+    /// The model's weights were replaced (in place) by those of policy `version`: the
+    /// cache is recomputed with them before the next step.
+    case newWeights(version: Int)
+    /// Stop now: the unfinished samples are given up (`Sampler.unfinished` counts them).
+    case stop
+}
+
+/// One sample being decoded: the start it belongs to, its tokens so far (in the cache),
+/// the cache row of the last of them (the start's row before the first), its own random
+/// generator, and the token drawn next (sampled, not yet in the cache).
+public struct DecodingStream: Sendable {
+    public var origin: Int
+    public var tokens: [SampledToken]
+    public var last: Int32
+    public var rng: SplitMix64
+    public var next: SampledToken
+    public init(origin: Int, tokens: [SampledToken], last: Int32, rng: SplitMix64, next: SampledToken) {
+        self.origin = origin; self.tokens = tokens; self.last = last; self.rng = rng; self.next = next
+    }
 }
 
 public struct SamplingConfig: Sendable {
@@ -91,6 +122,16 @@ struct TileDraw {
 public final class Sampler {
     public let cache: KVCache
     public var rng: SplitMix64
+    /// The policy version of the model's weights, with which every cached row was
+    /// computed; each draw records it.
+    public var version = 0
+    /// Called after every decode step of `generate` (the last one included) with the steps
+    /// done so far in that call: partial rollouts take new weights mid-episode here, or
+    /// stop. Nil: decode to the end with the same weights.
+    public var betweenSteps: ((_ stepsDone: Int) -> DecodeAction)?
+    /// Samples the last `generate` gave up unfinished because `betweenSteps` said stop (0
+    /// when it ran to the end).
+    public private(set) var unfinished = 0
     /// Candidate indices of a top-p draw, reused.
     var nucleusScratch: [Int32] = []
 
@@ -198,10 +239,16 @@ public final class Sampler {
     /// seeded from its start's seed, so the result of a start does not depend on what else
     /// is generated beside it. Returns the continuations of each start.
     public func generate(starts: [GenerationStart], config: SamplingConfig) throws(ModelError) -> [[Continuation]] {
-        struct Stream { var origin: Int; var tokens: [SampledToken]; var last: Int32; var rng: SplitMix64; var next: SampledToken }
+        let r = try decode(streams(starts, config: config), origins: starts.count, config: config, betweenSteps: betweenSteps)
+        unfinished = r.stopped ? r.live.count : 0
+        return r.finished
+    }
+
+    /// The samples of `starts` with their first tokens drawn from the starts' logits.
+    public func streams(_ starts: [GenerationStart], config: SamplingConfig) -> [DecodingStream] {
         let v = cache.model.config.vocabSize
         let scale = 1 / config.temperature
-        var live: [Stream] = []
+        var live: [DecodingStream] = []
         for (k, st) in starts.enumerated() {
             var base = SplitMix64(seed: st.seed)
             let summary = st.logits.withUnsafeBufferPointer { b in b.baseAddress.map { SoftmaxSummary($0, count: v, scale: scale) } }
@@ -211,11 +258,40 @@ public final class Sampler {
                     b.baseAddress.map { Sampler.draw($0, count: v, scale: scale, summary: summary ?? SoftmaxSummary(), config: config,
                                                      rng: &r, scratch: &nucleusScratch) }
                 }
-                guard let first else { continue }
-                live.append(Stream(origin: k, tokens: [], last: st.row, rng: r, next: first))
+                guard var first else { continue }
+                first.version = version
+                live.append(DecodingStream(origin: k, tokens: [], last: st.row, rng: r, next: first))
             }
         }
-        var done = [[Continuation]](repeating: [], count: starts.count)
+        return live
+    }
+
+    /// Recomputes every cached row with the model's current weights: the rows are dropped
+    /// and appended again in one `KVCache.extend` call (one prefill) with the same tokens
+    /// and parents, so every row keeps its index, and each chain gets `reserveRows` free
+    /// slots after it so that samples continue contiguously.
+    public func recomputeCache(reserveRows: Int) throws(ModelError) {
+        let tokens = cache.tokens, parents = cache.parents
+        cache.reset()
+        cache.reserveRows = reserveRows
+        guard !tokens.isEmpty else { return }
+        try cache.extend(tokens: tokens, parents: parents, outputs: [], tiling: .vocabularyTiles) { _ in }
+    }
+
+    /// Decodes `streams` (of starts `0..<origins`) until each ends or `maxSteps` decode steps
+    /// were made. After every step (but the `maxSteps`-th) `betweenSteps` may install new weights (the cache is
+    /// then recomputed, `version` set, and later draws record the new version; the token
+    /// drawn before it keeps the old one, whose weights sampled it) or stop.
+    /// - Returns: the finished continuations of each start, the samples still unfinished
+    ///   (their state, to continue), and whether `betweenSteps` stopped the decoding.
+    public func decode(_ streams: [DecodingStream], origins: Int, config: SamplingConfig, maxSteps: Int = .max,
+                       betweenSteps: ((Int) -> DecodeAction)? = nil) throws(ModelError)
+        -> (finished: [[Continuation]], live: [DecodingStream], stopped: Bool) {
+        typealias Stream = DecodingStream
+        let scale = 1 / config.temperature
+        var live = streams
+        var steps = 0
+        var done = [[Continuation]](repeating: [], count: origins)
         let branchAt = Set(config.branchPoints)
         // Each chain keeps room for the rest of its sample, so its answer stays contiguous.
         cache.reserveRows = config.maxNewTokens
@@ -225,7 +301,7 @@ public final class Sampler {
         var drawStart: [Int] = [], drawRng: [SplitMix64] = [], summaries: [SoftmaxSummary] = []
         var picks: [TileDraw] = [], results: [SampledToken] = []
         var next: [Stream] = []
-        while !live.isEmpty {
+        while !live.isEmpty, steps < maxSteps {
             newTokens.removeAll(keepingCapacity: true); newParents.removeAll(keepingCapacity: true)
             outputs.removeAll(keepingCapacity: true); drawStart.removeAll(keepingCapacity: true); drawRng.removeAll(keepingCapacity: true)
             for k in live.indices {
@@ -255,8 +331,10 @@ public final class Sampler {
                     if tiling == .wholeRows {
                         let summary = SoftmaxSummary(z, count: w, scale: scale)
                         for d in drawStart[o]..<drawStart[o + 1] {
-                            results.append(Sampler.draw(z, count: w, scale: scale, summary: summary, config: config, rng: &drawRng[d],
-                                                        scratch: &nucleusScratch))
+                            var t = Sampler.draw(z, count: w, scale: scale, summary: summary, config: config, rng: &drawRng[d],
+                                                 scratch: &nucleusScratch)
+                            t.version = version
+                            results.append(t)
                         }
                         continue
                     }
@@ -272,7 +350,7 @@ public final class Sampler {
                 for (o, _) in outputs.enumerated() {
                     let lse = summaries[o].logSumExp, h = summaries[o].entropy
                     for d in drawStart[o]..<drawStart[o + 1] {
-                        results.append(SampledToken(token: Int32(picks[d].token), logprob: picks[d].logit - lse, entropy: h))
+                        results.append(SampledToken(token: Int32(picks[d].token), logprob: picks[d].logit - lse, entropy: h, version: version))
                     }
                 }
             }
@@ -294,7 +372,18 @@ public final class Sampler {
                 o += 1
             }
             swap(&live, &next)
+            steps += 1
+            // Also after the last step: later turns prefill from these rows with the
+            // weights the hook leaves in the model, so the cache must match them.
+            guard steps < maxSteps, let betweenSteps else { continue }
+            switch betweenSteps(steps) {
+            case .proceed: break
+            case let .newWeights(v):
+                try recomputeCache(reserveRows: config.maxNewTokens)
+                version = v
+            case .stop: return (done, live, true)
+            }
         }
-        return done
+        return (done, live, false)
     }
 }
