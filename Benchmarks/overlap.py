@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--bucket-mib", type=float, default=4.0, help="comm.bucket_mib")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kat-overlap-")
     tag = uuid.uuid4().hex[:6]
@@ -76,7 +77,7 @@ def main():
                    [KAT, "train", "--run-dir", rd, "--set", "ranks.trainers=2", "--set", f"data.trajectories={data}",
                     "--set", "advantage.estimator=given", "--set", f"steps={args.steps}", "--set", f"batch.trajectories={args.batch}",
                     "--set", "model.n_embd=256", "--set", f"model.n_layer={args.layers}", "--set", "model.n_head=4",
-                    "--set", "model.n_positions=256", "--set", f"comm.overlap={'true' if overlap else 'false'}",
+                    "--set", "model.n_positions=256", "--set", f"comm.overlap={'true' if overlap else 'false'}", "--set", f"comm.bucket_mib={args.bucket_mib}",
                     "--set", "check.flat_every=0"])
             envs = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
             r = subprocess.run(cmd, env=envs, capture_output=True, text=True, timeout=1800)
@@ -94,7 +95,8 @@ def main():
                 if best is None or t < best[0]:
                     results[name] = (t, ar)
         plain, over, none = results["plain"][0], results["overlap"][0], results["nocomm"][0]
-        print(f"# two hosts over veth, link {args.rate}, GPT-2 C=256 L={args.layers}, 2 trainers (one per host)")
+        print(f"# two hosts over veth, link {args.rate}, GPT-2 C=256 L={args.layers}, 2 trainers (one per host), "
+              f"buckets of {args.bucket_mib:g} MiB")
         print("run       median step s   exposed allreduce s")
         for name in ["plain", "overlap", "nocomm"]:
             print(f"{name:<10}{results[name][0]:>14.4f}{results[name][1]:>22.4f}")

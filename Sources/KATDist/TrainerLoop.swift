@@ -70,7 +70,8 @@ final class TrainerLoop {
         self.title = title
         faults = FaultInjection(worldRank: worldRank)
         if let mpi = collective as? MPICollective, mpi.size > 1 {
-            let stages = model.layout.layerRanges.map(\.lowerBound) + [model.layout.layerRanges.last?.upperBound ?? 0]
+            let stages = model.layout.layerRanges.map(\.lowerBound) + model.layout.mlpRanges.map(\.lowerBound)
+                + [model.layout.layerRanges.last?.upperBound ?? 0]
             reducer = GradientReducer(collective: mpi, grads: model.grads, boundaries: stages, bucketBytes: Int(settings.comm.bucketMiB * 1_048_576),
                                       overlap: settings.comm.overlap, sharded: settings.comm.shardOptimizer)
         } else {

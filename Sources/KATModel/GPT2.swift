@@ -195,13 +195,12 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     }
 
     /// Block `l`: `dresidual` holds d(residual3) on entry and d(block input) on exit.
-    func backwardLayer(_ l: Int) {
+    func backwardMLP(_ l: Int) {
         guard let batch = lastBatch, let a = acts else { return }
-        let n = batch.count, c = config.nEmbd, nh = config.nHead
+        let n = batch.count, c = config.nEmbd
         let p = params.pointer, g = grads.pointer
         let dres = a.dresidual.pointer
         let o = layout.layers[l]
-        let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2))))
         // Scratch gradients are written whole by their first producer (setInput), not zeroed.
         geluForward(a.fchGelu.pointer, a.fch[l].pointer, n * 4 * c) // recomputed, not stored per layer
@@ -211,6 +210,16 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
         matmulBackward(a.dln.pointer, g + o.fcw, g + o.fcb, a.dfch.pointer, a.ln2[l].pointer, p + o.fcw, n, c, 4 * c, setInput: true)
         layernormBackward(dres, g + o.ln2w, g + o.ln2b, a.dln.pointer, a.residual2[l].pointer, p + o.ln2w,
                           a.ln2Mean[l].pointer, a.ln2Rstd[l].pointer, n, c)
+    }
+
+    /// Block `l`'s attention half: d(residual2) on entry, d(block input) on exit.
+    func backwardAttention(_ l: Int) {
+        guard let batch = lastBatch, let a = acts else { return }
+        let n = batch.count, c = config.nEmbd, nh = config.nHead
+        let p = params.pointer, g = grads.pointer
+        let dres = a.dresidual.pointer
+        let o = layout.layers[l]
+        let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual2 = residual + c_proj(attn(c_attn(ln_1(residual))))
         matmulBackward(a.datty.pointer, g + o.attprojw, g + o.attprojb, dres, a.atty[l].pointer, p + o.attprojw, n, c, c,
                        setInput: true)

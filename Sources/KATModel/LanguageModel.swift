@@ -85,6 +85,9 @@ public protocol ParameterTable: Sendable {
     /// Each block's parameters: contiguous, blocks in order, after the embeddings and
     /// before the final norm (and an untied head).
     var layerRanges: [Range<Int>] { get }
+    /// The part of each block that backward fills first: its MLP with the norm before it,
+    /// a suffix of `layerRanges[l]`.
+    var mlpRanges: [Range<Int>] { get }
 }
 
 extension ParameterTable {
@@ -92,11 +95,13 @@ extension ParameterTable {
 
     /// The parameters whose gradient is complete for a micro-batch once backward stage
     /// `stage` has run: the final norm (and an untied head) after the head stage, a block's
-    /// after its stage, the embeddings (a tied head's too) only after the last stage.
+    /// MLP half after `.mlp`, the whole block after `.layer`, the embeddings (a tied head's
+    /// too) only after the last stage.
     public func gradientComplete(after stage: BackwardPass.Stage) -> Range<Int> {
         let tail = layerRanges.last?.upperBound ?? (tensors.last.map { $0.offset } ?? count)
         switch stage {
         case .head: return tail..<count
+        case let .mlp(l): return mlpRanges[l]
         case let .layer(l): return layerRanges[l]
         case .embeddings: return 0..<(layerRanges.first?.lowerBound ?? tail)
         }
@@ -164,18 +169,24 @@ protocol BackwardStages: AnyObject {
     var stageLayerCount: Int { get }
     /// Output head and final norm: leaves d(last residual) in the family's scratch.
     func backwardHead(_ dlogprobs: [Float])
-    /// Block `l`: d(block output) on entry, d(block input) on exit.
-    func backwardLayer(_ l: Int)
+    /// Block `l`'s MLP half (with the norm before it): d(block output) on entry, d(the
+    /// residual between the halves) on exit.
+    func backwardMLP(_ l: Int)
+    /// Block `l`'s attention half (with the norm before it): d(the residual between the
+    /// halves) on entry, d(block input) on exit.
+    func backwardAttention(_ l: Int)
     /// Token (and position) embeddings.
     func backwardEmbeddings()
 }
 
 /// A backward pass run one stage at a time: the output head (with the final norm), then
-/// each block from the last to the first, then the embeddings. After `.layer(l)` the
-/// gradients of block l's tensors are complete for this micro-batch; the token
-/// embedding's gradient is complete only after `.embeddings` (a tied head writes it first).
+/// each block from the last to the first in two halves (its MLP, `.mlp(l)`, then its
+/// attention, `.layer(l)`), then the embeddings. After `.mlp(l)` the gradients of block l's
+/// MLP half are complete for this micro-batch, after `.layer(l)` those of the whole block;
+/// the token embedding's gradient is complete only after `.embeddings` (a tied head writes
+/// it first). Halves let gradient buckets start sooner (`comm.overlap`).
 public final class BackwardPass {
-    public enum Stage: Equatable, Sendable { case head, layer(Int), embeddings }
+    public enum Stage: Equatable, Sendable { case head, mlp(Int), layer(Int), embeddings }
     let model: any BackwardStages
     let dlogprobs: [Float]
     /// The stage `step()` runs next; nil when the pass is done.
@@ -191,10 +202,13 @@ public final class BackwardPass {
         switch stage {
         case .head:
             model.backwardHead(dlogprobs)
-            next = layers > 0 ? .layer(layers - 1) : .embeddings
+            next = layers > 0 ? .mlp(layers - 1) : .embeddings
+        case let .mlp(l):
+            model.backwardMLP(l)
+            next = .layer(l)
         case let .layer(l):
-            model.backwardLayer(l)
-            next = l > 0 ? .layer(l - 1) : .embeddings
+            model.backwardAttention(l)
+            next = l > 0 ? .mlp(l - 1) : .embeddings
         case .embeddings:
             model.backwardEmbeddings()
             next = nil

@@ -194,13 +194,12 @@ public final class Llama: LanguageModel, @unchecked Sendable {
     }
 
     /// Block `l`: `dresidual` holds d(residual3) on entry and d(block input) on exit.
-    func backwardLayer(_ l: Int) {
+    func backwardMLP(_ l: Int) {
         guard let batch = lastBatch, let a = acts else { return }
-        let n = batch.count, c = config.nEmbd, f = config.intermediateSize, q = config.queryWidth, w3 = qkvWidth
+        let n = batch.count, c = config.nEmbd, f = config.intermediateSize
         let p = params.pointer, g = grads.pointer
         let dres = a.dresidual.pointer
         let o = layout.layers[l]
-        let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual3 = residual2 + down(silu(gate(norm2)) * up(norm2))
         // Scratch gradients are written whole by their first producer (setInput), not zeroed.
         swigluForward(a.act.pointer, a.gateUp[l].pointer, n, f) // recomputed, not stored per layer
@@ -209,6 +208,16 @@ public final class Llama: LanguageModel, @unchecked Sendable {
         linearBackward(a.dnorm.pointer, g + o.gateUpWeight, nil, a.dgateUp.pointer, a.norm2[l].pointer, p + o.gateUpWeight, n, c, 2 * f,
                        setInput: true)
         rmsnormBackward(dres, g + o.postNorm, a.dnorm.pointer, a.residual2[l].pointer, p + o.postNorm, a.rstd2[l].pointer, n, c)
+    }
+
+    /// Block `l`'s attention half: d(residual2) on entry, d(block input) on exit.
+    func backwardAttention(_ l: Int) {
+        guard let batch = lastBatch, let a = acts else { return }
+        let n = batch.count, c = config.nEmbd, q = config.queryWidth, w3 = qkvWidth
+        let p = params.pointer, g = grads.pointer
+        let dres = a.dresidual.pointer
+        let o = layout.layers[l]
+        let residual = l == 0 ? a.encoded.pointer : a.residual3[l - 1].pointer
         // residual2 = residual + o_proj(attn(rope(qkv(norm1))))
         linearBackward(a.datty.pointer, g + o.outputWeight, o.outputBias.map { g + $0 }, dres, a.atty[l].pointer, p + o.outputWeight,
                        n, q, c, setInput: true)

@@ -31,6 +31,10 @@ public struct LlamaLayout: ParameterTable {
     public var layerRanges: [Range<Int>] {
         layers.indices.map { l in layers[l].inputNorm..<(l + 1 < layers.count ? layers[l + 1].inputNorm : finalNorm) }
     }
+    /// post_attention_layernorm and the gate, up and down projections of each block.
+    public var mlpRanges: [Range<Int>] {
+        zip(layers, layerRanges).map { o, r in o.postNorm..<r.upperBound }
+    }
 
     public init(config: LlamaConfig) {
         let c = config.nEmbd, v = config.vocabSize, f = config.intermediateSize

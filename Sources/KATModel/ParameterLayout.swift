@@ -33,6 +33,10 @@ public struct ParameterLayout: ParameterTable {
     public var layerRanges: [Range<Int>] {
         layers.indices.map { l in layers[l].ln1w..<(l + 1 < layers.count ? layers[l + 1].ln1w : lnfw) }
     }
+    /// ln_2, mlp.c_fc and mlp.c_proj of each block.
+    public var mlpRanges: [Range<Int>] {
+        zip(layers, layerRanges).map { o, r in o.ln2w..<r.upperBound }
+    }
 
     public init(config: GPT2Config) {
         let c = config.nEmbd, v = config.vocabSize, p = config.nPositions
