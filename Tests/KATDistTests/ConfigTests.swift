@@ -53,6 +53,44 @@ final class ConfigTests: XCTestCase {
     }
 }
 
+final class EntropyVariantSettingsTests: XCTestCase {
+    /// A run's default settings turn every entropy variant off: the loss is the plain
+    /// PPO-clip of `PolicyLossConfig()`, whose off values `VariantsOffTests` checks bit for
+    /// bit against the loss as it was before the variants.
+    func testTheDefaultSettingsTurnEveryVariantOff() {
+        let loss = RunSettings(TrainConfig()).loss
+        XCTAssertEqual(loss, PolicyLossConfig())
+        XCTAssertEqual(loss.epsHigh, loss.epsLow, "no clip-higher")
+        XCTAssertFalse(loss.usesEntropyBonus, "no entropy bonus")
+        XCTAssertFalse(loss.selectsHighEntropyTokens, "every token contributes")
+        XCTAssertFalse(loss.usesKLCov, "no KL-Cov")
+        XCTAssertEqual(loss.offPolicy, .ppo)
+    }
+
+    /// Each variant's key sets its own term of the loss and no other: the ablation's arms
+    /// differ from the plain arm in exactly the variant they name.
+    func testEachVariantKeySetsItsOwnTerm() throws {
+        let cases: [(String, (inout PolicyLossConfig) -> Void)] = [
+            ("loss.eps_high=0.28", { $0.epsHigh = 0.28 }),
+            ("loss.eps_low=0.15", { $0.epsLow = 0.15 }),
+            ("advantage.entropy_bonus_beta=0.4", { $0.entropyBonusBeta = 0.4 }),
+            ("advantage.entropy_bonus_kappa=3", { $0.entropyBonusKappa = 3 }),
+            ("loss.entropy_token_frac=0.2", { $0.entropyTokenFrac = 0.2 }),
+            ("loss.kl_cov_frac=0.002", { $0.klCovFrac = 0.002 }),
+            ("loss.kl_cov_coef=0.5", { $0.klCovCoef = 0.5 }),
+            ("loss.off_policy=decoupled", { $0.offPolicy = .decoupled }),
+            ("loss.kl_coef=0.1", { $0.klCoef = 0.1 }),
+        ]
+        for (override, change) in cases {
+            var c = TrainConfig()
+            try c.apply(override: override)
+            var expected = PolicyLossConfig()
+            change(&expected)
+            XCTAssertEqual(RunSettings(c).loss, expected, override)
+        }
+    }
+}
+
 final class ModelFamilyConfigTests: XCTestCase {
     /// model.family picks the family of a random initialisation, with its shape keys.
     func testFamilyKeysGiveTheFamilysShape() throws {
