@@ -443,14 +443,31 @@ final class AsynchronousRollouts: BatchSource {
                                     generating: generating, started: t0)
             }
             if let generator {
-                // Multiplexing: make a group here instead of waiting.
+                // Multiplexing: make a group here instead of waiting. Between its decode
+                // steps the trainer keeps taking groups from its rollout ranks, and gives
+                // its own group up as soon as waiting would no longer be idle: with one
+                // trainer when the batch is there, with several (whose buffers it cannot
+                // see) when a group has arrived, so the batch is agreed on again.
                 let t = monotonicSeconds()
                 let name = "m\(collective.rank)-v\(version)-c\(sequence)"
-                let groups = try generator.generate(step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
-                                                    indices: [2_000_000 + collective.rank], version: version, names: [name])
-                for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
+                let before = buffer.groups.count
+                var pollError: (any Error)?
+                generator.worker.sampler.betweenSteps = { [unowned self] _ in
+                    do { try peers.poll() } catch { pollError = error; return .stop }
+                    let arrived = buffer.groups.count
+                    return (collective.size == 1 ? arrived >= prompts : arrived > before) ? .stop : .proceed
+                }
+                defer { generator.worker.sampler.betweenSteps = nil }
+                do {
+                    let groups = try generator.generate(step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
+                                                        indices: [2_000_000 + collective.rank], version: version, names: [name])
+                    for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
+                    buffer.counts.multiplexedGroups += 1
+                } catch is GenerationInterrupted {
+                    // Given up for the groups that came meanwhile.
+                }
+                if let pollError { throw pollError }
                 buffer.counts.episodes += generator.takeEpisodeCounts()
-                buffer.counts.multiplexedGroups += 1
                 sequence += 1
                 generating += monotonicSeconds() - t
             } else {
