@@ -217,7 +217,7 @@ def write(res, p, held, proj, out):
     add("    bash Benchmarks/scaling.sh --quick    # fewer repeats and sizes (under 10 minutes)\n")
     add(f"This page was written by `{run.get('command', 'bash Benchmarks/scaling.sh')}` on {run.get('date', '?')}: "
         f"{run.get('cpu', '?')}, {cores} cores, {run.get('blas', '')}; the suite took {run.get('seconds', '?')} s. "
-        f"The load average (other engineers' builds and tests shared the machine) was {f(run.get('load_min'), 1)} to "
+        f"The load average (other processes shared the machine) was {f(run.get('load_min'), 1)} to "
         f"{f(run.get('load_max'), 1)} (median {f(run.get('load_median'), 1)}) over the commands. The measurements are in "
         f"`Docs/scaling/measurements.json` (every command with its load, wall time and CPU use is listed there); "
         f"`python3 Benchmarks/scaling.py --from-raw Docs/scaling/measurements.json` fits the model and writes this page "
@@ -649,7 +649,7 @@ def write(res, p, held, proj, out):
     add("## What this does not measure\n")
     add("- More than one machine: hosts are network namespaces of one 2-core machine, so every rank of every host shares "
         "the same cores and memory; link rates are real (tbf), latencies are this machine's TCP stack's.\n"
-        "- Partial rollouts: not measured yet (this build has no `rollout.partial`; see the rollout section).\n"
+        "- Partial rollouts at scale: the rollout table measures them on and off on this machine, where episodes rarely span a weight update; the projections do not use them, since no measurement calibrates their cost there.\n"
         "- Node memory bandwidth at scale (assumed in the projections), and OpenBLAS threads inside a rank (the projections "
         "use one rank per core, as the measurements do).\n")
     with open(os.path.join(out, "scaling.md"), "w") as fh:
