@@ -13,9 +13,13 @@ import KATTrie
 /// The value of `--name` as a list of integers separated by commas, or `def`.
 func listOption(_ name: String, _ def: [Int]) -> [Int] {
     let a = CommandLine.arguments
-    guard let i = a.firstIndex(of: "--" + name), i + 1 < a.count else { return def }
-    let v = a[i + 1].split(separator: ",").compactMap { Int($0) }
-    return v.isEmpty ? def : v
+    guard let i = a.firstIndex(of: "--" + name) else { return def }
+    let words = i + 1 < a.count ? a[i + 1].split(separator: ",", omittingEmptySubsequences: false) : []
+    let v = words.compactMap { Int($0) }
+    guard !v.isEmpty, v.count == words.count, v.allSatisfy({ $0 >= 1 }) else {
+        fail("--\(name) needs whole numbers of at least 1 separated by commas")
+    }
+    return v
 }
 
 // MARK: - Kernel rate

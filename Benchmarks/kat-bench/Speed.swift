@@ -10,10 +10,13 @@ import KATTrie
 // shapes through PyTorch/transformers beside them.
 
 /// The value of `--name` as a string, or `def`.
+/// The word after `--name`, or `def` when the option is not given; exits 2 when the
+/// option is given without a value.
 func stringOption(_ name: String, _ def: String) -> String {
     let a = CommandLine.arguments
-    if let i = a.firstIndex(of: "--" + name), i + 1 < a.count { return a[i + 1] }
-    return def
+    guard let i = a.firstIndex(of: "--" + name) else { return def }
+    guard i + 1 < a.count, !a[i + 1].hasPrefix("--") else { fail("--\(name) needs a value") }
+    return a[i + 1]
 }
 
 func fail(_ message: String) -> Never {
@@ -159,6 +162,7 @@ func samplerBenchmark() throws {
     let promptLen = option("prompt", 64), newTokens = option("new", 64), group = option("group", 8)
     let reps = option("repeat", size == .small ? 3 : 2)
     let only = stringOption("only", "both")
+    guard ["both", "shared", "unshared"].contains(only) else { fail("--only must be shared or unshared, got '\(only)'") }
     let cfg = shapeConfig(family, size, positions: max(512, promptLen + newTokens + 1), smallWidth: 128)
     let model = try cfg.makeModel()
     model.initialize(seed: 1)

@@ -9,38 +9,44 @@ import KATRL
 // kat-bench: kat-dist's benchmarks. Each prints ratios measured within one run, so a
 // noisy machine affects both sides alike. Times are the thread's CPU time (see `now`).
 //
-//   mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
-//       checks an in-place float allreduce exactly and measures its bus bandwidth
-//       against point-to-point bandwidth between ranks 0 and 1 in the same run.
-//   mpirun -np N kat-bench allreduce --sweep [--min-kib 4] [--max-mib 16] [--repeat 5]
-//       allreduce time, bus bandwidth and one-way point-to-point time at each message size.
-//   mpirun -np N kat-bench weightsync [--mib 16] [--repeat 5]
-//       time for new weights to reach every rank through the tree of node leaders and
-//       each node's shared memory (rank 0 plays trainer 0).
-//   kat-bench compute [--widths 128,256] [--repeat 2]
-//       forward+backward time of linear-, attention- and head-heavy batches with their FLOPs
-//       split by part, and the FLOPs of the trie benchmark's batches (Scaling.swift).
-//   kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
-//       W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
-//       (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
-//   kat-bench sampler [--size small|124m|0.5b] [--family F] [--prompt 64] [--new 64] [--group 8] [--only shared|unshared]
-//       batched decoding: generated tokens/s with the group's prompt cache shared and with a
-//       copy per sample, each beside its sgemm bound (forward FLOPs at the sgemm rate).
-//   kat-bench model [--size small|124m|0.5b] [--family F] [--seqs 32] [--len 320] [--repeat 3]
-//       forward+backward on packed flat sequences, one process, against single-thread sgemm
-//       1024^3 measured in the same run. small: C=256 L=4 NH=4 V=260 (llama, qwen2: 2
-//       key-value heads, F=704; GPT-2's beside them); 124m: GPT-2 124M; 0.5b: Qwen2.5-0.5B's shape.
-//   kat-bench group [--size 124m] [--family F] [--prompts 2] [--samples 8] [--prompt-len 128]
-//                   [--answer-len 32] [--repeat 3] [--memory trie|flat]
-//       a GRPO-shaped update flat and as a trie (forward, policy loss, backward), FLOP and
-//       time ratios; --memory: one whole SGD training step alone, and its peak memory.
-//   kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
-//   kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
-//   kat-bench init-model DIR                a small seeded random GPT-2 model directory
-//   kat-bench explore-kinds MODEL_DIR       the explore task's held-out prompts solved, by kind
-//   kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
-//       arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
-//       final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
+//   (the benchmarks and their options: `usage` below, printed by `kat-bench --help`)
+
+/// What `kat-bench --help` prints: every benchmark and its options.
+let usage = """
+usage: kat-bench BENCHMARK [OPTIONS]
+      mpirun -np N kat-bench allreduce [--mib 64] [--chunk ELEMENTS] [--fail-rank R]
+          checks an in-place float allreduce exactly and measures its bus bandwidth
+          against point-to-point bandwidth between ranks 0 and 1 in the same run.
+      mpirun -np N kat-bench allreduce --sweep [--min-kib 4] [--max-mib 16] [--repeat 5]
+          allreduce time, bus bandwidth and one-way point-to-point time at each message size.
+      mpirun -np N kat-bench weightsync [--mib 16] [--repeat 5]
+          time for new weights to reach every rank through the tree of node leaders and
+          each node's shared memory (rank 0 plays trainer 0).
+      kat-bench compute [--widths 128,256] [--repeat 2]
+          forward+backward time of linear-, attention- and head-heavy batches with their FLOPs
+          split by part, and the FLOPs of the trie benchmark's batches (Scaling.swift).
+      kat-bench trie [--family gpt2|llama|qwen2] [--scale 1] [--repeat 2] | kat-bench trie --memory
+          W1 groups, W2 agentic multi-turn, W3 tree search: flat vs trie forward+backward
+          (C=256 L=4 NH=4 V=260), FLOP ratio and measured step-time ratio in one run.
+      kat-bench sampler [--size small|124m|0.5b] [--family F] [--prompt 64] [--new 64] [--group 8] [--only shared|unshared]
+          batched decoding: generated tokens/s with the group's prompt cache shared and with a
+          copy per sample, each beside its sgemm bound (forward FLOPs at the sgemm rate).
+      kat-bench model [--size small|124m|0.5b] [--family F] [--seqs 32] [--len 320] [--repeat 3]
+          forward+backward on packed flat sequences, one process, against single-thread sgemm
+          1024^3 measured in the same run. small: C=256 L=4 NH=4 V=260 (llama, qwen2: 2
+          key-value heads, F=704; GPT-2's beside them); 124m: GPT-2 124M; 0.5b: Qwen2.5-0.5B's shape.
+      kat-bench group [--size 124m] [--family F] [--prompts 2] [--samples 8] [--prompt-len 128]
+                      [--answer-len 32] [--repeat 3] [--memory trie|flat]
+          a GRPO-shaped update flat and as a trie (forward, policy loss, backward), FLOP and
+          time ratios; --memory: one whole SGD training step alone, and its peak memory.
+      kat-bench curve RUN OUT.svg [TITLE]     the README's learning-curve figure of a run
+      kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
+      kat-bench init-model DIR                a small seeded random GPT-2 model directory
+      kat-bench explore-kinds MODEL_DIR       the explore task's held-out prompts solved, by kind
+      kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
+          arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
+          final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
+"""
 
 BLASRuntime.reexecWithBetterKernelIfNeeded()
 
@@ -61,10 +67,16 @@ func peakRSSBytes() -> Int {
     return Int(ru.ru_maxrss) * 1024
 }
 
-func option(_ name: String, _ def: Int) -> Int {
+/// The whole number after `--name`, or `def` when the option is not given.
+/// Exits 2 naming the option when its value is missing, not a whole number, or below `min`.
+func option(_ name: String, _ def: Int, min: Int = 1) -> Int {
     let a = CommandLine.arguments
-    if let i = a.firstIndex(of: "--" + name), i + 1 < a.count, let v = Int(a[i + 1]) { return v }
-    return def
+    guard let i = a.firstIndex(of: "--" + name) else { return def }
+    guard i + 1 < a.count, let v = Int(a[i + 1]) else {
+        fail("--\(name) needs a whole number" + (i + 1 < a.count ? ", got '\(a[i + 1])'" : ""))
+    }
+    guard v >= min else { fail("--\(name) must be at least \(min), got \(v)") }
+    return v
 }
 
 /// Best-of-`reps` single-thread sgemm GFLOP/s at n x n x n, each measurement 8 products in
@@ -107,7 +119,7 @@ func allreduceBenchmark() throws {
     defer { comm.finalize() }
     let count = option("mib", 64) * 262_144
     MPICollective.maxChunk = option("chunk", MPICollective.maxChunk)
-    if option("fail-rank", -1) == comm.rank { comm.abort("failing on purpose (--fail-rank)") }
+    if option("fail-rank", -1, min: 0) == comm.rank { comm.abort("failing on purpose (--fail-rank)") }
     let buf = FloatBuffer(count: count)
     // Small integers are exact in float, so the sum can be checked exactly.
     func fill() { for i in 0..<count { buf[i] = Float((i &* 7 &+ comm.rank) % 1000) } }
@@ -232,6 +244,14 @@ func trieBenchmark() throws {
 }
 
 let cmd = CommandLine.arguments.dropFirst().first ?? "model"
+if ["--help", "-h", "help"].contains(cmd) || CommandLine.arguments.contains("--help") {
+    print(usage)
+    exit(0)
+}
+if let joined = CommandLine.arguments.first(where: { $0.hasPrefix("--") && $0.contains("=") }) {
+    let parts = joined.split(separator: "=", maxSplits: 1)
+    fail("write options as '\(parts[0]) \(parts.count > 1 ? parts[1] : "")', not '\(joined)'")
+}
 do {
     switch cmd {
     case "model": try modelBenchmark()

@@ -63,6 +63,22 @@ struct Liveness {
         return true
     }
 
+    /// One round of heartbeats: takes every heartbeat `source` sent (tag `receiving`),
+    /// sends ours to `target` (tag `sending`) when one is due and the last has gone, then
+    /// checks the watchdog.
+    /// - Throws: `RunError.silentRank` naming a peer silent too long.
+    mutating func exchange(over c: MPICollective, from source: Int, receiving: Int, to target: Int, sending: Int,
+                           beat: inout MPICollective.PendingSend?) throws {
+        while try c.probe(source: source, tag: receiving) != nil {
+            _ = try c.receive(from: source, tag: receiving)
+            heard(source)
+        }
+        if beatDue(), try beat.map({ try c.test($0) }) ?? true {
+            beat = try c.isend([], to: target, tag: sending)
+        }
+        try check()
+    }
+
     /// Throws for the first peer silent longer than the watchdog.
     mutating func check() throws {
         let now = monotonicSeconds()
@@ -267,9 +283,11 @@ final class WeightPublisher {
     /// Publishes the weights of `version` under the next publication number; when no
     /// slot is free it is kept pending (a newer publication replaces it).
     /// - Returns: the bytes this rank sent for it (one message per tree child).
-    /// - Parameter trainerGroups: groups the trainers generated themselves so far.
-    func publish(_ params: FloatBuffer, version: Int, trainerGroups: Int) throws -> Int {
-        pending = Publication(version: version, number: nextPublication, trainerGroups: trainerGroups)
+    /// - Parameters:
+    ///   - trainerGroups: groups the trainers generated themselves so far.
+    ///   - restoredGroups: groups taken back from the checkpoint this run resumed.
+    func publish(_ params: FloatBuffer, version: Int, trainerGroups: Int, restoredGroups: Int) throws -> Int {
+        pending = Publication(version: version, number: nextPublication, trainerGroups: trainerGroups, restoredGroups: restoredGroups)
         nextPublication += 1
         return try retry(params)
     }
@@ -311,14 +329,7 @@ final class TrainerRing {
     }
 
     func poll() throws {
-        while try trainers.probe(source: previous, tag: Tag.ringHeartbeat) != nil {
-            _ = try trainers.receive(from: previous, tag: Tag.ringHeartbeat)
-            liveness.heard(previous)
-        }
-        if liveness.beatDue(), try beat.map({ try trainers.test($0) }) ?? true {
-            beat = try trainers.isend([], to: next, tag: Tag.ringHeartbeat)
-        }
-        try liveness.check()
+        try liveness.exchange(over: trainers, from: previous, receiving: Tag.ringHeartbeat, to: next, sending: Tag.ringHeartbeat, beat: &beat)
     }
 }
 
@@ -387,7 +398,13 @@ final class AsynchronousRollouts: BatchSource {
     /// The buffer of a trainer that is home to no rollout rank (its multiplexed groups).
     var localBuffer = RolloutBuffer(capacity: Int.max)
 
-    func begin(version: Int) throws { _ = try peers.publisher?.publish(model.params, version: version, trainerGroups: trainerGroups) }
+    /// Groups trainer 0 took back from the checkpoint (published with the weights, so that
+    /// rollout ranks leave room for them under admission control).
+    var restoredGroups = 0
+
+    func begin(version: Int) throws {
+        _ = try peers.publisher?.publish(model.params, version: version, trainerGroups: trainerGroups, restoredGroups: restoredGroups)
+    }
 
     /// One trainer's view of its buffer, as exchanged to agree on a batch.
     struct Offer {
@@ -523,7 +540,7 @@ final class AsynchronousRollouts: BatchSource {
     /// control.
     func stepDone(version: Int, updated: Bool) throws -> Int {
         guard let publisher = peers.publisher else { return 0 }
-        return try publisher.publish(model.params, version: version, trainerGroups: trainerGroups)
+        return try publisher.publish(model.params, version: version, trainerGroups: trainerGroups, restoredGroups: restoredGroups)
     }
 
     func prepareCheckpoint() throws {
@@ -544,6 +561,7 @@ final class AsynchronousRollouts: BatchSource {
         guard collective.rank == 0 else { return }
         for (k, g) in try BufferedRollouts.load(state: state, directory: directory).enumerated() {
             buffer.append(g, source: -1, sequence: k)
+            restoredGroups += 1
         }
         buffer.counts = BatchCounts()
     }
@@ -656,6 +674,8 @@ final class RolloutRankLoop {
     var version = -1
     var publication = -1
     var trainerGroups = 0
+    /// Groups the trainers restored from the checkpoint (from the publication).
+    var restoredGroups = 0
     var liveness: Liveness
     var beat: MPICollective.PendingSend?
 
@@ -663,14 +683,7 @@ final class RolloutRankLoop {
     /// heard from within the watchdog.
     /// - Throws: `RunError.silentRank` naming the home trainer when it was silent too long.
     func keepAlive() throws {
-        while try world.probe(source: home, tag: Tag.trainerHeartbeat) != nil {
-            _ = try world.receive(from: home, tag: Tag.trainerHeartbeat)
-            liveness.heard(home)
-        }
-        if liveness.beatDue(), try beat.map({ try world.test($0) }) ?? true {
-            beat = try world.isend([], to: home, tag: Tag.rolloutHeartbeat)
-        }
-        try liveness.check()
+        try liveness.exchange(over: world, from: home, receiving: Tag.trainerHeartbeat, to: home, sending: Tag.rolloutHeartbeat, beat: &beat)
     }
 
     /// A leader receives every weights message from its parent, into a free node slot
@@ -729,6 +742,7 @@ final class RolloutRankLoop {
         version = header.version
         publication = header.number
         trainerGroups = header.trainerGroups
+        restoredGroups = header.restoredGroups
         trace?.install(header, midEpisode: decoding)
     }
 
@@ -809,7 +823,7 @@ final class RolloutRankLoop {
                 if firstVersion < 0 { firstVersion = version; firstPublication = publication; firstTrainerGroups = trainerGroups }
                 let allowed = !admission ? started + perBatch
                     : Self.admitted(publications: publication - firstPublication, stepsAhead: stepsAhead, prompts: prompts,
-                                    trainerGroups: trainerGroups - firstTrainerGroups,
+                                    trainerGroups: trainerGroups - firstTrainerGroups + restoredGroups,
                                     rank: world.rank - (world.size - rolloutRanks), of: rolloutRanks)
                 if started >= allowed {
                     // Admission control: wait for newer weights rather than make groups

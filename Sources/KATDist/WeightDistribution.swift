@@ -49,6 +49,9 @@ struct Publication: Equatable {
     var number: Int
     /// Groups the trainers had generated themselves (multiplexing) by then.
     var trainerGroups: Int
+    /// Groups the trainers took back from the checkpoint this run segment resumed (they
+    /// count against the admission bound like groups started in it).
+    var restoredGroups = 0
 }
 
 /// The weights of one node in shared memory: three slots of the model's size, each a
@@ -101,6 +104,8 @@ final class NodeWeights {
     static func publication(ofMessage m: UnsafeRawPointer) -> Int { Int(m.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
     /// Groups the trainers had generated themselves (multiplexing) when slot `k` was published.
     func trainerGroups(_ k: Int) -> Int { Int(message(k).loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
+    /// Groups restored from the checkpoint, as slot `k`'s publication says.
+    func restoredGroups(_ k: Int) -> Int { Int(message(k).loadUnaligned(fromByteOffset: 24, as: UInt64.self)) }
 
     var newest: Int? {
         let n = Int(kat_atomic_load(newestWord))
@@ -136,6 +141,7 @@ final class NodeWeights {
         message(k).storeBytes(of: UInt64(header.version), as: UInt64.self)
         message(k).storeBytes(of: UInt64(header.number), toByteOffset: 8, as: UInt64.self)
         message(k).storeBytes(of: UInt64(header.trainerGroups), toByteOffset: 16, as: UInt64.self)
+        message(k).storeBytes(of: UInt64(header.restoredGroups), toByteOffset: 24, as: UInt64.self)
         parameters(k).update(from: params, count: floats)
         finishWrite(k)
         return k
@@ -151,7 +157,8 @@ final class NodeWeights {
             kat_atomic_add(readers(n), 1)
             if kat_atomic_load(seq(n)) % 2 == 0, self.newest == n {
                 let p = self.publication(n)
-                if p > publication { return (n, Publication(version: self.version(n), number: p, trainerGroups: trainerGroups(n))) }
+                if p > publication { return (n, Publication(version: self.version(n), number: p, trainerGroups: trainerGroups(n),
+                                                     restoredGroups: restoredGroups(n))) }
                 unpin(n)
                 return nil
             }

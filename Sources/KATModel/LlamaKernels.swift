@@ -119,6 +119,23 @@ func rotaryForward(_ x: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: I
 
 /// The same from a pointer to the N positions.
 func rotaryForward(_ x: FPtr, _ positions: UnsafePointer<Int32>, _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
+    rotate(x, positions, table, n, stride, heads, hs, sinSign: 1)
+}
+
+/// The transpose of `rotaryForward` (its inverse: a rotation), in place on the gradient:
+/// (da, db) -> (da cos + db sin, db cos - da sin).
+func rotaryBackward(_ dx: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
+    positions.withUnsafeBufferPointer { pos in
+        guard let p = pos.baseAddress else { return }
+        rotate(dx, p, table, n, stride, heads, hs, sinSign: -1)
+    }
+}
+
+/// Rotates each pair (i, i + hs/2) of the first `heads` heads of each row by its position's
+/// angle, forwards (`sinSign` 1) or backwards (-1): (a, b) -> (a cos - s b, b cos + s a),
+/// s = sinSign x sin.
+private func rotate(_ x: FPtr, _ positions: UnsafePointer<Int32>, _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int,
+                    sinSign: Float) {
     let half = hs / 2
     table.cos.withUnsafeBufferPointer { cosT in
         table.sin.withUnsafeBufferPointer { sinT in
@@ -127,32 +144,10 @@ func rotaryForward(_ x: FPtr, _ positions: UnsafePointer<Int32>, _ table: Rotary
                 for h in 0..<heads {
                     let v = x + r * stride + h * hs
                     for i in 0..<half {
-                        let c = cosT[t + i], s = sinT[t + i]
+                        let c = cosT[t + i], s = sinSign * sinT[t + i]
                         let a = v[i], b = v[i + half]
                         v[i] = a * c - b * s
                         v[i + half] = b * c + a * s
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The transpose of `rotaryForward` (its inverse: a rotation), in place on the gradient:
-/// (da, db) -> (da cos + db sin, db cos - da sin).
-func rotaryBackward(_ dx: FPtr, _ positions: [Int32], _ table: RotaryTable, _ n: Int, _ stride: Int, _ heads: Int, _ hs: Int) {
-    let half = hs / 2
-    table.cos.withUnsafeBufferPointer { cosT in
-        table.sin.withUnsafeBufferPointer { sinT in
-            for r in 0..<n {
-                let t = Int(positions[r]) * half
-                for h in 0..<heads {
-                    let v = dx + r * stride + h * hs
-                    for i in 0..<half {
-                        let c = cosT[t + i], s = sinT[t + i]
-                        let a = v[i], b = v[i + half]
-                        v[i] = a * c + b * s
-                        v[i + half] = b * c - a * s
                     }
                 }
             }

@@ -121,6 +121,39 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
         if dropped == 0 { XCTAssertTrue(lost.isEmpty, "\(lost) neither trained nor dropped") }
     }
 
+    /// Admission control counts the groups a resumed run took back from its checkpoint:
+    /// rollout ranks leave room for them, so that no group made after the resume is dropped
+    /// as stale; only restored ones may be, when they were old already. (Counting only the
+    /// groups started after the resume let the rollout ranks fill the buffer again on top
+    /// of the restored ones, and a whole batch of new groups went stale.)
+    func testAResumedRunLeavesRoomForItsRestoredGroups() throws {
+        let run = dir + "/run"
+        let env = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path
+        let args = [katDist(), "train", "--run-dir", run, "--set", "model.n_embd=64", "--set", "model.n_layer=2", "--set", "model.n_head=2",
+                    "--set", "warmstart.steps=0", "--set", "eval.every=0", "--set", "steps=12", "--set", "batch.prompts=2",
+                    "--set", "rollout.group_size=8", "--set", "rollout.max_new_tokens=8", "--set", "rollout.turns=3",
+                    "--set", "data.env_command=python3 \(env)", "--set", "loss.off_policy=decoupled", "--set", "optimizer.lr=0.01",
+                    "--set", "checkpoint.every=1", "--set", "ranks.multiplex=false", "--set", "loss.ppo_epochs=4",
+                    "--set", "log.trained_ids=true", "--set", "checkpoint.keep=20"]
+        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "6:0"]).code, 0, "killed at step 6")
+        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240)
+        XCTAssertEqual(r.code, 0, r.output)
+        let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
+        XCTAssertEqual(rl.last?["step"]?.intValue, 12)
+        // The checkpoint the run resumed from, and its buffered trajectories.
+        let from = try XCTUnwrap(r.output.range(of: #"resumed at step (\d+)"#, options: .regularExpression).map {
+            Int(r.output[$0].split(separator: " ").last ?? "") }, r.output)
+        let step = try XCTUnwrap(from)
+        let buffered = Set(try state(run + "/checkpoints/" + String(format: "step-%06d", step))["buffered_ids"]?.arrayValue?
+            .compactMap(\.stringValue) ?? [])
+        let trainedAfter = Set(try jsonLines(run + "/trained_ids.jsonl").filter { ($0["step"]?.intValue ?? 0) > step }
+            .flatMap { $0["ids"]?.arrayValue?.compactMap(\.stringValue) ?? [] })
+        // Only restored trajectories may go stale (they may be old already); none made after.
+        let dropped = rl.filter { ($0["step"]?.intValue ?? 0) > step }.compactMap { $0["dropped_stale"]?.intValue }.reduce(0, +)
+        XCTAssertEqual(dropped, buffered.subtracting(trainedAfter).count,
+                       "dropped as stale after step \(step): \(rl.map { $0["dropped_stale"]?.intValue ?? -1 }), restored \(buffered.count)")
+    }
+
     /// The lag of each trajectory of a trained_ids.jsonl line (the version before the step
     /// minus its oldest token's version), checked against the bound on every token, and how
     /// many trajectories hold several versions.
