@@ -195,6 +195,9 @@ public struct LlamaConfig: ModelConfiguration, Equatable {
             }
             if let t = try number(v["rope_theta"], key + ".rope_theta") { theta = t }
         }
+        if let f = try number(d["partial_rotary_factor"], "partial_rotary_factor"), f != 1 {
+            throw bad("partial_rotary_factor", "only a rotary embedding over the whole head (1) is supported, got \(f)")
+        }
         if let v = d["use_sliding_window"], v != .bool(false), !v.isNull {
             throw bad("use_sliding_window", "sliding-window attention is not supported; only false is")
         }

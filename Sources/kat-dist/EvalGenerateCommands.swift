@@ -62,6 +62,9 @@ enum EvalCommand {
         let maxNew = try a.int("max-new-tokens", command: "eval", range: 1...100_000) ?? 16
         let model = try loadModelOption(a, command: "eval")
         let tokenizer = try loadTokenizerOption(a, model: model, command: "eval")
+        guard maxNew * turns < model.config.nPositions else {
+            throw UsageError(description: "kat-dist eval: --max-new-tokens (\(maxNew)) x --turns (\(turns)) leaves no room for a prompt in the model's n_positions (\(model.config.nPositions))")
+        }
         var rc = RolloutConfig()
         rc.turns = turns; rc.maxNewTokens = maxNew
         let worker = RolloutWorker(model: model, seed: 1, config: rc, tokenizer: tokenizer) { task.makeEnvironment(maxTurns: turns) }

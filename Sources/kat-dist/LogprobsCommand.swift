@@ -22,7 +22,7 @@ enum LogprobsCommand {
     distribution; index 0 is null. Masks and other fields of the input are ignored.
 
     Options:
-      --model DIR        Hugging Face GPT-2 model directory (config.json, model.safetensors);
+      --model DIR        Hugging Face model directory of GPT-2, Llama or Qwen2 (config.json, model.safetensors);
                          a checkpoint, RUN/checkpoints/latest or a run directory work too
       --input FILE       trajectories, JSON Lines with "id" and "tokens" (Docs/formats.md)
       --output FILE      where to write (default: standard output); written whole or not at all

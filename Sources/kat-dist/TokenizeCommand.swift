@@ -1,4 +1,5 @@
 import Foundation
+import KATDist
 import KATEnv
 import KATSupport
 
@@ -14,7 +15,8 @@ enum TokenizeCommand {
     --decode, maps {"tokens": [...]} to {"text": "..."}.
 
     Options:
-      --model DIR              model directory (a checkpoint works): its tokenizer files and
+      --model DIR              model directory (a checkpoint, a run directory or its latest
+                               file work): its tokenizer files and
                                config.json (vocab_size, special ids)
       --input FILE             JSON Lines
       --output FILE            where to write (default: standard output); written whole or not at all
@@ -28,7 +30,10 @@ enum TokenizeCommand {
                      OptionSpec(name: "skip-special-tokens", takesValue: false)]
         let a = try ParsedArguments.parse(args, specs: specs, command: "tokenize")
         if a.has("help") { print(usage); return }
-        let dir = try a.required("model", command: "tokenize")
+        let given = try a.required("model", command: "tokenize")
+        // A run directory or a `latest` file stands for its newest checkpoint, as everywhere.
+        let dir: String
+        do { dir = try Checkpoint.resolveModelDirectory(given) } catch { throw CommandFailure(description: "\(error)") }
         let input = try a.required("input", command: "tokenize")
         let decode = a.has("decode")
         if a.has("skip-special-tokens") && !decode {

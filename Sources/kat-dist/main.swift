@@ -19,7 +19,7 @@ BLASRuntime.reexecWithBetterKernelIfNeeded()
 let version = "0.1.0"
 
 let mainUsage = """
-kat-dist \(version): reinforcement learning for GPT-2 language models on trie-packed trajectories
+kat-dist \(version): reinforcement learning for GPT-2, Llama and Qwen2 language models on trie-packed trajectories
 
 Usage:
   kat-dist train    [--config FILE] [--set key=value ...] [--run-dir DIR] [--resume auto|PATH]

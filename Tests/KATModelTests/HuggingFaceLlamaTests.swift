@@ -111,6 +111,7 @@ final class LlamaConfigTests: XCTestCase {
             (#"{"model_type":"llama","rope_parameters":{"rope_type":"yarn","rope_theta":10000.0},"#, "rope_parameters"),
             (#"{"model_type":"qwen2","use_sliding_window":true,"#, "use_sliding_window"),
             (#"{"model_type":"qwen2","layer_types":["full_attention","sliding_attention"],"#, "layer_types"),
+            (#"{"model_type":"llama","partial_rotary_factor":0.5,"#, "partial_rotary_factor"),
             (#"{"model_type":"llama","hidden_act":"gelu","#, "hidden_act"),
             (#"{"model_type":"llama","mlp_bias":true,"#, "mlp_bias"),
             (#"{"model_type":"llama","attention_dropout":0.1,"#, "attention_dropout"),
