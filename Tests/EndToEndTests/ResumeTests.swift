@@ -118,9 +118,12 @@ final class ResumeTests: TemporaryDirectoryTestCase {
     }
 
     /// Killing any rank ends the whole job within seconds, with a message, never a hang.
+    /// Without multiplexing the trainer needs the rollout rank's groups (16 in 4 batches),
+    /// so the rollout rank surely reaches its second batch, where it is killed.
     func testADeadRankEndsTheJob() throws {
         for kill in ["2:1", "6:0"] {
-            let r = try mpirun(2, [katDist(), "train", "--run-dir", dir + "/dead\(kill.prefix(1))", "--set", "ranks.trainers=1"] + tinyRun,
+            let r = try mpirun(2, [katDist(), "train", "--run-dir", dir + "/dead\(kill.prefix(1))", "--set", "ranks.trainers=1",
+                                   "--set", "ranks.multiplex=false"] + tinyRun,
                                timeout: 120, env: ["KAT_FAULT_KILL_AT": kill])
             XCTAssertNotEqual(r.code, 0)
             XCTAssertTrue(r.output.contains("exited on signal 9"), r.output)
