@@ -194,6 +194,7 @@ final class RolloutLink {
                 for g in message.groups { buffer.append(g, source: m.source, sequence: message.trailer.sequence) }
                 buffer.counts.episodes += message.trailer.episodes
                 buffer.counts.throttledMicros += message.trailer.throttledMicros
+                buffer.counts.backpressureMicros += message.trailer.backpressureMicros
             } catch {
                 throw RunError.badMessage(rank: m.source, reason: "\(error)")
             }
@@ -384,6 +385,8 @@ final class AsynchronousRollouts: BatchSource {
         self.generator = generator
         prompts = settings.prompts
         maxStaleness = settings.ranks.maxStaleness
+        partial = settings.rollout.partial
+        multiplexGroups = max(1, min(4, settings.ranks.bufferGroups, settings.prompts))
         schedule = PhaseSchedule(steps: settings.run.steps, optimizer: settings.optimizer)
     }
 
@@ -461,31 +464,15 @@ final class AsynchronousRollouts: BatchSource {
             }
             if let generator {
                 // Multiplexing: make a group here instead of waiting. Between its decode
-                // steps the trainer keeps taking groups from its rollout ranks, and gives
-                // its own group up as soon as waiting would no longer be idle: with one
-                // trainer when the batch is there, with several (whose buffers it cannot
-                // see) when a group has arrived, so the batch is agreed on again.
+                // steps the trainer keeps taking groups from its rollout ranks, and parks its
+                // own group as soon as waiting would no longer be idle: with one trainer when
+                // the batch is there, with several (whose buffers it cannot see) when a group
+                // has arrived, so the batch is agreed on again. A parked group continues at
+                // the next wait, with the weights of then (a partial rollout: each token
+                // records the version that sampled it); without partial rollouts, or when
+                // its first tokens would be stale, it is given up instead.
                 let t = monotonicSeconds()
-                let name = "m\(collective.rank)-v\(version)-c\(sequence)"
-                let before = buffer.groups.count
-                var pollError: (any Error)?
-                generator.worker.sampler.betweenSteps = { [unowned self] _ in
-                    do { try peers.poll() } catch { pollError = error; return .stop }
-                    let arrived = buffer.groups.count
-                    return (collective.size == 1 ? arrived >= prompts : arrived > before) ? .stop : .proceed
-                }
-                defer { generator.worker.sampler.betweenSteps = nil }
-                do {
-                    let groups = try generator.generate(step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
-                                                        indices: [2_000_000 + collective.rank], version: version, names: [name])
-                    for g in groups { buffer.append(g, source: collective.rank, sequence: sequence) }
-                    buffer.counts.multiplexedGroups += 1
-                } catch is GenerationInterrupted {
-                    // Given up for the groups that came meanwhile.
-                }
-                if let pollError { throw pollError }
-                buffer.counts.episodes += generator.takeEpisodeCounts()
-                sequence += 1
+                try generateWhileWaiting(generator, version: version)
                 generating += monotonicSeconds() - t
             } else {
                 let t = monotonicSeconds()
@@ -493,6 +480,77 @@ final class AsynchronousRollouts: BatchSource {
                 idle += monotonicSeconds() - t
             }
         }
+    }
+
+    /// The trainer's own group under way (multiplexing), parked between two decode steps
+    /// while the trainer trains; nil when none is.
+    var multiplexed: ResumableGeneration?
+    /// Whether a parked group may continue with newer weights (`rollout.partial`).
+    let partial: Bool
+    /// Groups a trainer decodes together when it multiplexes (as a rollout rank does).
+    let multiplexGroups: Int
+    /// Episodes of the trainer's own groups given up unfinished (stale, or at the end).
+    var multiplexedDiscarded = 0
+
+    /// Multiplexing: starts a group, or continues the parked one, until it is done or until
+    /// waiting would no longer be idle (then it stays parked).
+    func generateWhileWaiting(_ generator: GroupGenerator, version: Int) throws {
+        let g: ResumableGeneration
+        var action = DecodeAction.proceed
+        if let parked = multiplexed {
+            g = parked
+            if parked.version != version {
+                action = partial && version - parked.startVersion <= maxStaleness ? .newWeights(version: version) : .stop
+            }
+        } else {
+            // Several groups decoded together, as rollout ranks do (one cache call per token
+            // for all their samples); a parked decoding loses nothing, so a batch of them
+            // costs no more waiting than one group.
+            g = ResumableGeneration(generator: generator, step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
+                                    indices: (0..<multiplexGroups).map { 2_000_000 + collective.rank * 64 + $0 }, version: version,
+                                    names: (0..<multiplexGroups).map { "m\(collective.rank)-v\(version)-c\(sequence)-\($0)" },
+                                    sequence: sequence)
+            sequence += multiplexGroups
+            multiplexed = g
+        }
+        let before = buffer.groups.count
+        while true {
+            switch g.advance(action) {
+            case .finished(let result):
+                multiplexed = nil
+                buffer.counts.episodes += generator.takeEpisodeCounts()
+                switch result {
+                case .success(let groups):
+                    for (k, group) in groups.enumerated() where !group.isEmpty {
+                        buffer.append(group, source: collective.rank, sequence: g.sequence + k)
+                        buffer.counts.multiplexedGroups += 1
+                    }
+                case .failure(let e as GenerationInterrupted):
+                    multiplexedDiscarded += e.episodes
+                case .failure(let e):
+                    throw e
+                }
+                return
+            case .paused:
+                do { try peers.poll() } catch {
+                    multiplexedDiscarded += g.abandon()
+                    multiplexed = nil
+                    throw error
+                }
+                let arrived = buffer.groups.count
+                if collective.size == 1 ? arrived >= prompts : arrived > before { return }
+                action = .proceed
+            }
+        }
+    }
+
+    /// Gives up the parked group, if any (at the end of the run, or before a checkpoint
+    /// that cannot hold it).
+    func abandonMultiplexed() {
+        guard let g = multiplexed else { return }
+        multiplexed = nil
+        multiplexedDiscarded += g.abandon()
+        _ = generator?.takeEpisodeCounts()
     }
 
     /// Every trainer's chosen groups, in the agreed order, on every trainer, with the
@@ -529,7 +587,11 @@ final class AsynchronousRollouts: BatchSource {
         // admission waits: the mean over rollout ranks.
         batch.idleSeconds = Double(sums.idleMicros) / 1e6 / Double(collective.size)
         batch.generateSeconds = Double(sums.generateMicros) / 1e6 / Double(collective.size)
+        // Trainers' own groups carry a trainer's rank as their source (rollout ranks come
+        // after the trainers; restored groups have source -1).
+        batch.trainerGroups = chosen.filter { (0..<collective.size).contains($0.key.source) }.count
         batch.throttledSeconds = Double(sums.throttledMicros) / 1e6 / Double(max(1, rolloutRanks))
+        batch.backpressureSeconds = Double(sums.backpressureMicros) / 1e6 / Double(max(1, rolloutRanks))
         trainerGroups += sums.multiplexedGroups
         batch.waitSeconds = monotonicSeconds() - started
         return batch
@@ -569,29 +631,33 @@ final class AsynchronousRollouts: BatchSource {
     func finish() throws {
         // Trainer 0 tells every trainer the last publication it wrote; each stops its
         // rollout ranks, which pass that version down the tree before they say done.
+        abandonMultiplexed()
         var last = [Double(peers.publisher?.lastPublication ?? -1)]
         if collective.rank != 0 { last = [0] }
         try collective.allreduceSum(&last)
-        var unfinished = [Double(try peers.link?.shutdown(lastPublication: Int(last[0])) { try peers.publisher?.poll() } ?? 0)]
+        var unfinished = [Double(try peers.link?.shutdown(lastPublication: Int(last[0])) { try peers.publisher?.poll() } ?? 0)
+                          + Double(multiplexedDiscarded)]
         while let p = peers.publisher, !p.sends.isEmpty { try p.poll(); usleep(200) }
         try collective.allreduceSum(&unfinished)
         discardedUnfinished = Int(unfinished[0])
     }
 
     /// Unfinished episodes the rollout ranks gave up when they were stopped (partial
-    /// rollouts stop mid-episode), summed over trainers by `finish`.
+    /// rollouts stop mid-episode) and the trainers' own given up (multiplexing), summed
+    /// over trainers by `finish`.
     var discardedUnfinished = 0
 
     var finishNotes: [String] {
-        discardedUnfinished == 0 ? [] : ["\(discardedUnfinished) unfinished episodes were discarded when the rollout ranks stopped"]
+        discardedUnfinished == 0 ? [] : ["\(discardedUnfinished) unfinished episodes were discarded (rollouts under way when the run stopped, or too stale to finish)"]
     }
 }
 
 // MARK: - Rollout ranks
 
 /// The loop of a rollout rank: wait for weights, then generate groups with the newest
-/// weights its node holds and send them to its home trainer, one at a time with a
-/// synchronous send (a full buffer there pushes back), until told to stop. A node leader
+/// weights its node holds and send them to its home trainer with synchronous sends, up to
+/// up to its share of a batch in flight (a trainer busy computing takes them when it next
+/// collects; a full buffer there pushes back), until told to stop. A node leader
 /// also receives each new version from its tree parent into its node's shared memory and
 /// passes it on to its children. Built from the sampler and the environments only: no
 /// optimizer, no run directory.
@@ -600,6 +666,9 @@ final class RolloutRankLoop {
     let model: any LanguageModel
     let generator: GroupGenerator
     let perBatch: Int
+    /// Groups that may wait to be taken by the home trainer: this rank's share of a batch
+    /// (at least one decoding's worth, at most `buffer.max_groups`).
+    let inFlight: Int
     /// Admission control: this rank's share of the groups all rollout ranks may have
     /// started per version held, (max_staleness + 1) x batch.prompts in all.
     let prompts: Int
@@ -626,6 +695,8 @@ final class RolloutRankLoop {
         generator = GroupGenerator(model: model, settings: settings,
                                    environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
+        let share = (settings.prompts + max(1, world.size - trainers) - 1) / max(1, world.size - trainers)
+        inFlight = max(1, min(settings.ranks.bufferGroups, max(perBatch, share)))
         prompts = settings.prompts
         stepsAhead = settings.ranks.maxStaleness / max(1, settings.step.minibatches * settings.step.ppoEpochs)
         admission = settings.ranks.admission
@@ -808,17 +879,26 @@ final class RolloutRankLoop {
         // samples) and sent one by one; a new batch starts when the last one is on its way.
         var firstVersion = -1, firstPublication = -1, firstTrainerGroups = 0
         var counter = 0, sequence = 0, started = 0
-        var throttled = 0.0
+        var throttled = 0.0, backpressure = 0.0
         var ready: [[Trajectory]] = []
-        var pending: MPICollective.PendingSend?
+        // Sends in flight: the home trainer takes groups only between its micro-batches
+        // and while it collects a batch, so the next groups are generated while earlier
+        // ones wait to be taken, up to this rank's share of a batch: the next batch is
+        // then ready when the trainer comes to collect it, one step behind at most.
+        var pending: [MPICollective.PendingSend] = []
         var lastPublication = -1
         while true {
             if let last = try stopRequested() { lastPublication = last; break }
-            if let p = pending, try !world.test(p) {
-                usleep(200) // back-pressure: the home trainer's buffer is full
+            var waiting: [MPICollective.PendingSend] = []
+            for p in pending where try !world.test(p) { waiting.append(p) }
+            pending = waiting
+            if pending.count >= inFlight {
+                // Back-pressure: the home trainer's buffer is full, or it is computing.
+                let t = monotonicSeconds()
+                usleep(200)
+                backpressure += monotonicSeconds() - t
                 continue
             }
-            pending = nil
             if ready.isEmpty {
                 if firstVersion < 0 { firstVersion = version; firstPublication = publication; firstTrainerGroups = trainerGroups }
                 let allowed = !admission ? started + perBatch
@@ -855,18 +935,25 @@ final class RolloutRankLoop {
                 if ready.isEmpty { continue }
             }
             // The episode counts and admission waits travel with the group that follows them.
-            let note = GroupNote(episodes: generator.takeEpisodeCounts(), sequence: sequence, throttledMicros: Int(throttled * 1e6))
+            let note = GroupNote(episodes: generator.takeEpisodeCounts(), sequence: sequence, throttledMicros: Int(throttled * 1e6),
+                                 backpressureMicros: Int(backpressure * 1e6))
             let message = GroupsMessage.encode([ready.removeFirst()], trailer: note)
             throttled = 0
+            backpressure = 0
             sequence += 1
-            pending = try world.isend(message, to: home, tag: Tag.group, synchronous: true)
+            pending.append(try world.isend(message, to: home, tag: Tag.group, synchronous: true))
         }
-        // Finish the group in flight (the home trainer drains it), pass on the last
+        // Finish the groups in flight (the home trainer drains them), pass on the last
         // weights, say done, and wait for goodbye.
-        while let p = pending, try !world.test(p) {
+        while true {
+            var waiting: [MPICollective.PendingSend] = []
+            for p in pending where try !world.test(p) { waiting.append(p) }
+            pending = waiting
+            if pending.isEmpty { break }
             try serve()
             usleep(200)
         }
         try finish(lastPublication: lastPublication)
     }
 }
+

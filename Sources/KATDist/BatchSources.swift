@@ -29,9 +29,14 @@ struct CollectedBatch {
     /// rollouts themselves (multiplexing), while the batch was gathered.
     var idleSeconds = 0.0
     var generateSeconds = 0.0
+    /// Groups of the batch the trainers generated themselves (multiplexing).
+    var trainerGroups = 0
     /// Seconds rollout ranks were held back by admission control (mean over rollout
     /// ranks), as reported with the groups received for this batch.
     var throttledSeconds = 0.0
+    /// Seconds rollout ranks were held back by back-pressure (mean over rollout ranks):
+    /// as many groups waiting to be taken as they may send ahead.
+    var backpressureSeconds = 0.0
 
     /// A batch of `list`'s groups (empty groups, whose every episode was abandoned, are left out).
     init(groups list: [[Trajectory]], advantages: [Double]? = nil) {

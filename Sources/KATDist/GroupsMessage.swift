@@ -83,18 +83,23 @@ struct EpisodeCounts: MessageTrailer, Equatable {
 
 /// What a rollout rank sends after each group: the episodes it cut or abandoned since its
 /// previous group, the group's sequence number, and the microseconds it was held back by
-/// admission control since its previous group.
+/// admission control and by back-pressure (its sends in flight at their limit) since its
+/// previous group.
 struct GroupNote: MessageTrailer {
     var episodes = EpisodeCounts()
     var sequence = 0
     var throttledMicros = 0
+    var backpressureMicros = 0
 
-    static let fieldCount = 4
-    var words: [Int] { episodes.words + [sequence, throttledMicros] }
-    init(episodes: EpisodeCounts, sequence: Int, throttledMicros: Int) {
+    static let fieldCount = 5
+    var words: [Int] { episodes.words + [sequence, throttledMicros, backpressureMicros] }
+    init(episodes: EpisodeCounts, sequence: Int, throttledMicros: Int, backpressureMicros: Int) {
         self.episodes = episodes; self.sequence = sequence; self.throttledMicros = throttledMicros
+        self.backpressureMicros = backpressureMicros
     }
-    init(words: [Int]) { self.init(episodes: EpisodeCounts(words: Array(words[0..<2])), sequence: words[2], throttledMicros: words[3]) }
+    init(words: [Int]) {
+        self.init(episodes: EpisodeCounts(words: Array(words[0..<2])), sequence: words[2], throttledMicros: words[3], backpressureMicros: words[4])
+    }
 }
 
 /// A trainer's counts for the batch it helps assemble, summed over trainers.
@@ -108,20 +113,23 @@ struct BatchCounts: MessageTrailer {
     /// Microseconds this trainer waited with nothing to do, and spent generating.
     var idleMicros = 0
     var generateMicros = 0
-    /// Microseconds its rollout ranks were held back by admission control (summed).
+    /// Microseconds its rollout ranks were held back by admission control, and by
+    /// back-pressure (summed).
     var throttledMicros = 0
     /// Groups this trainer generated itself (multiplexing).
     var multiplexedGroups = 0
+    var backpressureMicros = 0
 
-    static let fieldCount = 9
+    static let fieldCount = 10
     var words: [Int] {
-        [droppedStale, droppedStaleTokens, receivedTokens] + episodes.words + [idleMicros, generateMicros, throttledMicros, multiplexedGroups]
+        [droppedStale, droppedStaleTokens, receivedTokens] + episodes.words
+            + [idleMicros, generateMicros, throttledMicros, multiplexedGroups, backpressureMicros]
     }
     init() {}
     init(words w: [Int]) {
         droppedStale = w[0]; droppedStaleTokens = w[1]; receivedTokens = w[2]
         episodes = EpisodeCounts(words: Array(w[3..<5]))
-        idleMicros = w[5]; generateMicros = w[6]; throttledMicros = w[7]; multiplexedGroups = w[8]
+        idleMicros = w[5]; generateMicros = w[6]; throttledMicros = w[7]; multiplexedGroups = w[8]; backpressureMicros = w[9]
     }
 
     static func + (a: Self, b: Self) -> Self { Self(words: zip(a.words, b.words).map { $0 + $1 }) }

@@ -271,6 +271,7 @@ final class TrainerLoop {
         m.droppedStale = batch.droppedStale
         m.droppedStaleTokens = batch.droppedStaleTokens
         m.throttledS = batch.throttledSeconds
+        m.backpressureS = batch.backpressureSeconds
         m.generatedTokens = batch.generatedTokens
         m.epoch = batch.epoch
         m.truncatedEpisodes = batch.episodes.truncated
@@ -288,6 +289,7 @@ final class TrainerLoop {
         let wall = monotonicSeconds() - t0
         m.trainerIdle = wall > 0 ? min(1, batch.idleSeconds / wall) : 0
         m.tGenerateTrainers = batch.generateSeconds
+        m.groupsTrainers = batch.trainerGroups
         m.optimizerMiB = Double(optimizer.stateBytes) / 1_048_576
 
         if let evaluator, settings.run.evalEvery > 0, evaluationDue(source, s) {
