@@ -250,7 +250,9 @@ DEFAULT_SIM = dict(
     background=0.0,          # other busy processes on those cores
     prompts=16,              # groups per step
     group_tokens=272.0,      # flat tokens of one group
-    per_batch=4,             # groups a rollout rank decodes at a time
+    per_batch=4,             # groups a rollout rank (or a multiplexing trainer) decodes at a time
+    in_flight=None,          # groups a rollout rank may have sent and not yet taken (None: kat-dist's rule,
+                             # its share of a batch, at least per_batch, at most buffer_groups)
     gen_s_per_token=4e-5,    # core-seconds per generated flat token on a rollout rank
     gen_fixed_s=0.0,         # core-seconds per decode batch besides its tokens
     mux_s_per_token=None,    # core-seconds per token when a trainer generates (None: the same)
@@ -298,7 +300,11 @@ class Simulation:
         self.version = 0
         self.published = [(0.0, 0, 0)]  # (time the rollout ranks' nodes hold it, version, groups the trainers made by then)
         self.buffer = []        # (version, source, sequence, tokens, token_versions)
-        self.waiting_sends = []  # rollout ranks blocked in a synchronous send, in order
+        self.waiting_sends = []  # (rank state, versions, tokens): groups sent and not yet taken, in order
+        rollouts = max(1, int(c["rollouts"]))
+        self.in_flight = c["in_flight"] or max(1, min(c["buffer_groups"], max(c["per_batch"], -(-int(c["prompts"]) // rollouts))))
+        self.parked = None       # the trainers' own decoding, parked while they train (multiplexing)
+        self.mux_job = None
         self.steps = []
         self.capacity = c["buffer_groups"] * max(1, round(c["trainers"]))
         if self.capacity < c["prompts"] and not c["multiplex"]:
@@ -386,6 +392,7 @@ class Simulation:
         waiting, self.throttled = self.throttled, []
         for st in waiting:
             self.throttled_s += self.now - st["throttled_since"]
+            st["throttled"] = False
             self.begin_batch(st)
 
     # --- rollout ranks
@@ -393,7 +400,8 @@ class Simulation:
         c = self.c
         self.rollout = []
         for r in range(int(c["rollouts"])):
-            st = dict(rank=r, version=0, sequence=0, ready=[], batch_start_version=0, started=0)
+            st = dict(rank=r, version=0, sequence=0, ready=[], batch_start_version=0, started=0, pending=0,
+                      busy=False, throttled=False)
             self.rollout.append(st)
             self.begin_batch(st)
 
@@ -413,6 +421,7 @@ class Simulation:
         if st["started"] >= allowed:
             # Wait for newer weights rather than make groups that would be stale.
             st["throttled_since"] = self.now
+            st["throttled"] = True
             self.throttled.append(st)
             if work > 0:
                 self.add_job(work, lambda: None)
@@ -422,8 +431,10 @@ class Simulation:
         work += sum(self.group_work(c["gen_s_per_token"]) for _ in range(n)) + c["gen_fixed_s"]
         st["batch_start_version"] = st["version"]
         st["batch_start_time"] = self.now
+        st["busy"] = True
 
         def done():
+            st["busy"] = False
             versions = [st["batch_start_version"]]
             if c["partial"]:
                 # Weights published while the batch decoded were taken between decode steps.
@@ -450,31 +461,40 @@ class Simulation:
         per_step = (self.steps[-1]["end"] - self.steps[0]["end"]) / max(1, len(self.steps) - 1)
         return work / max(per_step, 1e-9)
 
-    def send_next(self, st):
-        if not st["ready"]:
+    def send_next(self, st, intake=True):
+        """A rollout rank's loop: it sends its ready groups while fewer than `in_flight`
+        wait to be taken, and decodes its next batch once none is ready (and it may)."""
+        while st["ready"] and st["pending"] < self.in_flight:
+            versions, tokens = st["ready"].pop(0)
+            self.waiting_sends.append((st, versions, tokens))
+            st["pending"] += 1
+        if not st["ready"] and not st["busy"] and not st["throttled"] and st["pending"] < self.in_flight:
             self.begin_batch(st)
-            return
-        self.waiting_sends.append(st)
-        if self.trainer_state in ("collect",):
+        if intake and self.trainer_state in ("collect", "generating"):
+            # A collecting trainer polls every millisecond; a generating one between decode steps.
             self.intake()
 
     def intake(self):
-        """The trainers take groups from the rendezvous sends while their buffers have room."""
-        moved = True
-        while moved and self.waiting_sends and len(self.buffer) < self.capacity:
-            moved = False
-            st = self.waiting_sends.pop(0)
-            versions, tokens = st["ready"].pop(0)
+        """The trainers take the groups sent to them while their buffers have room."""
+        took = False
+        while self.waiting_sends and len(self.buffer) < self.capacity:
+            st, versions, tokens = self.waiting_sends.pop(0)
             self.buffer.append((min(versions), st["rank"], st["sequence"], tokens, versions))
             st["sequence"] += 1
+            st["pending"] -= 1
             self.generated_tokens += tokens
-            moved = True
-            # The next send of that rank starts right away (or its next batch).
-            self.send_next(st)
+            took = True
+            # That rank sends its next group, or starts its next batch.
+            self.send_next(st, intake=False)
         if self.waiter is not None and len(self.buffer) >= self.c["prompts"]:
             w, self.waiter = self.waiter, None
             # The trainer sees it at its next poll (it sleeps 1 ms between polls).
             self.at(self.now + 0.5e-3, w)
+        if self.trainer_state == "generating" and took and (
+                len(self.buffer) >= self.c["prompts"] or round(self.c["trainers"]) > 1):
+            # A multiplexing trainer parks its decoding as soon as waiting would not be
+            # idle: one trainer when the batch is there, several when a group came.
+            self.park()
 
     # --- trainers
     def start_trainers(self):
@@ -505,20 +525,7 @@ class Simulation:
             self.train(batch)
             return
         if c["multiplex"]:
-            t0 = self.now
-            per_token = c["mux_s_per_token"] or c["gen_s_per_token"]
-            n = max(1, round(c["trainers"]))
-            work = self.group_work(per_token)
-
-            def made():
-                self.generating += self.now - t0
-                for k in range(n):
-                    self.buffer.append((self.version, -1 - k, self.mux_groups, c["group_tokens"], [self.version]))
-                    self.mux_groups += 1
-                    self.generated_tokens += c["group_tokens"]
-                self.collect()
-            self.trainer_state = "generating"
-            self.add_job(work, made)
+            self.generate_while_waiting()
         else:
             # Wait (polling) until a rollout rank hands a group over.
             t0 = self.now
@@ -529,6 +536,49 @@ class Simulation:
                 self.idle += self.now - t0
                 self.collect()
             self.waiter = arrived
+
+    def generate_while_waiting(self):
+        """Multiplexing: each trainer decodes per_batch groups of its own, or continues its
+        parked decoding (with a KV-cache recompute when the weights changed since, or given
+        up without partial rollouts or when its first tokens would be stale)."""
+        c = self.c
+        n = max(1, round(c["trainers"]))
+        m = max(1, min(c["per_batch"], c["buffer_groups"], int(c["prompts"])))
+        p = self.parked
+        if p is not None and p["version"] != self.version:
+            if c["partial"] and self.version - p["versions"][0] <= c["max_staleness"]:
+                p["remaining"] += c["partial_recompute_s"]
+                p["versions"].append(self.version)
+                p["version"] = self.version
+            else:
+                p = None
+        if p is None:
+            per_token = c["mux_s_per_token"] or c["gen_s_per_token"]
+            p = dict(remaining=sum(self.group_work(per_token) for _ in range(m)) + c["gen_fixed_s"],
+                     version=self.version, versions=[self.version], groups=m)
+        self.parked = None
+        t0 = self.now
+
+        def made():
+            self.mux_job = None
+            self.generating += self.now - t0
+            for k in range(n):
+                for _ in range(p["groups"]):
+                    self.buffer.append((p["versions"][0], -1 - k, self.mux_groups, c["group_tokens"], list(p["versions"])))
+                    self.mux_groups += 1
+                    self.generated_tokens += c["group_tokens"]
+            self.collect()
+        self.trainer_state = "generating"
+        self.mux_job = (self.add_job(p["remaining"], made), p, t0)
+
+    def park(self):
+        jid, p, t0 = self.mux_job
+        self.mux_job = None
+        p["remaining"] = self.jobs.pop(jid)[0]
+        self.parked = p
+        self.generating += self.now - t0
+        self.trainer_state = "collect"
+        self.at(self.now + 1e-6, self.collect)
 
     def train(self, batch):
         c = self.c

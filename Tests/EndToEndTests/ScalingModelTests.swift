@@ -127,10 +127,17 @@ final class ScalingModelTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(a, b, "same settings, same run")
         // Staleness shares sum to one.
         XCTAssertEqual(try XCTUnwrap(a["staleness_hist"]?.arrayValue).compactMap(\.doubleValue).reduce(0, +), 1, accuracy: 1e-12)
-        // One rollout rank decoding 4 groups while the trainer computes, then waiting (the
-        // trainer takes groups only between micro-batches): per step of 16 groups, 4 were
-        // sampled by the previous version.
-        XCTAssertEqual(number(a, "staleness_mean"), 0.25, accuracy: 1e-12)
+        // One rollout rank decodes the next batch while the trainer computes (its share of a
+        // batch, 16 groups, may wait to be taken): every trained group is one version behind.
+        XCTAssertEqual(number(a, "staleness_mean"), 1, accuracy: 1e-12)
+        XCTAssertLessThan(number(a, "trainer_idle"), 0.01)
+        // With one group in flight (a synchronous hand-over), the rollout rank stops after
+        // its first batch of 4 while the trainer computes, and the trainer then waits.
+        var handOver = base
+        handOver["in_flight"] = JSON(1)
+        let single = try simulate(handOver)
+        XCTAssertGreaterThan(number(single, "trainer_idle"), 0.05)
+        XCTAssertLessThan(number(single, "trained_tokens_per_s"), number(a, "trained_tokens_per_s"))
         // Generation that costs nothing: the trainer never waits, and a step is its own work
         // (compute, optimizer) plus the half-millisecond it takes to notice a full buffer.
         var free = base
@@ -146,14 +153,19 @@ final class ScalingModelTests: TemporaryDirectoryTestCase {
         genBound["rollouts"] = JSON(2)
         let two = try simulate(genBound)
         XCTAssertEqual(number(two, "trained_tokens_per_s") / number(one, "trained_tokens_per_s"), 2, accuracy: 0.3)
-        // Multiplexing: a trainer that would wait generates instead, so it never sleeps and
-        // generates some of the groups itself.
-        var mux = base
-        mux["multiplex"] = JSON(true)
-        let m = try simulate(mux)
+        // Multiplexing where generation is the bottleneck: a trainer that would wait generates
+        // instead (parking its decoding while it trains), so it never sleeps, generates some
+        // of the groups itself, and trains faster.
+        var slow = base
+        slow["gen_s_per_token"] = JSON(1.5e-4)
+        slow["partial"] = JSON(true)
+        let waits = try simulate(slow)
+        XCTAssertGreaterThan(number(waits, "trainer_idle"), 0.05, "without multiplexing this layout waits for its rollout rank")
+        slow["multiplex"] = JSON(true)
+        let m = try simulate(slow)
         XCTAssertEqual(number(m, "trainer_idle"), 0)
         XCTAssertGreaterThan(number(m, "trainer_generating"), 0)
-        XCTAssertGreaterThan(number(a, "trainer_idle"), 0.05, "without multiplexing this layout waits for its rollout rank")
+        XCTAssertGreaterThan(number(m, "trained_tokens_per_s"), number(waits, "trained_tokens_per_s") * 1.1)
         // Admission control: 16 rollout ranks that could generate 64 groups at once for a
         // trainer taking 16 a step, with max_staleness 1, start no group that would go stale
         // (none dropped; they wait for newer weights instead), so no more is generated than

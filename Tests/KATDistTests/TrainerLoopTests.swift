@@ -301,18 +301,21 @@ final class BatchAssemblyTests: XCTestCase {
 
     /// Counts in a message's trailer come back by name; a trailer of another shape is an error.
     func testTrailersRoundTripAndAreChecked() throws {
-        let note = GroupNote(episodes: EpisodeCounts(truncated: 3, abandoned: 1), sequence: 7, throttledMicros: 12345)
+        let note = GroupNote(episodes: EpisodeCounts(truncated: 3, abandoned: 1), sequence: 7, throttledMicros: 12345, backpressureMicros: 678)
         let message = GroupsMessage.encode([group("a", version: 2)], trailer: note)
         let back = try GroupsMessage.decode(message, trailer: GroupNote.self)
         XCTAssertEqual(back.trailer.episodes, note.episodes)
         XCTAssertEqual(back.trailer.sequence, 7)
         XCTAssertEqual(back.trailer.throttledMicros, 12345)
+        XCTAssertEqual(back.trailer.backpressureMicros, 678)
         XCTAssertEqual(back.groups.map { $0.map(\.id) }, [["a-0", "a-1"]])
         XCTAssertThrowsError(try GroupsMessage.decode(message, trailer: BatchCounts.self))
         var counts = BatchCounts()
         counts.droppedStaleTokens = 5
         counts.throttledMicros = 9
+        counts.backpressureMicros = 4
         let sum = counts + counts
+        XCTAssertEqual(sum.backpressureMicros, 8)
         XCTAssertEqual(sum.droppedStaleTokens, 10)
         XCTAssertEqual(sum.throttledMicros, 18)
         XCTAssertEqual(BatchCounts(words: sum.words).words, sum.words)
