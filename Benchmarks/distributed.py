@@ -11,7 +11,9 @@
     share of step time spent in allreduce.
 (d) generated tokens/s with 1 and 2 rollout ranks.
 (e) multiplexing: asynchronous T=1 R=1 with and without trainers generating while they
-    would wait, where generation is the bottleneck (long answers, many samples).
+    would wait, where generation is the bottleneck: answers of up to 450 tokens, 2 samples
+    a prompt (decoding 8 samples at a time runs far below the training kernel's rate, and
+    long answers make attention over the cache the larger part).
 (f) weight sync: the trainers' time publishing each update and the bytes trainer 0 sends,
     with R = 1, 2, 3 rollout ranks on one node.
 Ranks beyond the machine's cores are oversubscribed: they share cores, which the printed
@@ -53,17 +55,22 @@ def online(t, r, steps=20):
                 train=trained / compute, trajs=sum(m["trajectories"] for m in rows) / wall)
 
 
-def multiplexed(flag, steps=16, attempt=0):
+MULTIPLEX_SETTINGS = ["rollout.max_new_tokens=450", "model.n_positions=512", "rollout.group_size=2", "batch.prompts=16",
+                      "buffer.max_groups=64", "max_staleness=8"]
+
+
+def multiplexed(flag, steps=60, attempt=0):
     run = os.path.join(TMP, f"multiplex-{flag}-{attempt}")
     mpirun(2, [KAT, "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "warmstart.steps=0",
-               "--set", "eval.every=0", "--set", f"steps={steps}", "--set", f"ranks.multiplex={flag}",
-               "--set", "rollout.max_new_tokens=48", "--set", "rollout.group_size=8", "--set", "batch.prompts=8",
-               "--set", "max_staleness=8"])
-    rows = [m for m in metrics(run) if m.get("phase") == "rl"][3:]
+               "--set", "eval.every=0", "--set", f"steps={steps}", "--set", f"ranks.multiplex={flag}"]
+           + [a for s in MULTIPLEX_SETTINGS for a in ("--set", s)])
+    rows = [m for m in metrics(run) if m.get("phase") == "rl"][5:]
     wall = rows[-1]["time"] - rows[0]["time"]
     trained = sum(m["tokens_flat"] for m in rows[1:])
     return dict(idle=sum(m["trainer_idle"] for m in rows) / len(rows), throughput=trained / wall,
-                generate=sum(m["t_generate_trainers"] for m in rows) / len(rows))
+                generate=sum(m["t_generate_trainers"] for m in rows) / len(rows),
+                groups=sum(m["groups_trainers"] for m in rows) / len(rows),
+                staleness=sum(m["staleness_mean"] for m in rows) / len(rows))
 
 
 def weight_sync(r, steps=10):
@@ -151,16 +158,16 @@ def median(xs):
 
 
 def section_e(repeat):
-    print(f"\n(e) multiplexing, T=1 R=1 (answers of up to 48 tokens, 8 prompts x 8 samples a step; "
+    print(f"\n(e) multiplexing, T=1 R=1 (--set {' --set '.join(MULTIPLEX_SETTINGS)}; "
           f"{repeat} alternating runs each, medians)")
     runs = {"false": [], "true": []}
     for attempt in range(repeat):
         for flag in ("false", "true"):
             runs[flag].append(multiplexed(flag, attempt=attempt))
     off, on = ({k: median([x[k] for x in runs[f]]) for k in runs[f][0]} for f in ("false", "true"))
-    print("multiplex   trainer idle  trained tok/s  trainer generating s/step")
+    print("multiplex   trainer idle  trained tok/s  trainer generating s/step  trainers' groups/step  staleness")
     for name, x in [("off", off), ("on", on)]:
-        print(f"{name:<12}{x['idle']:>12.3f}{x['throughput']:>15.0f}{x['generate']:>26.2f}")
+        print(f"{name:<12}{x['idle']:>12.3f}{x['throughput']:>15.0f}{x['generate']:>27.3f}{x['groups']:>23.2f}{x['staleness']:>11.2f}")
     gain = on["throughput"] / off["throughput"] - 1
     print(f"speed-up with multiplexing {gain:+.2f} (target: at least a third of the idle share without it, {off['idle'] / 3:.2f}); "
           f"idle with it {on['idle']:.3f} (target at most 0.05)")

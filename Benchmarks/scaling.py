@@ -147,6 +147,8 @@ def summarize_training(lines, skip):
         out["generate_share"] = sum(m.get("t_generate_trainers", 0.0) for m in rows[1:]) / wall
         # Admission control: the rollout ranks' mean time waiting for newer weights.
         out["throttled_share"] = sum(m.get("throttled_s", 0.0) for m in rows[1:]) / wall
+        # Back-pressure: their mean time with their share of a batch sent and not yet taken.
+        out["backpressure_share"] = sum(m.get("backpressure_s", 0.0) for m in rows[1:]) / wall
         out["weight_bytes_root"] = max(m.get("weight_bytes_root", 0) for m in rows)
         hist = None
         for m in rows:

@@ -816,7 +816,8 @@ def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30, backg
     groups, pr, a = online_groups(run)
     c = group_counts(pr, a, 8)
     o = p["offline"]
-    train = o["kappa"] * compute_seconds(p["compute"], DEFAULT_MODEL, c["rows"] * groups, c["head_rows"] * groups, c["pairs"] * groups)
+    kappa = p.get("online_kappa", o["kappa"])
+    train = kappa * compute_seconds(p["compute"], DEFAULT_MODEL, c["rows"] * groups, c["head_rows"] * groups, c["pairs"] * groups)
     if background is None:
         background = background_jobs(run, p, gen_s_per_token, sync_delay_s)
     return dict(trainers=1, rollouts=run["rollouts"], cores=run["cores"], background=background, prompts=round(groups),
@@ -844,8 +845,17 @@ def background_jobs(run, p, gen_s_per_token, sync_delay_s=0.0):
 
 
 def calibrate_generation(run, p):
-    """Core-seconds per generated token of a rollout rank: the value for which the simulated
-    run generates as many tokens per second as the measured one (bisection)."""
+    """Core-seconds per generated token of a rollout rank. When the run reports the rollout
+    ranks' waits (admission control, back-pressure), from the time they were not waiting:
+    its share of the run's wall time, at the core share each rank had, over the generated
+    tokens. Otherwise the value for which the simulated run generates as many tokens per
+    second as the measured one (bisection), which holds only when generation is the
+    bottleneck."""
+    if run.get("backpressure_share") is not None:
+        busy = max(0.0, 1.0 - run.get("throttled_share", 0.0) - run["backpressure_share"])
+        ranks = 1 + run["rollouts"]
+        core = speed(run["cores"], run.get("background_cores", 0.0), ranks)
+        return busy * core / run["rollouts"] / max(run["generated_tokens_per_s"], 1e-9)
     g = 1e-4
     for _ in range(3):
         # The background for the current estimate, then the rate for that background.
@@ -929,8 +939,15 @@ def fit(res):
     # Generation: calibrated on the one-rollout-rank run without multiplexing.
     r1 = [r for r in res.get("rollouts", []) if r["rollouts"] == 1 and r["mode"] == "off"]
     if r1:
-        p["gen_s_per_token"] = calibrate_generation(r1[0], p)
         groups, pr, a = online_groups(r1[0])
+        # The trainer's compute of an online step: its measured forward and backward at the
+        # core share it had, over the kernel model's time for the step's tokens (the
+        # offline fit's kappa is for another model and batch shape).
+        c1 = group_counts(pr, a, 8)
+        model_s = compute_seconds(p["compute"], DEFAULT_MODEL, c1["rows"] * groups, c1["head_rows"] * groups, c1["pairs"] * groups)
+        share = speed(r1[0]["cores"], r1[0].get("background_cores", 0.0), 1 + r1[0]["rollouts"])
+        p["online_kappa"] = r1[0]["t_forward_backward"] * share / max(model_s, 1e-12)
+        p["gen_s_per_token"] = calibrate_generation(r1[0], p)
         # Decode efficiency: the FLOPs of generating a group (prefill of its prompt, then
         # G answers token by token) over its CPU time, against the training kernel's rate.
         gw = p["gen_s_per_token"] * group_counts(pr, a, 8)["flat"]

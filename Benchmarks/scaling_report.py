@@ -537,7 +537,9 @@ def write(res, p, held, proj, out):
         f"whole messages, and every rank copies its node's weights.\n")
     if "gen_s_per_token" in p:
         add(f"- **Generation** costs {p['gen_s_per_token'] * 1e6:.1f} core-us per generated flat token on the default model "
-            f"(calibrated so that the simulation of R = 1 without multiplexing generates what was measured): decode runs at "
+            f"(calibrated on R = 1 without multiplexing: the rollout rank's time not waiting under admission control or "
+            f"back-pressure, over the tokens it generated; the trainer's compute of an online step is calibrated on the "
+            f"same run's `t_forward_backward`): decode runs at "
             f"{f(p['decode_efficiency'], 2)} of the training kernel's linear rate, counting 2 x layer parameters + 2 V C + "
             f"4 C L x context FLOPs per sampled token and a prefill of the prompt once per group. Projections keep that "
             f"efficiency, with a floor of one read of the weights from the node's memory per decode step.\n")
@@ -545,15 +547,17 @@ def write(res, p, held, proj, out):
         f"`Launch/envs/reverse_env.py` over its pipe); the built-in tasks score in process, inside the generation cost.\n")
     add("- **The simulation** (`Simulation` in the script) runs the asynchronous loop event by event: trainers in lockstep "
         "(they agree on every batch), taking groups only while they collect a batch or between micro-batches; rollout ranks "
-        "decoding up to 4 groups at a time with the newest weights their node holds and handing each group over with a "
-        "synchronous send (a full buffer, or a trainer busy computing, holds them back); admission control as kat-dist "
+        "decoding up to 4 groups at a time with the newest weights their node holds and handing groups over with "
+        "synchronous sends, up to their share of a batch waiting to be taken (a full buffer, or a trainer busy "
+        "computing, holds the rest back); admission control as kat-dist "
         "does it (`rollout.admission`, on by default; the simulation's `admission`: after n published steps a rollout rank has started at most its share of (n + max_staleness + 1) x "
         "batch.prompts groups, less those the trainers made; past it, it waits for newer weights); stale groups dropped; "
-        "multiplexing (a trainer that would wait makes a group itself); partial rollouts (`partial`: new weights taken "
+        "multiplexing (a trainer that would wait decodes 4 groups itself, parks that decoding when the batch is there "
+        "and continues it at its next wait); partial rollouts (`partial`: new weights taken "
         "mid-batch, a KV-cache recompute each time); CPU work shared over the cores by processor sharing. One finding "
-        "it reproduces: with one micro-batch per step, a rollout rank finishes one batch while the trainer computes and "
-        "then waits, because the trainer takes groups only between micro-batches; that is why R = 1 gives lags 0 and 1 "
-        "in a 3:1 ratio.\n")
+        "it reproduces: a rollout rank that keeps its share of a batch in flight has the next batch ready when the "
+        "trainer comes to collect it, so every trained group is one version behind (lag 1); with one group in flight "
+        "(`in_flight=1`) it stops after its first decoding while the trainer computes, and the trainer then waits.\n")
 
     # 8. Held out
     add("## Held-out checks\n")

@@ -326,6 +326,13 @@ public struct TrainConfig: Sendable {
         if explicit.contains("loss.is_cap"), double("loss.is_cap") > 0, string("loss.off_policy") != PolicyLossConfig.OffPolicy.decoupled.rawValue {
             throw .badValue(source: source, key: "loss.is_cap", reason: "applies to loss.off_policy decoupled only (loss.off_policy is \(string("loss.off_policy") ?? "ppo"))")
         }
+        if string("data.trajectories") == nil, string("advantage.estimator") == AdvantageConfig.Estimator.rloo.rawValue {
+            let samples = int("rollout.group_size")
+            if samples < 2 {
+                throw .badValue(source: source, key: "rollout.group_size",
+                                reason: "advantage.estimator rloo compares each sample with the others of its prompt: a group needs at least 2 samples, got \(samples)")
+            }
+        }
         if double("advantage.entropy_min") > double("advantage.entropy_max") {
             throw .badValue(source: source, key: "advantage.entropy_min", reason: "must not exceed advantage.entropy_max")
         }
