@@ -122,6 +122,32 @@ final class DistributedTrainingTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Multiplexing where generation is the bottleneck (long answers, two samples a
+    /// prompt): the trainer never sleeps, makes some of the groups itself (parking its
+    /// decoding while it trains, with or without partial rollouts), and every trained group
+    /// is within the staleness bound.
+    func testMultiplexingTrainerNeverWaitsAndMakesGroups() throws {
+        for partial in [true, false] {
+            let run = dir + "/mux-\(partial)"
+            let out = try mpirun(2, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "ranks.multiplex=true",
+                                     "--set", "rollout.partial=\(partial)", "--set", "model.n_embd=32", "--set", "model.n_layer=1",
+                                     "--set", "model.n_head=2", "--set", "model.n_positions=256", "--set", "rollout.max_new_tokens=200",
+                                     "--set", "rollout.group_size=2", "--set", "batch.prompts=8", "--set", "buffer.max_groups=32",
+                                     "--set", "warmstart.steps=0", "--set", "eval.every=0", "--set", "steps=12", "--set", "max_staleness=2"],
+                                 timeout: 180)
+            XCTAssertEqual(out.code, 0, out.output)
+            let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
+            XCTAssertEqual(rl.count, 12)
+            for line in rl {
+                XCTAssertEqual(line["trainer_idle"]?.doubleValue, 0, "a multiplexing trainer never sleeps: step \(line["step"]!)")
+                XCTAssertLessThanOrEqual(line["staleness_max"]!.intValue!, 2)
+            }
+            let made = rl.compactMap { $0["groups_trainers"]?.intValue }.reduce(0, +)
+            XCTAssertGreaterThan(made, 0, "the trainer made no group of its own (partial \(partial))")
+            XCTAssertGreaterThan(rl.compactMap { $0["t_generate_trainers"]?.doubleValue }.reduce(0, +), 0)
+        }
+    }
+
     /// Synchronous and deterministic: the same seeds give bit-identical weights.
     func testDeterministicSynchronousRunsRepeatBitwise() throws {
         var files: [Data] = []

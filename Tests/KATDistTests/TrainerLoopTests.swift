@@ -3,6 +3,7 @@ import XCTest
 import KATTestSupport
 @testable import KATDist
 import KATModel
+import KATRL
 import KATSupport
 import KATTrie
 
@@ -319,5 +320,82 @@ final class BatchAssemblyTests: XCTestCase {
         XCTAssertEqual(sum.droppedStaleTokens, 10)
         XCTAssertEqual(sum.throttledMicros, 18)
         XCTAssertEqual(BatchCounts(words: sum.words).words, sum.words)
+    }
+}
+
+final class ResumableGenerationTests: XCTestCase {
+    /// A trainer's own decoding parked between decode steps, while other decodings use the
+    /// same model meanwhile, gives exactly the groups of an uninterrupted decoding; resumed
+    /// with new weights, the tokens after the change record the new version and the
+    /// trajectories keep the version they started with.
+    func testParkedDecodingContinuesExactlyAndRecordsNewWeights() throws {
+        let s = try tinySettings(["rollout.group_size=4", "rollout.max_new_tokens=12", "rollout.temperature=1.0"])
+        let model = try s.initialModel()
+        let env = try EnvironmentSource(s, vocabSize: model.config.vocabSize)
+        let names = ["a", "b"]
+        let plain = try GroupGenerator(model: model, settings: s, environments: env).generate(step: 5, indices: [0, 1], version: 0, names: names)
+        XCTAssertEqual(plain.count, 2)
+
+        let other = GroupGenerator(model: model, settings: s, environments: env)
+        let parked = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 5, indices: [0, 1],
+                                         version: 0, names: names, sequence: 0)
+        var pauses = 0
+        var result: [[Trajectory]]?
+        while result == nil {
+            switch parked.advance(.proceed) {
+            case .paused:
+                pauses += 1
+                // Meanwhile the model serves another decoding (as evaluation or training would).
+                _ = try other.generate(step: 9 + pauses, indices: [3], version: 0)
+            case .finished(let r):
+                result = try r.get()
+            }
+        }
+        XCTAssertGreaterThanOrEqual(pauses, 2)
+        XCTAssertTrue(parked.isFinished)
+        let got = try XCTUnwrap(result)
+        XCTAssertEqual(got.map { $0.map(\.tokens) }, plain.map { $0.map(\.tokens) })
+        // Log-probs are NaN on prompt positions: compared with NaN as a number.
+        func logprobs(_ groups: [[Trajectory]]) -> [[[Float]]] { groups.map { $0.map { ($0.logprobs ?? []).map { $0.isNaN ? -1e30 : $0 } } } }
+        XCTAssertEqual(logprobs(got), logprobs(plain))
+
+        // New weights after the first decode step.
+        let saved = Array(UnsafeBufferPointer(start: model.params.pointer, count: model.params.count))
+        defer { model.params.pointer.update(from: saved, count: saved.count) }
+        let resumed = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 5, indices: [0, 1],
+                                          version: 0, names: names, sequence: 0)
+        guard case .paused = resumed.advance(.proceed) else { return XCTFail("finished after one decode step") }
+        for k in 0..<model.params.count { model.params.pointer[k] *= 1.5 }
+        var next = DecodeAction.newWeights(version: 1)
+        var changed: [[Trajectory]]?
+        while changed == nil {
+            switch resumed.advance(next) {
+            case .paused: next = .proceed
+            case .finished(let r): changed = try r.get()
+            }
+        }
+        XCTAssertEqual(resumed.version, 1)
+        let trajectories = try XCTUnwrap(changed).flatMap { $0 }
+        XCTAssertTrue(trajectories.allSatisfy { $0.policyVersion == 0 }, "a trajectory counts from its oldest token")
+        let versions = trajectories.flatMap { t in (t.versions ?? []).filter { $0 >= 0 } }
+        XCTAssertTrue(versions.contains(0) && versions.contains(1), "tokens of both versions: \(Set(versions))")
+        // The first two answer tokens of every sample were drawn by the old weights.
+        for t in trajectories {
+            let answer = (t.versions ?? []).filter { $0 >= 0 }
+            XCTAssertEqual(Array(answer.prefix(2)), [0, 0].prefix(answer.count).map { $0 })
+            XCTAssertEqual(answer, answer.sorted(), "versions never go back")
+        }
+    }
+
+    /// Giving a parked decoding up ends its thread and counts its episodes.
+    func testAbandonedDecodingCountsItsEpisodes() throws {
+        let s = try tinySettings(["rollout.group_size=4", "rollout.max_new_tokens=12"])
+        let model = try s.initialModel()
+        let env = try EnvironmentSource(s, vocabSize: model.config.vocabSize)
+        let g = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 1, indices: [0, 1, 2],
+                                    version: 0, names: ["x", "y", "z"], sequence: 0)
+        guard case .paused = g.advance(.proceed) else { return XCTFail("finished after one decode step") }
+        XCTAssertEqual(g.abandon(), 12)
+        XCTAssertTrue(g.isFinished)
     }
 }
