@@ -252,7 +252,7 @@ DEFAULT_SIM = dict(
     group_tokens=272.0,      # flat tokens of one group
     per_batch=4,             # groups a rollout rank (or a multiplexing trainer) decodes at a time
     in_flight=None,          # groups a rollout rank may have sent and not yet taken (None: kat-dist's rule,
-                             # its share of a batch, at least per_batch, at most buffer_groups)
+                             # its share of a batch, at most buffer_groups)
     gen_s_per_token=4e-5,    # core-seconds per generated flat token on a rollout rank
     gen_fixed_s=0.0,         # core-seconds per decode batch besides its tokens
     mux_s_per_token=None,    # core-seconds per token when a trainer generates (None: the same)
@@ -302,7 +302,7 @@ class Simulation:
         self.buffer = []        # (version, source, sequence, tokens, token_versions)
         self.waiting_sends = []  # (rank state, versions, tokens): groups sent and not yet taken, in order
         rollouts = max(1, int(c["rollouts"]))
-        self.in_flight = c["in_flight"] or max(1, min(c["buffer_groups"], max(c["per_batch"], -(-int(c["prompts"]) // rollouts))))
+        self.in_flight = c["in_flight"] or max(1, min(c["buffer_groups"], -(-int(c["prompts"]) // rollouts)))
         self.parked = None       # the trainers' own decoding, parked while they train (multiplexing)
         self.mux_job = None
         self.steps = []
@@ -786,7 +786,24 @@ def fit_offline(runs, compute, workload):
         if k2 > 0 and c2 >= 0:
             kappa, c0 = k2, c2
     opt = median([r["t_optimizer"] * speed(r["cores"], r["background_cores"], 1) for r in ones]) / total_params(OFFLINE_MODEL)
-    return dict(kappa=kappa, c0=max(c0, 0.0), optimizer_s_per_param=opt)
+    return dict(kappa=kappa, c0=max(c0, 0.0), optimizer_s_per_param=opt, oversubscription_efficiency=1.0)
+
+
+def fit_oversubscription(runs, p):
+    """Oversubscribed trainers share cores less well than processor sharing says: a rank
+    that reaches the allreduce first polls (yielding) while the others still compute, and
+    ranks switch cores. One efficiency factor on their speed: the median of predicted over
+    measured step time on the oversubscribed layouts other than the largest (which stays
+    held out). Sets p["offline"]["oversubscription_efficiency"] (1 when no such layout)."""
+    over = [r for r in runs if r["trainers"] > r["cores"]]
+    if not over:
+        return
+    largest = max(r["trainers"] for r in over)
+    fitted = [r for r in over if r["trainers"] < largest]
+    if fitted:
+        p["offline"]["oversubscription_efficiency"] = 1.0
+        p["offline"]["oversubscription_efficiency"] = median([predict_offline_step(r, p) / r["step_wall_s"] for r in fitted])
+        p["offline"]["oversubscription_fitted_on"] = sorted({r["trainers"] for r in fitted})
 
 
 def offline_cpu_per_step(run, p):
@@ -805,6 +822,8 @@ def predict_offline_step(run, p, link=None):
     sh = offline_shard(run, p["offline_workload"])
     work = o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"]
     sp = speed(run["cores"], run["background_cores"], run["trainers"])
+    if run["trainers"] > run["cores"]:
+        sp *= o.get("oversubscription_efficiency", 1.0)
     nbytes = 4 * total_params(OFFLINE_MODEL)
     lk = link or p["links"]["shm"]["p2p"]
     return work / sp + binomial_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"], p["op_bw"])
@@ -918,6 +937,7 @@ def fit(res):
     ops = [r["bytes"] / (r["allreduce_best_s"] - 2 * r["oneway_best_s"]) for r in shm_rows
            if r["bytes"] >= 1 << 20 and r["allreduce_best_s"] > 2 * r["oneway_best_s"]]
     p["op_bw"] = median(ops) if ops else 5e9
+    fit_oversubscription(res["trainers"], p)
     # How well the binomial model holds on each measured link (ratio measured / model at the
     # largest messages); the rate-limited links are held out.
     check = {}

@@ -519,7 +519,10 @@ def write(res, p, held, proj, out):
     add(f"- **A trainer's step** takes kappa x (FLOP-model seconds of its shard) + c0 CPU seconds: kappa = {f(o['kappa'], 2)} "
         f"holds what the FLOP count leaves out (the loss, planning), c0 = {f(o['c0'], 3)} s the work beside the model (metrics, "
         f"report); fitted on the one-trainer offline runs. The optimizer costs {o['optimizer_s_per_param'] * 1e9:.2f} ns per "
-        f"parameter (divided over trainers when sharded).\n")
+        f"parameter (divided over trainers when sharded). Trainers oversubscribing the cores run at "
+        f"{f(o.get('oversubscription_efficiency', 1.0), 2)} of their processor-sharing speed (a rank that reaches the "
+        f"allreduce first polls while the others compute, and ranks switch cores): fitted on the oversubscribed layouts "
+        f"T = {', '.join(str(t) for t in o.get('oversubscription_fitted_on', [])) or 'none'}, the largest held out.\n")
     bc = ", ".join(f"{k} {f(v, 2)}" for k, v in sorted(p.get("binomial_check", {}).items()) if v)
     add(f"- **Allreduce.** kat-dist sums in place with `MPI_Iallreduce`; Open MPI runs it in its libnbc component, "
         f"which takes its binomial algorithm for every in-place call: ceil(log2 p) rounds up a binomial tree, each "

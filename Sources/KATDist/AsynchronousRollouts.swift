@@ -667,7 +667,9 @@ final class RolloutRankLoop {
     let generator: GroupGenerator
     let perBatch: Int
     /// Groups that may wait to be taken by the home trainer: this rank's share of a batch
-    /// (at least one decoding's worth, at most `buffer.max_groups`).
+    /// (at most `buffer.max_groups`). No more: a rank further ahead than its share would
+    /// have its newer groups taken before an older one of a slower rank, which then goes
+    /// stale although admission control let it start.
     let inFlight: Int
     /// Admission control: this rank's share of the groups all rollout ranks may have
     /// started per version held, (max_staleness + 1) x batch.prompts in all.
@@ -696,7 +698,7 @@ final class RolloutRankLoop {
                                    environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
         let share = (settings.prompts + max(1, world.size - trainers) - 1) / max(1, world.size - trainers)
-        inFlight = max(1, min(settings.ranks.bufferGroups, max(perBatch, share)))
+        inFlight = max(1, min(settings.ranks.bufferGroups, share))
         prompts = settings.prompts
         stepsAhead = settings.ranks.maxStaleness / max(1, settings.step.minibatches * settings.step.ppoEpochs)
         admission = settings.ranks.admission

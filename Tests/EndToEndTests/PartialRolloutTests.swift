@@ -125,7 +125,9 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
     /// rollout ranks leave room for them, so that no group made after the resume is dropped
     /// as stale; only restored ones may be, when they were old already. (Counting only the
     /// groups started after the resume let the rollout ranks fill the buffer again on top
-    /// of the restored ones, and a whole batch of new groups went stale.)
+    /// of the restored ones, and a whole batch of new groups went stale.) One rollout rank:
+    /// with several, a slow rank's group admitted in time can still be overtaken by a
+    /// faster rank's newer ones and go stale, whatever admission control counts.
     func testAResumedRunLeavesRoomForItsRestoredGroups() throws {
         let run = dir + "/run"
         let env = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path
@@ -135,8 +137,8 @@ final class PartialRolloutTests: TemporaryDirectoryTestCase {
                     "--set", "data.env_command=python3 \(env)", "--set", "loss.off_policy=decoupled", "--set", "optimizer.lr=0.01",
                     "--set", "checkpoint.every=1", "--set", "ranks.multiplex=false", "--set", "loss.ppo_epochs=4",
                     "--set", "log.trained_ids=true", "--set", "checkpoint.keep=20"]
-        XCTAssertNotEqual(try mpirun(3, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "6:0"]).code, 0, "killed at step 6")
-        let r = try mpirun(3, args + ["--resume", "auto"], timeout: 240)
+        XCTAssertNotEqual(try mpirun(2, args, timeout: 240, env: ["KAT_FAULT_KILL_AT": "6:0"]).code, 0, "killed at step 6")
+        let r = try mpirun(2, args + ["--resume", "auto"], timeout: 240)
         XCTAssertEqual(r.code, 0, r.output)
         let rl = try metricsLines(run).filter { $0["phase"] == .string("rl") }
         XCTAssertEqual(rl.last?["step"]?.intValue, 12)
