@@ -14,6 +14,25 @@ func loadModelOption(_ a: ParsedArguments, command: String) throws -> any Langua
     do { return try ModelDirectory.load(Checkpoint.resolveModelDirectory(given)) } catch { throw CommandFailure(description: "\(error)") }
 }
 
+/// Checks `--output FILE` before any work: its directory exists and takes new files, and
+/// the path is not a directory. nil when the option is absent (standard output).
+func checkedOutputOption(_ a: ParsedArguments, command: String) throws -> String? {
+    guard let path = a.value("output") else { return nil }
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+        throw UsageError(description: "kat-dist \(command): --output \(path): is a directory")
+    }
+    let parent = (path as NSString).deletingLastPathComponent
+    let dir = parent.isEmpty ? "." : parent
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        throw UsageError(description: "kat-dist \(command): --output \(path): no such directory \(dir)")
+    }
+    guard FileManager.default.isWritableFile(atPath: dir) else {
+        throw UsageError(description: "kat-dist \(command): --output \(path): the directory \(dir) is not writable")
+    }
+    return path
+}
+
 /// The tokenizer of the model directory `--model` names, checked against the model's
 /// vocabulary and able to frame episodes (an EOS and a separator).
 func loadTokenizerOption(_ a: ParsedArguments, model: any LanguageModel, command: String) throws -> any Tokenizer {

@@ -45,6 +45,7 @@ enum LogprobsCommand {
         guard FileManager.default.fileExists(atPath: input) else {
             throw UsageError(description: "kat-dist logprobs: --input \(input): no such file")
         }
+        let output = try checkedOutputOption(a, command: "logprobs")
         let model = try loadModelOption(a, command: "logprobs")
         model.keepsHeadLogits = false // scoring only: no backward follows, so no logits are kept
         let lines = try readTokenLines(input, vocabSize: model.config.vocabSize, maxPositions: model.config.nPositions)
@@ -78,7 +79,7 @@ enum LogprobsCommand {
                            final: end == lines.count)
         }
         display.finish()
-        if let path = a.value("output") {
+        if let path = output {
             do { try FileWriting.writeAtomically(Data(out.utf8), to: path) } catch { throw CommandFailure(description: "\(error)") }
         } else {
             FileHandle.standardOutput.write(Data(out.utf8))

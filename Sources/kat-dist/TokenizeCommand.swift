@@ -35,6 +35,7 @@ enum TokenizeCommand {
         let dir: String
         do { dir = try Checkpoint.resolveModelDirectory(given) } catch { throw CommandFailure(description: "\(error)") }
         let input = try a.required("input", command: "tokenize")
+        let output = try checkedOutputOption(a, command: "tokenize")
         let decode = a.has("decode")
         if a.has("skip-special-tokens") && !decode {
             throw UsageError(description: "kat-dist tokenize: --skip-special-tokens applies to --decode only")
@@ -84,7 +85,7 @@ enum TokenizeCommand {
             }
             out += JSON.object(result).serialized + "\n"
         }
-        if let path = a.value("output") {
+        if let path = output {
             do { try FileWriting.writeAtomically(Data(out.utf8), to: path) } catch { throw CommandFailure(description: "\(error)") }
         } else {
             FileHandle.standardOutput.write(Data(out.utf8))

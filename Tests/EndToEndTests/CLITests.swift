@@ -114,5 +114,15 @@ final class CLITests: TemporaryDirectoryTestCase {
         XCTAssertEqual(bad.code, 1)
         XCTAssertTrue(bad.stderr.contains("in.jsonl:2: field tokens"), bad.stderr)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: output)), before)
+        // An output path that cannot be written is refused before any scoring, for
+        // logprobs and tokenize alike.
+        for command in ["logprobs", "tokenize"] {
+            for (path, says) in [(dir + "/missing/out.jsonl", "no such directory"), (dir, "is a directory")] {
+                let r = try runKatDist([command, "--model", fixtureModel, "--input", input, "--output", path])
+                XCTAssertEqual(r.code, 2, r.stderr)
+                XCTAssertTrue(r.stderr.contains("--output \(path): \(says)"), r.stderr)
+                XCTAssertFalse(r.stderr.contains("scoring"), "refused only after scoring: \(r.stderr)")
+            }
+        }
     }
 }
