@@ -57,6 +57,7 @@ sets = [
     ("seed", "seed=-1", "key seed: must be in"),
     ("ranks", "ranks.trainers=0", "key ranks.trainers: must be in"),
     ("temperature", "rollout.temperature=0", "key rollout.temperature: must be in"),
+    ("rloo-alone", "advantage.estimator=rloo --set rollout.group_size=1", "key rollout.group_size: advantage.estimator rloo compares"),
 ]
 for name, value, frag in sets:
     cases.append((f"--set {name}", f"train --set {value} --run-dir {{t}}/run", frag))
