@@ -433,7 +433,7 @@ final class AsynchronousRollouts: BatchSource {
 
     func collect(step: Int, version: Int) throws -> CollectedBatch {
         let t0 = monotonicSeconds()
-        var idle = 0.0, generating = 0.0
+        var generating = 0.0
         var dropped = (trajectories: 0, tokens: 0)
         while true {
             try peers.poll()
@@ -459,7 +459,7 @@ final class AsynchronousRollouts: BatchSource {
                 let myCount = chosen.filter { $0.trainer == collective.rank }.count
                 let taken = Array(buffer.groups.prefix(myCount))
                 buffer.groups.removeFirst(myCount)
-                return try assemble(chosen: Array(chosen), mine: taken.map(\.trajectories), dropped: dropped, idle: idle,
+                return try assemble(chosen: Array(chosen), mine: taken.map(\.trajectories), dropped: dropped,
                                     generating: generating, started: t0)
             }
             if let generator {
@@ -475,9 +475,7 @@ final class AsynchronousRollouts: BatchSource {
                 try generateWhileWaiting(generator, version: version)
                 generating += monotonicSeconds() - t
             } else {
-                let t = monotonicSeconds()
                 usleep(1000)
-                idle += monotonicSeconds() - t
             }
         }
     }
@@ -491,6 +489,8 @@ final class AsynchronousRollouts: BatchSource {
     let multiplexGroups: Int
     /// Episodes of the trainer's own groups given up unfinished (stale, or at the end).
     var multiplexedDiscarded = 0
+    /// The thread the trainer's own decodings run on (started at the first).
+    var generationThread: GenerationThread?
 
     /// Multiplexing: starts a group, or continues the parked one, until it is done or until
     /// waiting would no longer be idle (then it stays parked).
@@ -506,7 +506,9 @@ final class AsynchronousRollouts: BatchSource {
             // Several groups decoded together, as rollout ranks do (one cache call per token
             // for all their samples); a parked decoding loses nothing, so a batch of them
             // costs no more waiting than one group.
-            g = ResumableGeneration(generator: generator, step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
+            let thread = generationThread ?? GenerationThread()
+            generationThread = thread
+            g = ResumableGeneration(generator: generator, thread: thread, step: sequence &+ version &* 1_000_003 &+ collective.rank &* 7_777_777,
                                     indices: (0..<multiplexGroups).map { 2_000_000 + collective.rank * 64 + $0 }, version: version,
                                     names: (0..<multiplexGroups).map { "m\(collective.rank)-v\(version)-c\(sequence)-\($0)" },
                                     sequence: sequence)
@@ -556,12 +558,14 @@ final class AsynchronousRollouts: BatchSource {
     /// Every trainer's chosen groups, in the agreed order, on every trainer, with the
     /// counts of every trainer summed.
     func assemble(chosen: [(key: (version: Int, source: Int, sequence: Int), trainer: Int)], mine: [[Trajectory]],
-                  dropped: (trajectories: Int, tokens: Int), idle: Double, generating: Double, started: Double) throws -> CollectedBatch {
+                  dropped: (trajectories: Int, tokens: Int), generating: Double, started: Double) throws -> CollectedBatch {
         var counts = buffer.counts
         buffer.counts = BatchCounts()
         counts.droppedStale = dropped.trajectories
         counts.droppedStaleTokens = dropped.tokens
-        counts.idleMicros = Int(idle * 1e6)
+        // Idle: the time gathering the batch (waiting for groups, and for the other
+        // trainers in the agreement) that was not spent generating.
+        counts.idleMicros = Int(max(0, monotonicSeconds() - started - generating) * 1e6)
         counts.generateMicros = Int(generating * 1e6)
         var perTrainer: [[[Trajectory]]] = []
         var sums = BatchCounts()
@@ -632,6 +636,7 @@ final class AsynchronousRollouts: BatchSource {
         // Trainer 0 tells every trainer the last publication it wrote; each stops its
         // rollout ranks, which pass that version down the tree before they say done.
         abandonMultiplexed()
+        generationThread?.stop()
         var last = [Double(peers.publisher?.lastPublication ?? -1)]
         if collective.rank != 0 { last = [0] }
         try collective.allreduceSum(&last)
@@ -700,7 +705,7 @@ final class RolloutRankLoop {
         let share = (settings.prompts + max(1, world.size - trainers) - 1) / max(1, world.size - trainers)
         inFlight = max(1, min(settings.ranks.bufferGroups, share))
         prompts = settings.prompts
-        stepsAhead = settings.ranks.maxStaleness / max(1, settings.step.minibatches * settings.step.ppoEpochs)
+        stepsAhead = settings.stepsAhead
         admission = settings.ranks.admission
         rolloutRanks = world.size - trainers
         faults = FaultInjection(worldRank: world.rank)

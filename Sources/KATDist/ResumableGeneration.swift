@@ -2,11 +2,49 @@ import Foundation
 import KATRL
 import KATTrie
 
+/// The thread a trainer's own decodings run on, one at a time, for the life of the run.
+/// One thread for all of them, not one each: an environment process started from a
+/// thread is ended when that thread exits (the guardian asks Linux for a signal when its
+/// parent dies, and Linux sends it when the thread that started it exits).
+final class GenerationThread: @unchecked Sendable {
+    private let wake = DispatchSemaphore(value: 0)
+    // Set before `wake` is signalled, read by the thread after its wait.
+    private var job: (() -> Void)?
+    private var stopping = false
+
+    init() {
+        let thread = Thread { [self] in
+            while true {
+                wake.wait()
+                if stopping { return }
+                let j = job
+                job = nil
+                j?()
+            }
+        }
+        // A decoding's own stack is small, but the kernels it calls are not ours to bound.
+        thread.stackSize = 16 << 20
+        thread.start()
+    }
+
+    /// Runs `job` on the thread (the previous job must have finished).
+    func run(_ job: @escaping () -> Void) {
+        self.job = job
+        wake.signal()
+    }
+
+    /// Ends the thread once its current job has finished.
+    func stop() {
+        stopping = true
+        wake.signal()
+    }
+}
+
 /// A trainer's own generation of a few groups (multiplexing) that stops between two decode
 /// steps and continues later, after the trainer has trained on a batch meanwhile, so that
 /// no decoding work is thrown away when a batch becomes ready mid-group.
 ///
-/// The generation runs on a thread of its own that takes turns with the trainer's main
+/// The generation runs on a `GenerationThread` that takes turns with the trainer's main
 /// thread: `advance` hands over and waits until the generation has finished one decode
 /// step (or all of it), so exactly one of the two runs at any time, and the two
 /// semaphores of the hand-over order their memory. The main thread makes every MPI call
@@ -31,6 +69,7 @@ final class ResumableGeneration: @unchecked Sendable {
     private var progress: Progress = .paused
     private var started = false
     private let generator: GroupGenerator
+    private let thread: GenerationThread
     private let body: () throws -> [[Trajectory]]
     /// The policy version of the weights the cache holds, and the one it started with.
     private(set) var version: Int
@@ -40,9 +79,11 @@ final class ResumableGeneration: @unchecked Sendable {
     /// Whether it has finished (then `advance` must not be called again).
     private(set) var isFinished = false
 
-    /// - Parameters: as `GroupGenerator.generate` (the groups are decoded together).
-    init(generator: GroupGenerator, step: Int, indices: [Int], version: Int, names: [String], sequence: Int) {
+    /// - Parameters: as `GroupGenerator.generate` (the groups are decoded together), and
+    ///   the thread it runs on (free: no other decoding under way on it).
+    init(generator: GroupGenerator, thread: GenerationThread, step: Int, indices: [Int], version: Int, names: [String], sequence: Int) {
         self.generator = generator
+        self.thread = thread
         self.version = version
         startVersion = version
         self.sequence = sequence
@@ -64,14 +105,11 @@ final class ResumableGeneration: @unchecked Sendable {
                 resume.wait()
                 return action
             }
-            let thread = Thread { [self] in
+            thread.run { [self] in
                 let result = Result { try body() }
                 progress = .finished(result)
                 parked.signal()
             }
-            // A decoding's own stack is small, but the kernels it calls are not ours to bound.
-            thread.stackSize = 16 << 20
-            thread.start()
         } else {
             if case .newWeights(let v) = next { version = v }
             action = next

@@ -154,7 +154,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "comm.overlap", kind: .bool, defaultValue: true, help: "sum each gradient bucket over trainers as soon as backward has filled it"),
         ConfigKey(name: "comm.bucket_mib", kind: .double(0.001...4096), defaultValue: 4.0, help: "gradient bucket size, MiB"),
         ConfigKey(name: "optimizer.shard", kind: .bool, defaultValue: false, help: "shard the optimizer state over trainers (reduce-scatter, slice update, allgather)"),
-        ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data"),
+        ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data (not when max_staleness is below minibatches x ppo_epochs)"),
         ConfigKey(name: "max_staleness", kind: .int(0...1000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "rollout.admission", kind: .bool, defaultValue: true,
                   help: "rollout ranks start a group only while it can be trained within max_staleness (false: generate freely, drop stale groups)"),
@@ -326,11 +326,17 @@ public struct TrainConfig: Sendable {
         if explicit.contains("loss.is_cap"), double("loss.is_cap") > 0, string("loss.off_policy") != PolicyLossConfig.OffPolicy.decoupled.rawValue {
             throw .badValue(source: source, key: "loss.is_cap", reason: "applies to loss.off_policy decoupled only (loss.off_policy is \(string("loss.off_policy") ?? "ppo"))")
         }
-        if string("data.trajectories") == nil, string("advantage.estimator") == AdvantageConfig.Estimator.rloo.rawValue {
+        if string("data.trajectories") == nil {
+            // Online runs compute advantages from the rewards of each prompt's samples.
+            let estimator = string("advantage.estimator") ?? ""
+            if estimator == AdvantageConfig.Estimator.given.rawValue {
+                throw .badValue(source: source, key: "advantage.estimator",
+                                reason: "given reads each trajectory's advantage field, which only offline data (data.trajectories) has; online runs use grpo or rloo")
+            }
             let samples = int("rollout.group_size")
             if samples < 2 {
                 throw .badValue(source: source, key: "rollout.group_size",
-                                reason: "advantage.estimator rloo compares each sample with the others of its prompt: a group needs at least 2 samples, got \(samples)")
+                                reason: "advantage.estimator \(estimator) compares each sample with the others of its prompt: a group needs at least 2 samples, got \(samples) (every advantage would be 0)")
             }
         }
         if double("advantage.entropy_min") > double("advantage.entropy_max") {

@@ -42,12 +42,12 @@ public enum Training {
         if !settings.data.isOnline, r > 0 {
             throw .settings(key: "ranks.rollouts", reason: "offline training (data.trajectories) has no rollout ranks: set ranks.trainers to the number of ranks (\(t + r))")
         }
-        if settings.data.isOnline, r > 0, !settings.ranks.multiplex {
+        if settings.data.isOnline, r > 0, !settings.trainersMultiplex {
             // Rollout rank k sends to trainer k mod T; without multiplexing only those
             // trainers' buffers can hold the groups of a batch.
             let room = min(t, r) * settings.ranks.bufferGroups
             if room < settings.prompts {
-                throw .settings(key: "buffer.max_groups", reason: "the trainers' buffers hold \(room) groups (buffer.max_groups \(settings.ranks.bufferGroups) x \(min(t, r)) trainers with rollout ranks) but a batch needs batch.prompts (\(settings.prompts)) with ranks.multiplex=false: raise buffer.max_groups to at least \((settings.prompts + min(t, r) - 1) / min(t, r)), or turn ranks.multiplex on")
+                throw .settings(key: "buffer.max_groups", reason: "the trainers' buffers hold \(room) groups (buffer.max_groups \(settings.ranks.bufferGroups) x \(min(t, r)) trainers with rollout ranks) but a batch needs batch.prompts (\(settings.prompts)) with ranks.multiplex=false: raise buffer.max_groups to at least \((settings.prompts + min(t, r) - 1) / min(t, r)), \(settings.ranks.multiplex ? " (multiplexing needs max_staleness of at least batch.minibatches x loss.ppo_epochs)" : ", or turn ranks.multiplex on")")
             }
         }
         return layout
@@ -266,6 +266,7 @@ public enum Training {
             mpi.watchdog = settings.watchdog * 1.5
             mpi.whileWaiting = { try plan.peers?.poll() }
         }
+        if collective.rank == 0, layout.rollouts > 0, settings.data.isOnline, let why = settings.multiplexOffReason { console.line(why) }
         return try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
                                console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
                                runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
@@ -298,7 +299,12 @@ public enum Training {
                 let publisher = world.rank == 0 ? WeightPublisher(world: world, node: topology.node, tree: topology.tree) : nil
                 let p = RolloutPeers(link: link, publisher: publisher, ring: ringOnly(collective, settings)?.ring)
                 peers = p
-                let generator = settings.ranks.multiplex ? GroupGenerator(model: model, settings: settings, environments: environments) : nil
+                // The trainer's own decodings get environment processes of their own (started
+                // when first used): a parked decoding holds its episodes' processes between
+                // two steps, and evaluation must not reset them meanwhile.
+                let generator = settings.trainersMultiplex
+                    ? GroupGenerator(model: model, settings: settings, environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
+                    : nil
                 phases.append(AsynchronousRollouts(peers: p, collective: collective, model: model, generator: generator, rolloutRanks: layout.rollouts,
                                                    settings: settings))
             } else {

@@ -337,7 +337,7 @@ final class ResumableGenerationTests: XCTestCase {
         XCTAssertEqual(plain.count, 2)
 
         let other = GroupGenerator(model: model, settings: s, environments: env)
-        let parked = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 5, indices: [0, 1],
+        let parked = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), thread: GenerationThread(), step: 5, indices: [0, 1],
                                          version: 0, names: names, sequence: 0)
         var pauses = 0
         var result: [[Trajectory]]?
@@ -362,7 +362,7 @@ final class ResumableGenerationTests: XCTestCase {
         // New weights after the first decode step.
         let saved = Array(UnsafeBufferPointer(start: model.params.pointer, count: model.params.count))
         defer { model.params.pointer.update(from: saved, count: saved.count) }
-        let resumed = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 5, indices: [0, 1],
+        let resumed = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), thread: GenerationThread(), step: 5, indices: [0, 1],
                                           version: 0, names: names, sequence: 0)
         guard case .paused = resumed.advance(.proceed) else { return XCTFail("finished after one decode step") }
         for k in 0..<model.params.count { model.params.pointer[k] *= 1.5 }
@@ -392,7 +392,7 @@ final class ResumableGenerationTests: XCTestCase {
         let s = try tinySettings(["rollout.group_size=4", "rollout.max_new_tokens=12"])
         let model = try s.initialModel()
         let env = try EnvironmentSource(s, vocabSize: model.config.vocabSize)
-        let g = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), step: 1, indices: [0, 1, 2],
+        let g = ResumableGeneration(generator: GroupGenerator(model: model, settings: s, environments: env), thread: GenerationThread(), step: 1, indices: [0, 1, 2],
                                     version: 0, names: ["x", "y", "z"], sequence: 0)
         guard case .paused = g.advance(.proceed) else { return XCTFail("finished after one decode step") }
         XCTAssertEqual(g.abandon(), 12)

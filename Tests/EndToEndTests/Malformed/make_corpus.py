@@ -58,6 +58,8 @@ sets = [
     ("ranks", "ranks.trainers=0", "key ranks.trainers: must be in"),
     ("temperature", "rollout.temperature=0", "key rollout.temperature: must be in"),
     ("rloo-alone", "advantage.estimator=rloo --set rollout.group_size=1", "key rollout.group_size: advantage.estimator rloo compares"),
+    ("grpo-alone", "rollout.group_size=1", "key rollout.group_size: advantage.estimator grpo compares"),
+    ("given-online", "advantage.estimator=given", "key advantage.estimator: given reads each trajectory's advantage field"),
 ]
 for name, value, frag in sets:
     cases.append((f"--set {name}", f"train --set {value} --run-dir {{t}}/run", frag))
