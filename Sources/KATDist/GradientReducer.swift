@@ -79,6 +79,9 @@ final class GradientReducer: @unchecked Sendable {
         next = buckets.count - 1
     }
 
+    /// Whether the progress thread owns MPI now (the main thread must make no MPI call).
+    var progressThreadRunning: Bool { threadDone != nil }
+
     /// Called before the last micro-batch's backward pass: with overlap, starts the
     /// progress thread, which owns MPI until `finish`.
     func beginLastBackward() {

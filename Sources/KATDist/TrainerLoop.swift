@@ -367,6 +367,11 @@ final class TrainerLoop {
                 // lets its gradient buckets start summing while the next stages compute.
                 while let stage = pass.backward.step() {
                     if last, let reducer, !faults.skipGradientSum { try reducer.completed(model.layout.gradientComplete(after: stage)) }
+                    // Weights on their way to other nodes move only inside MPI calls (no
+                    // progress thread): test those sends between backward stages too, so a
+                    // slow link carries them while the trainer computes (not while a
+                    // gradient progress thread owns MPI).
+                    if reducer?.progressThreadRunning != true { try peers?.publisher?.poll() }
                 }
                 tally += pass.tally
                 faults.killIfDue(stepIndex + 1)
