@@ -356,12 +356,19 @@ final class TrainerLoop {
             }
             model.zeroGrad()
             reducer?.begin()
+            // Weight sends progress between forward blocks as between backward stages.
+            var sendError: (any Error)?
+            if let publisher = peers?.publisher, !publisher.children.isEmpty {
+                model.betweenForwardBlocks = { do { try publisher.poll() } catch { sendError = sendError ?? error } }
+            }
+            defer { model.betweenForwardBlocks = nil }
             var tally = UpdateTally()
             for (k, mb) in update.microBatches.enumerated() {
                 try source.service()
                 try peers?.poll()
                 let last = k == update.microBatches.count - 1
                 let pass = try step.forward(mb, of: update)
+                if let e = sendError { throw e }
                 if last, !faults.skipGradientSum { reducer?.beginLastBackward() }
                 // Backward a stage at a time: on the last micro-batch each finished stage
                 // lets its gradient buckets start summing while the next stages compute.

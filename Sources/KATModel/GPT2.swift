@@ -76,6 +76,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
     let scratch = AttentionScratch()
     let head = OutputHead()
     public var keepsHeadLogits = true
+    public var betweenForwardBlocks: (() -> Void)?
 
     /// A model with all parameters zero; see `initialize(seed:)` and the loaders.
     public init(config: GPT2Config) throws(ModelError) {
@@ -148,6 +149,7 @@ public final class GPT2: LanguageModel, @unchecked Sendable {
             matmulForwardResidual(a.residual3[l].pointer, a.fchGelu.pointer, p + o.fcprojw, p + o.fcprojb, a.residual2[l].pointer,
                                   n, 4 * c, c)
             residual = a.residual3[l].pointer
+            betweenForwardBlocks?()
         }
         layernormForward(a.lnf.pointer, a.lnfMean.pointer, a.lnfRstd.pointer, residual, p + layout.lnfw, p + layout.lnfb, n, c)
         // The head keeps its logits for backward when they take no more than the activations.

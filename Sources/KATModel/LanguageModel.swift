@@ -134,6 +134,9 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// default; callers that never run backward (scoring, reference models) turn it off so
     /// that a forward never holds the logits of its batch.
     var keepsHeadLogits: Bool { get set }
+    /// Called by `forward` after each block (nil: nothing), for work that must not wait for
+    /// the whole pass, such as letting a network transfer progress.
+    var betweenForwardBlocks: (() -> Void)? { get set }
     /// Runs the model over a packed batch and scores every row from its parent's output at
     /// temperature `temperature`: pi_tau = softmax(logits / tau).
     @discardableResult

@@ -77,6 +77,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
     let scratch = AttentionScratch()
     let head = OutputHead()
     public var keepsHeadLogits = true
+    public var betweenForwardBlocks: (() -> Void)?
     let rotary: RotaryTable
     let shape: AttentionShape
     let eps: Float
@@ -154,6 +155,7 @@ public final class Llama: LanguageModel, @unchecked Sendable {
             swigluForward(a.act.pointer, a.gateUp[l].pointer, n, f)
             linearForwardResidual(a.residual3[l].pointer, a.act.pointer, p + o.downWeight, nil, a.residual2[l].pointer, n, f, c)
             residual = a.residual3[l].pointer
+            betweenForwardBlocks?()
         }
         rmsnormForward(a.normf.pointer, a.rstdf.pointer, residual, p + layout.finalNorm, n, c, eps)
         // The head keeps its logits for backward when they take no more than the activations.
