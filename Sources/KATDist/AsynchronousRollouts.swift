@@ -274,8 +274,7 @@ final class WeightPublisher {
     func poll() throws {
         var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
         for entry in sends {
-            var pending: [MPICollective.PendingSend] = []
-            for s in entry.sends where try !world.test(s) { pending.append(s) }
+            let pending = try world.unfinished(entry.sends)
             if pending.isEmpty { node.unpin(entry.slot) } else { left.append((entry.slot, pending)) }
         }
         sends = left
@@ -546,8 +545,8 @@ final class AsynchronousRollouts: BatchSource {
         }
     }
 
-    /// Gives up the parked group, if any (at the end of the run, or before a checkpoint
-    /// that cannot hold it).
+    /// Gives up the parked group, if any (at the end of the run: a checkpoint does not
+    /// hold it, so a resumed run starts new groups).
     func abandonMultiplexed() {
         guard let g = multiplexed else { return }
         multiplexed = nil
@@ -661,7 +660,7 @@ final class AsynchronousRollouts: BatchSource {
 
 /// The loop of a rollout rank: wait for weights, then generate groups with the newest
 /// weights its node holds and send them to its home trainer with synchronous sends, up to
-/// up to its share of a batch in flight (a trainer busy computing takes them when it next
+/// its share of a batch in flight (a trainer busy computing takes them when it next
 /// collects; a full buffer there pushes back), until told to stop. A node leader
 /// also receives each new version from its tree parent into its node's shared memory and
 /// passes it on to its children. Built from the sampler and the environments only: no
@@ -702,12 +701,12 @@ final class RolloutRankLoop {
         generator = GroupGenerator(model: model, settings: settings,
                                    environments: try EnvironmentSource(settings, vocabSize: model.config.vocabSize))
         perBatch = max(1, min(4, settings.ranks.bufferGroups))
-        let share = (settings.prompts + max(1, world.size - trainers) - 1) / max(1, world.size - trainers)
+        rolloutRanks = world.size - trainers
+        let share = (settings.prompts + max(1, rolloutRanks) - 1) / max(1, rolloutRanks)
         inFlight = max(1, min(settings.ranks.bufferGroups, share))
         prompts = settings.prompts
         stepsAhead = settings.stepsAhead
         admission = settings.ranks.admission
-        rolloutRanks = world.size - trainers
         faults = FaultInjection(worldRank: world.rank)
         home = (world.rank - trainers) % trainers
         parent = tree.parent(of: world.rank)
@@ -768,13 +767,7 @@ final class RolloutRankLoop {
     /// (else into scratch memory), and passes each on to its children.
     func relayWeights() throws {
         guard let parent else { return }
-        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
-        for f in forwards {
-            var pending: [MPICollective.PendingSend] = []
-            for s in f.sends where try !world.test(s) { pending.append(s) }
-            if pending.isEmpty { if f.slot >= 0 { node.unpin(f.slot) } } else { left.append((f.slot, pending)) }
-        }
-        forwards = left
+        try releaseFinishedForwards()
         while let m = try world.probe(source: parent, tag: Tag.weights) {
             _ = m
             let slot = node.beginWrite()
@@ -798,16 +791,19 @@ final class RolloutRankLoop {
         }
     }
 
-    /// Advances forwarding sends once.
-    func relayDrain() throws {
-        for f in forwards { for s in f.sends { _ = try world.test(s) } }
+    /// Tests the forwarding sends once, and unpins the slots whose sends are all done.
+    func releaseFinishedForwards() throws {
         var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
         for f in forwards {
-            var pending: [MPICollective.PendingSend] = []
-            for s in f.sends where try !world.test(s) { pending.append(s) }
+            let pending = try world.unfinished(f.sends)
             if pending.isEmpty { if f.slot >= 0 { node.unpin(f.slot) } } else { left.append((f.slot, pending)) }
         }
         forwards = left
+    }
+
+    /// Advances forwarding sends once.
+    func relayDrain() throws {
+        try releaseFinishedForwards()
         usleep(100)
     }
 
@@ -896,9 +892,7 @@ final class RolloutRankLoop {
         var lastPublication = -1
         while true {
             if let last = try stopRequested() { lastPublication = last; break }
-            var waiting: [MPICollective.PendingSend] = []
-            for p in pending where try !world.test(p) { waiting.append(p) }
-            pending = waiting
+            pending = try world.unfinished(pending)
             if pending.count >= inFlight {
                 // Back-pressure: the home trainer's buffer is full, or it is computing.
                 let t = monotonicSeconds()
@@ -953,9 +947,7 @@ final class RolloutRankLoop {
         // Finish the groups in flight (the home trainer drains them), pass on the last
         // weights, say done, and wait for goodbye.
         while true {
-            var waiting: [MPICollective.PendingSend] = []
-            for p in pending where try !world.test(p) { waiting.append(p) }
-            pending = waiting
+            pending = try world.unfinished(pending)
             if pending.isEmpty { break }
             try serve()
             usleep(200)

@@ -409,6 +409,13 @@ public final class MPICollective: Collective, @unchecked Sendable {
         return flag != 0
     }
 
+    /// The sends of `sends` that have not completed yet (each is tested once).
+    public func unfinished(_ sends: [PendingSend]) throws -> [PendingSend] {
+        var left: [PendingSend] = []
+        for s in sends where try !test(s) { left.append(s) }
+        return left
+    }
+
     /// Seconds since an arbitrary origin, MPI's wall clock.
     public static func wallTime() -> Double { MPI_Wtime() }
 
