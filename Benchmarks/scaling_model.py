@@ -564,7 +564,7 @@ class Simulation:
             self.generating += self.now - t0
             for k in range(n):
                 for _ in range(p["groups"]):
-                    self.buffer.append((p["versions"][0], -1 - k, self.mux_groups, c["group_tokens"], list(p["versions"])))
+                    self.buffer.append((p["versions"][0], 10 ** 12 + k, self.mux_groups, c["group_tokens"], list(p["versions"])))
                     self.mux_groups += 1
                     self.generated_tokens += c["group_tokens"]
             self.collect()

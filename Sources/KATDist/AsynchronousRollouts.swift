@@ -104,6 +104,14 @@ struct BufferedGroup {
     /// token): staleness and order count from there.
     var version: Int { trajectories.compactMap(\.policyVersion).min() ?? 0 }
     var key: (Int, Int, Int) { (version, source, sequence) }
+
+    /// The source of the groups trainer `rank` makes itself (multiplexing): after every
+    /// world rank, so that at equal versions the rollout ranks' groups (and restored ones,
+    /// source -1) go first. A rollout rank's group pushed back behind a trainer's own would
+    /// go stale although admission control let it start; a trainer's own group costs
+    /// only the time it would have waited idle.
+    static func trainerSource(_ rank: Int) -> Int { 1 << 40 + rank }
+    var isTrainers: Bool { source >= 1 << 40 }
 }
 
 /// A trainer's buffer of finished groups, bounded by `capacity` (a full buffer stops
@@ -523,7 +531,7 @@ final class AsynchronousRollouts: BatchSource {
                 switch result {
                 case .success(let groups):
                     for (k, group) in groups.enumerated() where !group.isEmpty {
-                        buffer.append(group, source: collective.rank, sequence: g.sequence + k)
+                        buffer.append(group, source: BufferedGroup.trainerSource(collective.rank), sequence: g.sequence + k)
                         buffer.counts.multiplexedGroups += 1
                     }
                 case .failure(let e as GenerationInterrupted):
@@ -590,9 +598,7 @@ final class AsynchronousRollouts: BatchSource {
         // admission waits: the mean over rollout ranks.
         batch.idleSeconds = Double(sums.idleMicros) / 1e6 / Double(collective.size)
         batch.generateSeconds = Double(sums.generateMicros) / 1e6 / Double(collective.size)
-        // Trainers' own groups carry a trainer's rank as their source (rollout ranks come
-        // after the trainers; restored groups have source -1).
-        batch.trainerGroups = chosen.filter { (0..<collective.size).contains($0.key.source) }.count
+        batch.trainerGroups = chosen.filter { $0.key.source >= BufferedGroup.trainerSource(0) }.count
         batch.throttledSeconds = Double(sums.throttledMicros) / 1e6 / Double(max(1, rolloutRanks))
         batch.backpressureSeconds = Double(sums.backpressureMicros) / 1e6 / Double(max(1, rolloutRanks))
         trainerGroups += sums.multiplexedGroups

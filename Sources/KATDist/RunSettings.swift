@@ -104,18 +104,19 @@ public struct RunSettings: Sendable {
     public var stepsAhead: Int { ranks.maxStaleness / max(1, step.minibatches * step.ppoEpochs) }
 
     /// Whether trainers multiplex in a run with rollout ranks: `ranks.multiplex`, unless a
-    /// group can wait no step (`stepsAhead` 0). Then a rollout rank's group that misses the
-    /// next batch is stale, and trainers that make part of that batch themselves would
-    /// leave the rollout ranks' groups to go stale.
-    public var trainersMultiplex: Bool { ranks.multiplex && stepsAhead > 0 }
+    /// group can wait fewer than two steps (`stepsAhead` below 2). Admission control lets
+    /// rollout ranks start groups for the next `stepsAhead` + 1 batches; groups the
+    /// trainers make meanwhile take batch places and push those back a step, which is
+    /// harmless only while a group can still wait one step more.
+    public var trainersMultiplex: Bool { ranks.multiplex && stepsAhead >= 2 }
 
     /// Why `ranks.multiplex` is on but trainers do not multiplex, or nil.
     public var multiplexOffReason: String? {
-        guard ranks.multiplex, stepsAhead == 0 else { return nil }
+        guard ranks.multiplex, stepsAhead < 2 else { return nil }
         let u = max(1, step.minibatches * step.ppoEpochs)
-        return "multiplexing is off in this run: max_staleness (\(ranks.maxStaleness)) is below the updates per step "
-            + "(batch.minibatches x loss.ppo_epochs = \(u)), so a group can wait no step, and groups the trainers made themselves "
-            + "would leave the rollout ranks' groups to go stale; set max_staleness to at least \(u) to multiplex"
+        return "multiplexing is off in this run: max_staleness (\(ranks.maxStaleness)) is below twice the updates per step "
+            + "(batch.minibatches x loss.ppo_epochs = \(u)), so a group can wait fewer than two steps, and groups the trainers made "
+            + "themselves would push the rollout ranks' groups back until they go stale; set max_staleness to at least \(2 * u) to multiplex"
     }
     public var data: DataSource = .task("code")
     /// Whether offline groups are shuffled each epoch after the first.

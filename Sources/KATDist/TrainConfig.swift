@@ -154,7 +154,7 @@ public struct TrainConfig: Sendable {
         ConfigKey(name: "comm.overlap", kind: .bool, defaultValue: true, help: "sum each gradient bucket over trainers as soon as backward has filled it"),
         ConfigKey(name: "comm.bucket_mib", kind: .double(0.001...4096), defaultValue: 4.0, help: "gradient bucket size, MiB"),
         ConfigKey(name: "optimizer.shard", kind: .bool, defaultValue: false, help: "shard the optimizer state over trainers (reduce-scatter, slice update, allgather)"),
-        ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data (not when max_staleness is below minibatches x ppo_epochs)"),
+        ConfigKey(name: "ranks.multiplex", kind: .bool, defaultValue: true, help: "trainers generate rollouts themselves when they would wait for data (not when max_staleness is below 2 x minibatches x ppo_epochs)"),
         ConfigKey(name: "max_staleness", kind: .int(0...1000), defaultValue: 4, help: "largest policy lag trained"),
         ConfigKey(name: "rollout.admission", kind: .bool, defaultValue: true,
                   help: "rollout ranks start a group only while it can be trained within max_staleness (false: generate freely, drop stale groups)"),

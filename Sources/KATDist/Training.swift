@@ -47,7 +47,9 @@ public enum Training {
             // trainers' buffers can hold the groups of a batch.
             let room = min(t, r) * settings.ranks.bufferGroups
             if room < settings.prompts {
-                throw .settings(key: "buffer.max_groups", reason: "the trainers' buffers hold \(room) groups (buffer.max_groups \(settings.ranks.bufferGroups) x \(min(t, r)) trainers with rollout ranks) but a batch needs batch.prompts (\(settings.prompts)) with ranks.multiplex=false: raise buffer.max_groups to at least \((settings.prompts + min(t, r) - 1) / min(t, r)), \(settings.ranks.multiplex ? " (multiplexing needs max_staleness of at least batch.minibatches x loss.ppo_epochs)" : ", or turn ranks.multiplex on")")
+                let why = settings.ranks.multiplex
+                    ? "with trainers that do not multiplex (max_staleness below twice batch.minibatches x loss.ppo_epochs)" : "with ranks.multiplex=false"
+                throw .settings(key: "buffer.max_groups", reason: "the trainers' buffers hold \(room) group\(room == 1 ? "" : "s") (buffer.max_groups \(settings.ranks.bufferGroups) x \(min(t, r)) trainer\(min(t, r) == 1 ? "" : "s") with rollout ranks) but a batch needs batch.prompts (\(settings.prompts)) \(why): raise buffer.max_groups to at least \((settings.prompts + min(t, r) - 1) / min(t, r))\(settings.ranks.multiplex ? ", or max_staleness" : ", or turn ranks.multiplex on")")
             }
         }
         return layout
@@ -266,7 +268,14 @@ public enum Training {
             mpi.watchdog = settings.watchdog * 1.5
             mpi.whileWaiting = { try plan.peers?.poll() }
         }
-        if collective.rank == 0, layout.rollouts > 0, settings.data.isOnline, let why = settings.multiplexOffReason { console.line(why) }
+        if collective.rank == 0, layout.rollouts > 0, settings.data.isOnline {
+            if let why = settings.multiplexOffReason { console.line(why) }
+            let room = min(layout.trainers, layout.rollouts) * settings.ranks.bufferGroups
+            if settings.trainersMultiplex, room < settings.prompts {
+                console.line("the trainers' buffers hold \(room) of a batch's \(settings.prompts) groups from rollout ranks (buffer.max_groups \(settings.ranks.bufferGroups)): "
+                             + "the trainers will make the rest themselves; raise buffer.max_groups to at least \((settings.prompts + room / settings.ranks.bufferGroups - 1) / (room / settings.ranks.bufferGroups)) to let the rollout ranks make them")
+            }
+        }
         return try TrainerLoop(settings: settings, collective: collective, isLeader: collective.rank == 0, worldRank: world?.rank ?? 0,
                                console: console, model: model, phases: plan.phases, evaluator: plan.evaluator, peers: plan.peers,
                                runDirectory: runDirectory, resume: resume, title: "kat-dist run \(runDirectory) (\(plan.title))")
