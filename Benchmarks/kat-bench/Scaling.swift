@@ -242,7 +242,7 @@ func weightSyncBenchmark() throws {
         var publish = 0.0, sent = 0
         if world.rank == 0 {
             memcpy(shared, local, bytes)
-            var sends: [MPICollective.PendingSend] = []
+            var sends: [MPICollective.PendingRequest] = []
             for c in children { sends += try world.isend(from: shared, bytes: bytes, to: c, tag: 31) }
             sent = children.count * bytes
             publish = monotonicSeconds() - t0
@@ -251,7 +251,7 @@ func weightSyncBenchmark() throws {
             for s in sends { while try !world.test(s) { usleep(50) } }
         } else if let parent {
             try world.receive(into: shared, bytes: bytes, from: parent, tag: 31)
-            var sends: [MPICollective.PendingSend] = []
+            var sends: [MPICollective.PendingRequest] = []
             for c in children { sends += try world.isend(from: shared, bytes: bytes, to: c, tag: 31) }
             for r in 0..<node.size where r != node.rank { try node.send([UInt8(v % 256)], to: r, tag: 32) }
             memcpy(local, shared, bytes)

@@ -68,7 +68,7 @@ struct Liveness {
     /// checks the watchdog.
     /// - Throws: `RunError.silentRank` naming a peer silent too long.
     mutating func exchange(over c: MPICollective, from source: Int, receiving: Int, to target: Int, sending: Int,
-                           beat: inout MPICollective.PendingSend?) throws {
+                           beat: inout MPICollective.PendingRequest?) throws {
         while try c.probe(source: source, tag: receiving) != nil {
             _ = try c.receive(from: source, tag: receiving)
             heard(source)
@@ -166,7 +166,7 @@ final class RolloutLink {
     let world: MPICollective
     let rollouts: [Int]
     var buffer: RolloutBuffer
-    var beats: [Int: MPICollective.PendingSend] = [:]
+    var beats: [Int: MPICollective.PendingRequest] = [:]
     var liveness: Liveness
 
     init(world: MPICollective, rollouts: [Int], capacity: Int, watchdog: Double) {
@@ -221,7 +221,7 @@ final class RolloutLink {
     func shutdown(lastPublication: Int, serve: () throws -> Void) throws -> Int {
         var v = [UInt8]()
         withUnsafeBytes(of: Int64(lastPublication).littleEndian) { v += $0 }
-        var stops: [MPICollective.PendingSend] = []
+        var stops: [MPICollective.PendingRequest] = []
         for rank in rollouts { stops.append(try world.isend(v, to: rank, tag: Tag.stop)) }
         var done = Set<Int>()
         var unfinished = 0
@@ -261,7 +261,7 @@ final class WeightPublisher {
     let node: NodeWeights
     let children: [Int]
     /// Sends in flight from each pinned slot.
-    var sends: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+    var sends: [(slot: Int, sends: [MPICollective.PendingRequest])] = []
     /// The number the next publication gets (publication numbers grow by one per call to
     /// `publish`; rollout ranks take any newer one).
     private(set) var nextPublication = 0
@@ -280,7 +280,7 @@ final class WeightPublisher {
 
     /// Completes the sends that are done and unpins their slots.
     func poll() throws {
-        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+        var left: [(slot: Int, sends: [MPICollective.PendingRequest])] = []
         for entry in sends {
             let pending = try world.unfinished(entry.sends)
             if pending.isEmpty { node.unpin(entry.slot) } else { left.append((entry.slot, pending)) }
@@ -312,7 +312,7 @@ final class WeightPublisher {
         lastPublication = p.number
         guard !children.isEmpty else { return 0 }
         node.pin(slot)
-        var out: [MPICollective.PendingSend] = []
+        var out: [MPICollective.PendingRequest] = []
         for c in children { out += try world.isend(from: node.message(slot), bytes: node.messageBytes, to: c, tag: Tag.weights) }
         sends.append((slot, out))
         return children.count * node.messageBytes
@@ -327,7 +327,7 @@ final class TrainerRing {
     let next: Int
     let previous: Int
     var liveness: Liveness
-    var beat: MPICollective.PendingSend?
+    var beat: MPICollective.PendingRequest?
 
     init(trainers: MPICollective, watchdog: Double) {
         self.trainers = trainers
@@ -696,9 +696,12 @@ final class RolloutRankLoop {
     /// Where a message goes when no node slot is free to take it.
     var scratch: UnsafeMutableRawPointer?
     /// Forwarding sends in flight: the slot they read (-1: scratch) and the requests.
-    var forwards: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+    var forwards: [(slot: Int, sends: [MPICollective.PendingRequest])] = []
     /// The newest publication this leader received from its tree parent.
     var lastReceived = -1
+    /// The weights message being received from the tree parent: the node slot it fills
+    /// (nil: scratch memory), where it goes, and the receive requests still in flight.
+    var incoming: (slot: Int?, target: UnsafeMutableRawPointer, requests: [MPICollective.PendingRequest])?
 
     init(world: MPICollective, model: any LanguageModel, node: NodeWeights, tree: WeightTree, trainers: Int, settings: RunSettings) throws {
         self.world = world
@@ -720,6 +723,9 @@ final class RolloutRankLoop {
         liveness = Liveness(watchdog: settings.watchdog, peers: [home], armed: false)
         if settings.rollout.partial {
             generator.worker.sampler.betweenSteps = { [unowned self] _ in self.betweenDecodeSteps() }
+        } else if parent != nil {
+            // Weights keep moving down the tree while this leader decodes with the ones it has.
+            generator.worker.sampler.betweenSteps = { [unowned self] _ in self.relayBetweenDecodeSteps() }
         }
     }
 
@@ -752,6 +758,19 @@ final class RolloutRankLoop {
         return version != used ? .newWeights(version: version) : .proceed
     }
 
+    /// Between two decode steps without partial rollouts: a leader advances the weights
+    /// it receives and forwards; the decoding keeps the weights it started with.
+    func relayBetweenDecodeSteps() -> DecodeAction {
+        trace?.step(publication: publication)
+        do {
+            try relayWeights()
+            return .proceed
+        } catch {
+            betweenStepsError = error
+            return .stop
+        }
+    }
+
     /// The policy version and publication number of the weights this rank holds (-1: none
     /// yet), and the groups the trainers had generated by then.
     var version = -1
@@ -760,7 +779,7 @@ final class RolloutRankLoop {
     /// Groups the trainers restored from the checkpoint (from the publication).
     var restoredGroups = 0
     var liveness: Liveness
-    var beat: MPICollective.PendingSend?
+    var beat: MPICollective.PendingRequest?
 
     /// Takes the home trainer's heartbeats, sends ours when due, and checks that it was
     /// heard from within the watchdog.
@@ -770,27 +789,38 @@ final class RolloutRankLoop {
     }
 
     /// A leader receives every weights message from its parent, into a free node slot
-    /// (else into scratch memory), and passes each on to its children.
+    /// (else into scratch memory), and passes each on to its children. The receive is
+    /// non-blocking: each call advances it, and the rank decodes in between (a message
+    /// takes as long as a step over a slow link, and MPI moves it only inside MPI calls,
+    /// so a blocking receive would hold the leader for most of every step).
     func relayWeights() throws {
         guard let parent else { return }
         try releaseFinishedForwards()
-        while let m = try world.probe(source: parent, tag: Tag.weights) {
-            _ = m
-            let slot = node.beginWrite()
-            let target: UnsafeMutableRawPointer
-            if let slot { target = node.message(slot) } else {
-                // Every slot is in use (readers, or earlier forwards): scratch memory, and
-                // the earlier forwards from it must be done first.
-                while forwards.contains(where: { $0.slot < 0 }) { try relayDrain() }
-                if scratch == nil { scratch = UnsafeMutableRawPointer.allocate(byteCount: node.messageBytes, alignment: 64) }
-                target = scratch ?? node.message(0)
+        while true {
+            if incoming == nil {
+                guard try world.probe(source: parent, tag: Tag.weights) != nil else { return }
+                let slot = node.beginWrite()
+                let target: UnsafeMutableRawPointer
+                if let slot { target = node.message(slot) } else {
+                    // Every slot is in use (readers, or earlier forwards): scratch memory, and
+                    // the earlier forwards from it must be done first.
+                    while forwards.contains(where: { $0.slot < 0 }) { try relayDrain() }
+                    if scratch == nil { scratch = UnsafeMutableRawPointer.allocate(byteCount: node.messageBytes, alignment: 64) }
+                    target = scratch ?? node.message(0)
+                }
+                incoming = (slot, target, try world.ireceive(into: target, bytes: node.messageBytes, from: parent, tag: Tag.weights))
+                trace?.receiving()
             }
-            try world.receive(into: target, bytes: node.messageBytes, from: parent, tag: Tag.weights)
+            guard let (slot, target, requests) = incoming else { return }
+            let left = try world.unfinished(requests)
+            guard left.isEmpty else { incoming = (slot, target, left); return }
+            incoming = nil
             lastReceived = NodeWeights.publication(ofMessage: target)
+            trace?.received(publication: lastReceived)
             if let slot { node.finishWrite(slot) }
             if !children.isEmpty {
                 if let slot { node.pin(slot) }
-                var sends: [MPICollective.PendingSend] = []
+                var sends: [MPICollective.PendingRequest] = []
                 for c in children { sends += try world.isend(from: target, bytes: node.messageBytes, to: c, tag: Tag.weights) }
                 forwards.append((slot ?? -1, sends))
             }
@@ -799,7 +829,7 @@ final class RolloutRankLoop {
 
     /// Tests the forwarding sends once, and unpins the slots whose sends are all done.
     func releaseFinishedForwards() throws {
-        var left: [(slot: Int, sends: [MPICollective.PendingSend])] = []
+        var left: [(slot: Int, sends: [MPICollective.PendingRequest])] = []
         for f in forwards {
             let pending = try world.unfinished(f.sends)
             if pending.isEmpty { if f.slot >= 0 { node.unpin(f.slot) } } else { left.append((f.slot, pending)) }
@@ -894,7 +924,7 @@ final class RolloutRankLoop {
         // and while it collects a batch, so the next groups are generated while earlier
         // ones wait to be taken, up to this rank's share of a batch: the next batch is
         // then ready when the trainer comes to collect it, one step behind at most.
-        var pending: [MPICollective.PendingSend] = []
+        var pending: [MPICollective.PendingRequest] = []
         var lastPublication = -1
         while true {
             if let last = try stopRequested() { lastPublication = last; break }

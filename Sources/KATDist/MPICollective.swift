@@ -354,14 +354,14 @@ public final class MPICollective: Collective, @unchecked Sendable {
 
     /// Starts sending `bytes` bytes at `buffer`, which the caller keeps unchanged until the
     /// send completes (`test`); messages larger than the chunk size go as several.
-    public func isend(from buffer: UnsafeRawPointer, bytes: Int, to dest: Int, tag: Int) throws -> [PendingSend] {
-        var out: [PendingSend] = []
+    public func isend(from buffer: UnsafeRawPointer, bytes: Int, to dest: Int, tag: Int) throws -> [PendingRequest] {
+        var out: [PendingRequest] = []
         var off = 0
         repeat {
             let n = min(MPICollective.maxChunk, bytes - off)
             var req: MPI_Request? = kat_mpi_request_null()
             try check(MPI_Isend(buffer + off, Int32(n), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Isend")
-            out.append(PendingSend(request: req, buffer: nil))
+            out.append(PendingRequest(request: req, buffer: nil))
             off += n
         } while off < bytes
         return out
@@ -378,10 +378,11 @@ public final class MPICollective: Collective, @unchecked Sendable {
         return (Int(kat_mpi_status_source(&status)), Int(count))
     }
 
-    /// A non-blocking send that owns its buffer until it completes.
-    public final class PendingSend {
+    /// A non-blocking send or receive. A send made from bytes owns its copy of them until
+    /// it completes; a receive writes into memory the caller keeps until it completes.
+    public final class PendingRequest {
         var request: MPI_Request?
-        /// The copy of the message this send owns, if it made one.
+        /// The copy of the message a send owns, if it made one.
         let buffer: UnsafeMutableRawBufferPointer?
         init(request: MPI_Request?, buffer: UnsafeMutableRawBufferPointer?) { self.request = request; self.buffer = buffer }
         deinit { buffer?.deallocate() }
@@ -390,7 +391,7 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// Starts sending `bytes` to `dest`; poll the result with `test`. With `synchronous`,
     /// the send completes only once the receiver has started receiving it (MPI_Issend):
     /// that is what makes a full receiver push back on its senders.
-    public func isend(_ bytes: [UInt8], to dest: Int, tag: Int, synchronous: Bool = false) throws -> PendingSend {
+    public func isend(_ bytes: [UInt8], to dest: Int, tag: Int, synchronous: Bool = false) throws -> PendingRequest {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes.count), alignment: 64)
         bytes.withUnsafeBytes { buf.copyMemory(from: $0) }
         var req: MPI_Request? = kat_mpi_request_null()
@@ -399,20 +400,37 @@ public final class MPICollective: Collective, @unchecked Sendable {
         } else {
             try check(MPI_Isend(buf.baseAddress, Int32(bytes.count), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Isend")
         }
-        return PendingSend(request: req, buffer: buf)
+        return PendingRequest(request: req, buffer: buf)
     }
 
-    /// Whether a pending send has completed (and drives MPI's progress).
-    public func test(_ p: PendingSend) throws -> Bool {
+    /// Starts receiving a message of exactly `bytes` bytes from `source` into `buffer`,
+    /// which the caller keeps until every returned request completes (`unfinished`);
+    /// messages larger than the chunk size come as several, matched in order (MPI does
+    /// not let messages of one source and tag overtake each other).
+    public func ireceive(into buffer: UnsafeMutableRawPointer, bytes: Int, from source: Int, tag: Int) throws -> [PendingRequest] {
+        var out: [PendingRequest] = []
+        var off = 0
+        repeat {
+            let n = min(MPICollective.maxChunk, bytes - off)
+            var req: MPI_Request? = kat_mpi_request_null()
+            try check(MPI_Irecv(buffer + off, Int32(n), kat_mpi_byte(), Int32(source), Int32(tag), comm, &req), "MPI_Irecv")
+            out.append(PendingRequest(request: req, buffer: nil))
+            off += n
+        } while off < bytes
+        return out
+    }
+
+    /// Whether a pending send or receive has completed (and drives MPI's progress).
+    public func test(_ p: PendingRequest) throws -> Bool {
         var flag: Int32 = 0
         try check(MPI_Test(&p.request, &flag, kat_mpi_status_ignore()), "MPI_Test")
         return flag != 0
     }
 
-    /// The sends of `sends` that have not completed yet (each is tested once).
-    public func unfinished(_ sends: [PendingSend]) throws -> [PendingSend] {
-        var left: [PendingSend] = []
-        for s in sends where try !test(s) { left.append(s) }
+    /// The requests of `requests` that have not completed yet (each is tested once).
+    public func unfinished(_ requests: [PendingRequest]) throws -> [PendingRequest] {
+        var left: [PendingRequest] = []
+        for r in requests where try !test(r) { left.append(r) }
         return left
     }
 

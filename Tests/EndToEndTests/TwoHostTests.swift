@@ -51,13 +51,13 @@ final class TwoHostTests: TemporaryDirectoryTestCase {
     }
 
     /// mpirun started in host A's namespace with `slots` ranks there and the rest on host B.
-    func twoHostMPIRun(_ np: Int, slotsA: Int, _ args: [String], timeout: TimeInterval = 300) throws -> (code: Int32, output: String) {
+    func twoHostMPIRun(_ np: Int, slotsA: Int, _ args: [String], exports: [String] = [], timeout: TimeInterval = 300) throws -> (code: Int32, output: String) {
         try "localhost slots=\(slotsA)\n\(names.b) slots=\(np - slotsA)\n".write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
         let mpi = ["ip", "netns", "exec", names.a, "mpirun", "--hostfile", dir + "/hosts", "-np", "\(np)",
                    "--mca", "plm_rsh_agent", dir + "/agent.sh", "--mca", "btl", "tcp,self",
                    "--mca", "btl_tcp_if_include", "\(subnet).0/24", "--mca", "oob_tcp_if_include", "\(subnet).0/24",
                    "--mca", "mpi_yield_when_idle", "1", "-x", "OPENBLAS_NUM_THREADS=1",
-                   "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"] + args
+                   "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"] + exports.flatMap { ["-x", $0] } + args
         let quoted = mpi.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
         return try shell("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + quoted, timeout: timeout)
     }
@@ -88,6 +88,35 @@ final class TwoHostTests: TemporaryDirectoryTestCase {
         XCTAssertTrue(ids.contains("-r1-") && ids.contains("-r2-"), ids)
         let lastLag = rl.last?["staleness_max"]?.intValue ?? 99
         XCTAssertLessThanOrEqual(lastLag, 4, "the rollout ranks on host B sample recent versions")
+    }
+
+    /// Over a link slower than a training step (20 Mbit/s for a 1.8 MB model: about 0.75 s
+    /// a weights message), host B's leader keeps decoding while a message arrives, with
+    /// partial rollouts and without: MPI moves a message only inside MPI calls, and a
+    /// receive that waited for all of it would hold the leader for most of every step.
+    /// Checked on the leader's weight trace: decode steps between "receiving" and "received".
+    func testLeaderDecodesWhileWeightsArrive() throws {
+        try makeHosts(rate: "20mbit")
+        for partial in [true, false] {
+            let run = dir + "/run-\(partial)", trace = dir + "/trace-\(partial)"
+            try FileManager.default.createDirectory(atPath: trace, withIntermediateDirectories: true)
+            let r = try twoHostMPIRun(3, slotsA: 1, [katDist(), "train", "--run-dir", run, "--set", "ranks.trainers=1", "--set", "ranks.multiplex=false",
+                                                     "--set", "model.n_embd=128", "--set", "model.n_layer=2", "--set", "model.n_head=2",
+                                                     "--set", "warmstart.steps=1", "--set", "warmstart.batch=8", "--set", "eval.every=0",
+                                                     "--set", "steps=6", "--set", "rollout.partial=\(partial)"],
+                                      exports: ["KAT_TRACE_WEIGHTS=" + trace], timeout: 240)
+            XCTAssertEqual(r.code, 0, r.output)
+            // Rank 1 is host B's leader (its lowest rollout rank); rank 2 reads B's memory.
+            let lines = try String(contentsOfFile: trace + "/rank-1.jsonl", encoding: .utf8).split(separator: "\n").map { try JSON.parse(String($0)) }
+            var receiving = false, received = 0, stepsWhileReceiving = 0
+            for l in lines {
+                if l["receiving"] != nil { receiving = true }
+                if l["received"] != nil { receiving = false; received += 1 }
+                if l["step"] != nil, receiving { stepsWhileReceiving += 1 }
+            }
+            XCTAssertGreaterThanOrEqual(received, 3, "partial \(partial): the leader received weights messages")
+            XCTAssertGreaterThan(stepsWhileReceiving, 0, "partial \(partial): the leader decoded while weights arrived")
+        }
     }
 
     func latestCheckpoint(_ run: String) throws -> String {
