@@ -252,6 +252,51 @@ if let joined = CommandLine.arguments.first(where: { $0.hasPrefix("--") && $0.co
     let parts = joined.split(separator: "=", maxSplits: 1)
     fail("write options as '\(parts[0]) \(parts.count > 1 ? parts[1] : "")', not '\(joined)'")
 }
+/// Each benchmark's options (a value after each, but for the flags) and how many words it
+/// takes besides them; `ablation` checks its own.
+let benchmarkOptions: [String: (values: Set<String>, flags: Set<String>, positional: ClosedRange<Int>)] = [
+    "model": (["size", "family", "seqs", "len", "repeat"], [], 0...0),
+    "allreduce": (["mib", "chunk", "fail-rank", "min-kib", "max-mib", "repeat"], ["sweep"], 0...0),
+    "weightsync": (["mib", "repeat"], [], 0...0),
+    "compute": (["widths", "repeat", "head-vocab"], ["workloads"], 0...0),
+    "trie": (["family", "scale", "repeat"], ["memory"], 0...0),
+    "sampler": (["size", "family", "prompt", "new", "group", "repeat", "only"], [], 0...0),
+    "group": (["size", "family", "prompts", "samples", "prompt-len", "answer-len", "repeat", "max-tokens", "memory"], [], 0...0),
+    "explore-kinds": (["prompts", "max-new-tokens"], [], 1...1),
+    "curve": ([], [], 2...3),
+    "report": ([], [], 2...2),
+    "init-model": (["family", "n-embd", "n-layer"], [], 1...1),
+]
+
+/// Exits 2 naming the first option `cmd` does not take, or a missing or extra word: a
+/// misspelt option must not run the benchmark with its default silently.
+func checkArguments(_ cmd: String, _ args: [String]) {
+    guard let known = benchmarkOptions[cmd] else { return }
+    var positional = 0, i = 0
+    while i < args.count {
+        let a = args[i]
+        if a.hasPrefix("--") {
+            let name = String(a.dropFirst(2))
+            if known.values.contains(name) {
+                i += 2
+                continue
+            }
+            guard known.flags.contains(name) else {
+                let all = (known.values.union(known.flags)).sorted().map { "--" + $0 }
+                fail("'\(cmd)' has no option \(a)" + (all.isEmpty ? " (it takes none)" : "; its options: " + all.joined(separator: ", ")))
+            }
+        } else {
+            positional += 1
+        }
+        i += 1
+    }
+    guard known.positional.contains(positional) else {
+        fail("'\(cmd)' takes " + (known.positional.lowerBound == known.positional.upperBound ? "\(known.positional.lowerBound)" : "\(known.positional.lowerBound) to \(known.positional.upperBound)")
+             + " argument(s) besides its options, got \(positional) (see kat-bench --help)")
+    }
+}
+
+checkArguments(cmd, Array(CommandLine.arguments.dropFirst(2)))
 do {
     switch cmd {
     case "model": try modelBenchmark()

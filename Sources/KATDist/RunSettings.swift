@@ -119,6 +119,9 @@ public struct RunSettings: Sendable {
             + "themselves would push the rollout ranks' groups back until they go stale; set max_staleness to at least \(2 * u) to multiplex"
     }
     public var data: DataSource = .task("code")
+    /// Why warm-start keys the config gives explicitly are not used (no built-in task to
+    /// demonstrate), or nil; said at start.
+    public var warmStartUnused: String?
     /// Whether offline groups are shuffled each epoch after the first.
     public var shuffle = true
     /// Offline: trajectories per step.
@@ -231,6 +234,15 @@ public struct RunSettings: Sendable {
             data = .external(cmd)
         } else {
             data = .task(c.string("data.task") ?? "code")
+        }
+        if case .task = data {} else {
+            let given = c.explicit.filter { $0.hasPrefix("warmstart.") }.sorted()
+            if !given.isEmpty {
+                let why = data.isOnline ? "an external environment (data.env_command) has no demonstrations to learn from"
+                    : "offline training (data.trajectories) learns from its trajectories only"
+                warmStartUnused = "no warm start in this run, so \(given.joined(separator: ", ")) \(given.count == 1 ? "is" : "are") not used: "
+                    + why + "; the warm start is for the built-in tasks (data.task)"
+            }
         }
         shuffle = c.bool("data.shuffle")
         offlineBatch = c.int("batch.trajectories")

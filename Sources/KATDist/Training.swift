@@ -268,6 +268,7 @@ public enum Training {
             mpi.watchdog = settings.watchdog * 1.5
             mpi.whileWaiting = { try plan.peers?.poll() }
         }
+        if collective.rank == 0, let why = settings.warmStartUnused { console.line(why) }
         if collective.rank == 0, layout.rollouts > 0, settings.data.isOnline {
             if let why = settings.multiplexOffReason { console.line(why) }
             let room = min(layout.trainers, layout.rollouts) * settings.ranks.bufferGroups

@@ -111,4 +111,19 @@ final class AblationTests: TemporaryDirectoryTestCase {
             XCTAssertTrue(r.out.contains(fragment), r.out)
         }
     }
+
+    /// Every benchmark refuses an option it does not take (a misspelt option must not run
+    /// with the default silently), and a missing or extra argument, before doing any work.
+    func testEveryBenchmarkRefusesUnknownOptions() throws {
+        for (args, fragment) in [(["model", "--seq", "3"], "'model' has no option --seq"),
+                                 (["trie", "--memory", "--bogus"], "'trie' has no option --bogus"),
+                                 (["sampler", "--prompts", "3"], "'sampler' has no option --prompts"),
+                                 (["curve", dir + "/run"], "'curve' takes 2 to 3 argument(s)"),
+                                 (["init-model"], "'init-model' takes 1 argument(s)"),
+                                 (["report", "--repeat", "2", "a", "b"], "'report' has no option --repeat (it takes none)")] {
+            let r = try runKatBench(args, timeout: 60)
+            XCTAssertEqual(r.code, 2, "\(args): \(r.out)")
+            XCTAssertTrue(r.out.contains(fragment), "\(args): \(r.out)")
+        }
+    }
 }

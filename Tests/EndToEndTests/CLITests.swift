@@ -79,6 +79,22 @@ final class CLITests: TemporaryDirectoryTestCase {
         try assertUsageErrors(cases)
     }
 
+    /// Warm-start keys given to a run that has no warm start (an external environment, or
+    /// offline data) are named at start as unused, with the reason; the default is silent.
+    func testUnusedWarmStartKeysAreNamed() throws {
+        let small = ["--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2", "--set", "eval.every=0",
+                     "--set", "steps=1", "--progress", "off"]
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Launch/envs/reverse_env.py").standardized.path
+        let env = ["--set", "data.env_command=python3 " + example]
+        let named = try runKatDist(["train", "--run-dir", dir + "/a"] + env + ["--set", "warmstart.steps=5", "--set", "warmstart.lr=0.01"] + small,
+                                   timeout: 120)
+        XCTAssertEqual(named.code, 0, named.stderr)
+        XCTAssertTrue(named.stdout.contains("warmstart.lr, warmstart.steps are not used: an external environment"), named.stdout)
+        let quiet = try runKatDist(["train", "--run-dir", dir + "/b"] + env + small, timeout: 120)
+        XCTAssertEqual(quiet.code, 0, quiet.stderr)
+        XCTAssertFalse(quiet.stdout.contains("no warm start"), quiet.stdout)
+    }
+
     /// logprobs writes, per line, exactly what the model computes, and leaves an existing
     /// output file untouched when the input is bad.
     func testLogprobsMatchesTheModelAndNeverDamagesOutput() throws {
