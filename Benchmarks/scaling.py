@@ -674,8 +674,16 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     raw_path = os.path.join(out_dir, "measurements.json")
     if args.from_raw:
-        with open(args.from_raw) as f:
-            res = json.load(f)
+        try:
+            with open(args.from_raw) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"scaling: cannot read the measurements {args.from_raw}: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(res, dict) or not res.get("compute"):
+            print(f"scaling: {args.from_raw} is not a measurements file of this suite (no compute part)", file=sys.stderr)
+            return 2
+        res["refit"] = dict(command=f"python3 Benchmarks/scaling.py --from-raw {args.from_raw}", date=time.strftime("%Y-%m-%d %H:%M"))
     else:
         for exe in (KAT, BENCH):
             if not os.access(exe, os.X_OK):
@@ -715,13 +723,20 @@ def main():
         with open(raw_path, "w") as f:
             json.dump(res, f, indent=1)
         print(f"measurements written to {os.path.relpath(raw_path, ROOT)} ({res['run']['seconds']} s, load {res['run']['load_min']}-{res['run']['load_max']})")
-    params = model.fit(res)
-    held = model.held_out(res, params)
-    for h in held:
-        print(h["line"])
-    proj = model.project(params, quick=res.get("run", {}).get("quick", False))
-    proj["sensitivity"] = model.ratio_sensitivity(params, quick=res.get("run", {}).get("quick", False))
-    report.write(res, params, held, proj, args.out)
+    try:
+        params = model.fit(res)
+        held = model.held_out(res, params)
+        for h in held:
+            print(h["line"])
+        proj = model.project(params, quick=res.get("run", {}).get("quick", False))
+        proj["sensitivity"] = model.ratio_sensitivity(params, quick=res.get("run", {}).get("quick", False))
+        report.write(res, params, held, proj, args.out)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+        if not args.from_raw:
+            raise
+        print(f"scaling: the measurements in {args.from_raw} are incomplete or were edited ({type(e).__name__}: {e}); "
+              "measure again with bash Benchmarks/scaling.sh", file=sys.stderr)
+        return 2
     print(f"wrote {os.path.relpath(os.path.join(args.out, 'scaling.md'), ROOT)} and {os.path.relpath(out_dir, ROOT)}/*.svg")
     return 0
 

@@ -749,14 +749,47 @@ def speed(cores, background, busy):
     return min(1.0, available(cores, background) / max(busy, 1e-9))
 
 
-def offline_shard(run, workload):
-    """Rows, head rows and attention pairs of the largest trainer shard of an offline step:
-    groups of G answers to one prompt, whole groups per trainer."""
-    g = workload["group"]
+def offline_shards(run, workload):
+    """Rows, head rows and attention pairs of each trainer's shard of an offline step, as
+    kat-dist splits a trie (`Trie.shards`): groups of G answers to one prompt are units of
+    cost sum(depth + 1); while a unit costs more than a fair share (total / T) it is cut
+    below its prompt into G answers that each repeat the prompt; then units go, largest
+    first, to the least loaded trainer."""
+    g, P, A = workload["group"], workload["prompt"], workload["answer"]
+    T = run["trainers"]
     groups = run["trajectories_per_step"] // g
-    per = math.ceil(groups / run["trainers"])
-    c = group_counts(workload["prompt"], workload["answer"], g)
-    return {k: v * per for k, v in c.items()}
+    prompt_cost = P * (P + 1) // 2
+    answer_cost = A * P + A * (A + 1) // 2
+    # A unit: (cost, repeated prefix rows, rows, head rows, pairs, cuttable).
+    whole = group_counts(P, A, g)
+    units = [(prompt_cost + g * answer_cost, 0, whole["rows"], whole["head_rows"], whole["pairs"], g > 1) for _ in range(groups)]
+    fair = max(1, sum(u[0] for u in units) // T)
+    while True:
+        cands = [i for i, u in enumerate(units) if u[5] and u[0] > fair and len(units) < 64 * T]
+        if not cands:
+            break
+        i = max(cands, key=lambda j: units[j][0])
+        units.pop(i)
+        units += [(answer_cost, P, P + A, P + A - 1, prompt_cost + answer_cost, False) for _ in range(g)]
+    load = [0] * T
+    shards = [dict(rows=0, head_rows=0, pairs=0) for _ in range(T)]
+    for u in sorted(units, key=lambda u: -u[0]):
+        k = min(range(T), key=lambda j: (load[j], j))
+        load[k] += u[0] + u[1]
+        for key, v in zip(("rows", "head_rows", "pairs"), u[2:5]):
+            shards[k][key] += v
+    return shards
+
+
+def shared_finish(works, cores):
+    """When the last of several ranks finishes, each with `works` CPU seconds, sharing
+    `cores` cores equally among those still working (processor sharing): a rank that has
+    finished its shard waits in the allreduce and yields its core (mpi_yield_when_idle)."""
+    t, done, ws = 0.0, 0.0, sorted(works)
+    for i, w in enumerate(ws):
+        t += (w - done) / min(1.0, cores / (len(ws) - i))
+        done = w
+    return t
 
 
 def online_groups(run):
@@ -777,7 +810,7 @@ def fit_offline(runs, compute, workload):
     ones = [r for r in runs if r["trainers"] == 1]
     xs, ys = [], []
     for r in ones:
-        sh = offline_shard(r, workload)
+        sh = offline_shards(r, workload)[0]
         xs.append(compute_seconds(compute, OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]))
         ys.append(r["step_wall_s"] * speed(r["cores"], r["background_cores"], 1))
     kappa, c0 = median([y / x for x, y in zip(xs, ys)]), 0.0
@@ -791,8 +824,9 @@ def fit_offline(runs, compute, workload):
 
 def fit_oversubscription(runs, p):
     """Oversubscribed trainers share cores less well than processor sharing says: a rank
-    that reaches the allreduce first polls (yielding) while the others still compute, and
-    ranks switch cores. One efficiency factor on their speed: the median of predicted over
+    that reaches the allreduce first still polls now and then (it yields between polls)
+    while the others compute, and ranks switch cores. One efficiency factor on their
+    speed: the median of predicted over
     measured step time on the oversubscribed layouts other than the largest (which stays
     held out). Sets p["offline"]["oversubscription_efficiency"] (1 when no such layout)."""
     over = [r for r in runs if r["trainers"] > r["cores"]]
@@ -806,27 +840,33 @@ def fit_oversubscription(runs, p):
         p["offline"]["oversubscription_fitted_on"] = sorted({r["trainers"] for r in fitted})
 
 
-def offline_cpu_per_step(run, p):
-    """CPU seconds all T trainers of an offline run do per step in the model (its FLOP-model
-    work and c0 per trainer; the allreduce's waiting is not CPU)."""
+def offline_works(run, p):
+    """CPU seconds of each trainer's step work in the model: kappa x FLOP-model seconds of
+    its shard + c0."""
     o = p["offline"]
-    sh = offline_shard(run, p["offline_workload"])
-    return run["trainers"] * (o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"])
+    return [o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"]
+            for sh in offline_shards(run, p["offline_workload"])]
+
+
+def offline_cpu_per_step(run, p):
+    """CPU seconds all T trainers of an offline run do per step in the model (their FLOP-model
+    work and c0; waiting in the allreduce is not counted)."""
+    return sum(offline_works(run, p))
 
 
 def predict_offline_step(run, p, link=None):
-    """Step wall time of an offline run with T trainers on this machine: each trainer's CPU
-    work at its share of the cores left by other processes, plus the gradient allreduce
-    (shared memory, or `link` between hosts)."""
+    """Step wall time of an offline run with T trainers on this machine: the trainers' CPU
+    work shared over the cores left by other processes (a trainer done with its shard
+    yields its core), plus the gradient allreduce (shared memory, or `link` between hosts).
+    Oversubscribed trainers run at `oversubscription_efficiency` of that sharing."""
     o = p["offline"]
-    sh = offline_shard(run, p["offline_workload"])
-    work = o["kappa"] * compute_seconds(p["compute"], OFFLINE_MODEL, sh["rows"], sh["head_rows"], sh["pairs"]) + o["c0"]
-    sp = speed(run["cores"], run["background_cores"], run["trainers"])
+    cores = available(run["cores"], run["background_cores"])
+    t = shared_finish(offline_works(run, p), cores)
     if run["trainers"] > run["cores"]:
-        sp *= o.get("oversubscription_efficiency", 1.0)
+        t /= o.get("oversubscription_efficiency", 1.0)
     nbytes = 4 * total_params(OFFLINE_MODEL)
     lk = link or p["links"]["shm"]["p2p"]
-    return work / sp + binomial_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"], p["op_bw"])
+    return t + binomial_allreduce(nbytes, run["trainers"], lk["alpha"], lk["bandwidth"], p["op_bw"])
 
 
 def online_sim_config(run, p, gen_s_per_token, sync_delay_s=0.0, steps=30, background=None):
@@ -1283,6 +1323,8 @@ def main(argv=None):
     p = sub.add_parser("project", help="projections at 8, 64 and 512 nodes")
     p.add_argument("--input", required=True)
     p.add_argument("--quick", action="store_true")
+    sh = sub.add_parser("shards", help="each trainer's shard of an offline step (JSON: trainers, trajectories_per_step, group, prompt, answer)")
+    sh.add_argument("--input", required=True)
     args = ap.parse_args(argv)
     try:
         with open(args.input) as fh:
@@ -1304,10 +1346,16 @@ def main(argv=None):
             print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
             return 2
         return 0
-    if args.cmd == "fit":
-        print(json.dumps(fit(data), indent=1, sort_keys=True))
-    else:
-        print(json.dumps(project(fit(data), quick=args.quick), indent=1))
+    try:
+        if args.cmd == "shards":
+            print(json.dumps(offline_shards(data, data), sort_keys=True))
+        elif args.cmd == "fit":
+            print(json.dumps(fit(data), indent=1, sort_keys=True))
+        else:
+            print(json.dumps(project(fit(data), quick=args.quick), indent=1))
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+        print(f"scaling_model: {args.input} is incomplete or was edited ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -221,7 +221,8 @@ def write(res, p, held, proj, out):
         f"{f(run.get('load_max'), 1)} (median {f(run.get('load_median'), 1)}) over the commands. The measurements are in "
         f"`Docs/scaling/measurements.json` (every command with its load, wall time and CPU use is listed there); "
         f"`python3 Benchmarks/scaling.py --from-raw Docs/scaling/measurements.json` fits the model and writes this page "
-        f"again from them without measuring.\n")
+        f"again from them without measuring." + (f" The model was fitted and this page written again from them by "
+                                                 f"`{res['refit']['command']}` on {res['refit']['date']}." if res.get("refit") else "") + "\n")
     add("The suite is `Benchmarks/scaling.sh` (it builds in release mode and runs `Benchmarks/scaling.py`); the model is "
         "`Benchmarks/scaling_model.py` (Python standard library only); this page and its plots come from "
         "`Benchmarks/scaling_report.py`.\n")
@@ -519,9 +520,12 @@ def write(res, p, held, proj, out):
     add(f"- **A trainer's step** takes kappa x (FLOP-model seconds of its shard) + c0 CPU seconds: kappa = {f(o['kappa'], 2)} "
         f"holds what the FLOP count leaves out (the loss, planning), c0 = {f(o['c0'], 3)} s the work beside the model (metrics, "
         f"report); fitted on the one-trainer offline runs. The optimizer costs {o['optimizer_s_per_param'] * 1e9:.2f} ns per "
-        f"parameter (divided over trainers when sharded). Trainers oversubscribing the cores run at "
-        f"{f(o.get('oversubscription_efficiency', 1.0), 2)} of their processor-sharing speed (a rank that reaches the "
-        f"allreduce first polls while the others compute, and ranks switch cores): fitted on the oversubscribed layouts "
+        f"parameter (divided over trainers when sharded). Each trainer's shard is the one kat-dist makes (whole groups, "
+        f"largest first onto the least loaded trainer; a group costing more than a fair share is cut below its prompt); the "
+        f"trainers share the cores left by other processes equally while they compute, and one done with its shard "
+        f"yields its core while it waits in the allreduce. Trainers oversubscribing the cores run at "
+        f"{f(o.get('oversubscription_efficiency', 1.0), 2)} of that sharing's speed (a waiting rank still polls between "
+        f"yields, and ranks switch cores): fitted on the oversubscribed layouts "
         f"T = {', '.join(str(t) for t in o.get('oversubscription_fitted_on', [])) or 'none'}, the largest held out.\n")
     bc = ", ".join(f"{k} {f(v, 2)}" for k, v in sorted(p.get("binomial_check", {}).items()) if v)
     add(f"- **Allreduce.** kat-dist sums in place with `MPI_Iallreduce`; Open MPI runs it in its libnbc component, "

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import KATSupport
 import KATTestSupport
+import KATTrie
 
 /// The scaling suite's scripts (Benchmarks/scaling.py, Benchmarks/scaling_model.py), run on
 /// fixed small inputs: the parsers on captured output of the quick suite, the kernel-rate
@@ -188,5 +189,33 @@ final class ScalingModelTests: TemporaryDirectoryTestCase {
         let r = try shell("python3 '\(benchmarks)/scaling_model.py' simulate --input '\(path)'")
         XCTAssertEqual(r.code, 2)
         XCTAssertTrue(r.output.contains("cannot hold a batch"), r.output)
+    }
+
+    /// The model's trainer shards of an offline step are the ones kat-dist makes
+    /// (`Trie.shards`): the same rows and attention pairs per trainer, for layouts where
+    /// whole groups go to trainers and where groups are cut below their prompts.
+    func testTheModelShardsLikeKatDist() throws {
+        for (trainers, groups, prompt, answer) in [(6, 8, 128, 32), (3, 8, 128, 32), (4, 8, 128, 32), (3, 2, 20, 5), (5, 3, 40, 9)] {
+            let g = 8
+            var sequences: [[Int32]] = []
+            for k in 0..<groups {
+                let p = (0..<prompt).map { Int32(1000 * (k + 1) + $0) }
+                for j in 0..<g { sequences.append(p + (0..<answer).map { Int32(100 * j + $0 + 1) }) }
+            }
+            let trie = Trie(sequences: sequences)
+            let shards = trie.shards(trainers)
+            func pairs(_ s: TrieShard) -> Int {
+                var depth = [Int](repeating: 0, count: s.count)
+                for r in 0..<s.count where s.parents[r] >= 0 { depth[r] = depth[Int(s.parents[r])] + 1 }
+                return depth.reduce(0) { $0 + $1 + 1 }
+            }
+            let swift = shards.map { [$0.count, pairs($0)] }.sorted { $0.lexicographicallyPrecedes($1) }
+            let input = dir + "/shards-\(trainers)-\(groups).json"
+            try #"{"trainers": \#(trainers), "trajectories_per_step": \#(groups * g), "group": \#(g), "prompt": \#(prompt), "answer": \#(answer)}"#
+                .write(toFile: input, atomically: true, encoding: .utf8)
+            let model = try XCTUnwrap(python("scaling_model.py", ["shards", "--input", input]).arrayValue)
+            let predicted = model.map { [Int(number($0, "rows")), Int(number($0, "pairs"))] }.sorted { $0.lexicographicallyPrecedes($1) }
+            XCTAssertEqual(predicted, swift, "T=\(trainers), \(groups) groups of \(g) answers of \(answer) tokens to a \(prompt)-token prompt")
+        }
     }
 }
