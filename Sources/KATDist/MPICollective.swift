@@ -355,12 +355,19 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// Starts sending `bytes` bytes at `buffer`, which the caller keeps unchanged until the
     /// send completes (`test`); messages larger than the chunk size go as several.
     public func isend(from buffer: UnsafeRawPointer, bytes: Int, to dest: Int, tag: Int) throws -> [PendingRequest] {
+        try chunked(bytes, "MPI_Isend") { off, n, req in MPI_Isend(buffer + off, n, kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req) }
+    }
+
+    /// One non-blocking call per chunk of a `bytes`-byte message (at most `maxChunk` bytes
+    /// each, since MPI counts are 32-bit): `start(offset, count, &request)`.
+    private func chunked(_ bytes: Int, _ call: String,
+                         _ start: (_ offset: Int, _ count: Int32, _ request: inout MPI_Request?) -> Int32) throws -> [PendingRequest] {
         var out: [PendingRequest] = []
         var off = 0
         repeat {
             let n = min(MPICollective.maxChunk, bytes - off)
             var req: MPI_Request? = kat_mpi_request_null()
-            try check(MPI_Isend(buffer + off, Int32(n), kat_mpi_byte(), Int32(dest), Int32(tag), comm, &req), "MPI_Isend")
+            try check(start(off, Int32(n), &req), call)
             out.append(PendingRequest(request: req, buffer: nil))
             off += n
         } while off < bytes
@@ -408,16 +415,7 @@ public final class MPICollective: Collective, @unchecked Sendable {
     /// messages larger than the chunk size come as several, matched in order (MPI does
     /// not let messages of one source and tag overtake each other).
     public func ireceive(into buffer: UnsafeMutableRawPointer, bytes: Int, from source: Int, tag: Int) throws -> [PendingRequest] {
-        var out: [PendingRequest] = []
-        var off = 0
-        repeat {
-            let n = min(MPICollective.maxChunk, bytes - off)
-            var req: MPI_Request? = kat_mpi_request_null()
-            try check(MPI_Irecv(buffer + off, Int32(n), kat_mpi_byte(), Int32(source), Int32(tag), comm, &req), "MPI_Irecv")
-            out.append(PendingRequest(request: req, buffer: nil))
-            off += n
-        } while off < bytes
-        return out
+        try chunked(bytes, "MPI_Irecv") { off, n, req in MPI_Irecv(buffer + off, n, kat_mpi_byte(), Int32(source), Int32(tag), comm, &req) }
     }
 
     /// Whether a pending send or receive has completed (and drives MPI's progress).
