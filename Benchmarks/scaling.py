@@ -42,6 +42,8 @@ BENCH = os.path.join(ROOT, ".build/release/kat-bench")
 MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 CORES = os.cpu_count() or 1
 PARTS = ["compute", "trainers", "rollouts", "links", "hosts", "env"]
+# Where a part's measurements go in the measurements file, when not under its own name.
+PART_KEYS = {"links": "allreduce"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,13 +213,19 @@ class Runner:
         the run writes them (start-up and shutdown left out)."""
         load0 = os.getloadavg()[0]
         busy0, ours0, t = machine_busy_seconds(), children_cpu_seconds(), time.time()
-        proc = subprocess.Popen(cmd, env=env or MPI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A session of its own, so that everything it starts can be stopped with it.
+        proc = subprocess.Popen(cmd, env=env or MPI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         sampler = Sampler(proc.pid, metrics) if metrics else None
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            stop_tree(proc)
             stdout, stderr = proc.communicate()
+        except BaseException:
+            # Interrupted (SIGINT, SIGTERM): no rank may outlive the suite.
+            stop_tree(proc)
+            raise
         finally:
             if sampler:
                 sampler.stop()
@@ -289,6 +297,47 @@ class Sampler:
             seen.update(s[2])
         ours = sum(v - first[2].get(pid, 0.0) for pid, v in seen.items())
         return dict(our_cores=ours / dt, background_cores=max(0.0, last[1] - first[1] - ours) / dt, sampled_s=dt)
+
+
+def descendants(root):
+    """`root` and the pids of its live descendants, from /proc."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(d))
+    mine, frontier = {root}, [root]
+    while frontier:
+        frontier = [c for p in frontier for c in children.get(p, []) if c not in mine]
+        mine.update(frontier)
+    return mine
+
+
+def stop_tree(proc, grace=2.0):
+    """Stops a command started in a session of its own and everything it started: SIGTERM
+    to its session's process group and each descendant, SIGKILL to what is left after
+    `grace` seconds (mpirun forwards SIGTERM to its ranks and kills them a little later)."""
+    pids = descendants(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        pids = {p for p in pids if os.path.exists(f"/proc/{p}")} | (descendants(proc.pid) if proc.poll() is None else set())
 
 
 def tree_cpu_seconds(root):
@@ -552,6 +601,14 @@ class Hosts:
 
     def close(self):
         for ns in reversed(self.made):
+            # Ranks and daemons still running inside a host (an interrupted run; Open MPI's
+            # remote daemons leave mpirun's process tree) are ended before it goes.
+            left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in left:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.made = []
 
@@ -668,10 +725,12 @@ def main():
     ap.add_argument("--capture", metavar="DIR", help="also keep every kat-bench output in DIR")
     args = ap.parse_args()
     if args.check_parsing:
+        if not os.path.isdir(args.check_parsing):
+            print(f"scaling: --check-parsing {args.check_parsing}: no such directory", file=sys.stderr)
+            return 2
         check_parsing(args.check_parsing)
         return 0
     out_dir = os.path.join(args.out, "scaling")
-    os.makedirs(out_dir, exist_ok=True)
     raw_path = os.path.join(out_dir, "measurements.json")
     if args.from_raw:
         try:
@@ -696,8 +755,22 @@ def main():
             return 2
         res = {}
         if args.merge:
-            with open(args.merge) as f:
-                res = json.load(f)
+            try:
+                with open(args.merge) as f:
+                    res = json.load(f)
+            except (OSError, ValueError) as e:
+                print(f"scaling: cannot read the measurements to merge {args.merge}: {e}", file=sys.stderr)
+                return 2
+            if not isinstance(res, dict):
+                print(f"scaling: {args.merge} is not a measurements file of this suite", file=sys.stderr)
+                return 2
+            res.pop("refit", None)
+        # The model fits on every part but the hosts and the environment (optional).
+        missing = [p for p in PARTS if p not in parts and not res.get(PART_KEYS.get(p, p)) and p not in ("hosts", "env")]
+        if missing:
+            print(f"scaling: the model fits on every part; measure {', '.join(missing)} too, or --merge a measurements file "
+                  "that has them", file=sys.stderr)
+            return 2
         workdir = tempfile.mkdtemp(prefix="kat-scaling-")
         if args.capture:
             os.makedirs(args.capture, exist_ok=True)
@@ -706,20 +779,29 @@ def main():
 
         def stop(sig, frame):
             raise KeyboardInterrupt
-        signal.signal(signal.SIGTERM, stop)
+        # Also when started where SIGINT is ignored (in the background of a script).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, stop)
         try:
             for part in parts:
                 globals()["part_" + part](rn, res)
+        except KeyboardInterrupt:
+            print("scaling: interrupted; the commands it started are stopped and its network namespaces removed; "
+                  "nothing was written", file=sys.stderr)
+            return 130
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         cmdline = "bash Benchmarks/scaling.sh" + (" --quick" if args.quick else "")
         if args.parts != ",".join(PARTS):
             cmdline += f" --parts {args.parts}"
+        if args.merge:
+            cmdline += f" --merge {args.merge}"
         loads = [x for pair in rn.loads for x in pair]
         res["run"] = dict(command=cmdline, quick=args.quick, cores=CORES, seconds=round(time.time() - started),
                           date=time.strftime("%Y-%m-%d %H:%M"), cpu=cpu_name(), blas=blas_summary(),
                           load_min=min(loads) if loads else None, load_max=max(loads) if loads else None,
                           load_median=statistics.median(loads) if loads else None, commands=rn.commands)
+        os.makedirs(out_dir, exist_ok=True)
         with open(raw_path, "w") as f:
             json.dump(res, f, indent=1)
         print(f"measurements written to {os.path.relpath(raw_path, ROOT)} ({res['run']['seconds']} s, load {res['run']['load_min']}-{res['run']['load_max']})")
@@ -731,12 +813,14 @@ def main():
         proj = model.project(params, quick=res.get("run", {}).get("quick", False))
         proj["sensitivity"] = model.ratio_sensitivity(params, quick=res.get("run", {}).get("quick", False))
         report.write(res, params, held, proj, args.out)
-    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
-        if not args.from_raw:
-            raise
-        print(f"scaling: the measurements in {args.from_raw} are incomplete or were edited ({type(e).__name__}: {e}); "
-              "measure again with bash Benchmarks/scaling.sh", file=sys.stderr)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, RuntimeError) as e:
+        source = args.from_raw or os.path.relpath(raw_path, ROOT)
+        print(f"scaling: the model cannot be fitted on the measurements in {source}: they are incomplete or were edited "
+              f"({type(e).__name__}: {e}); measure again with bash Benchmarks/scaling.sh", file=sys.stderr)
         return 2
+    if args.from_raw and os.path.realpath(args.from_raw) != os.path.realpath(raw_path):
+        # The page names its measurements beside it.
+        shutil.copyfile(args.from_raw, raw_path)
     print(f"wrote {os.path.relpath(os.path.join(args.out, 'scaling.md'), ROOT)} and {os.path.relpath(out_dir, ROOT)}/*.svg")
     return 0
 

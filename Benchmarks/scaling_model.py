@@ -12,8 +12,10 @@ Python standard library only. The parts (Docs/scaling.md states them with their 
   parameters per computed token, 6 V C per row whose next-token distribution is computed,
   12 (NH d) L per (query, key) pair) over kernel rates measured per part (linear, head,
   attention) at each width C, with the width dependence r(C) = r_inf C / (C + C_half).
-- Communication: latency plus bytes over bandwidth per link type; a ring allreduce over p
-  ranks costs 2 (p-1) alpha + 2 (p-1)/p n / B, within a node and then across nodes.
+- Communication: latency plus bytes over bandwidth per link type. kat-dist's in-place
+  allreduce runs Open MPI's binomial algorithm: ceil(log2 p) rounds up a tree and as many
+  down, each moving the whole message, 2 ceil(log2 p) (alpha + n / B) + ceil(log2 p) n / S
+  (S the in-place sum); the rounds within a node use shared memory, the rest the network.
 - Weight sync: trainer 0 writes its node's shared memory and sends one copy to each of
   at most two children in a binary tree of node leaders; each leader forwards after a
   whole message has arrived; every rank of a node then copies the node's weights.
@@ -165,14 +167,6 @@ class SplitMix64:
 # Communication
 
 
-def ring_allreduce(nbytes, p, alpha, bandwidth):
-    """Seconds of a ring allreduce of nbytes over p ranks: 2 (p-1) latency steps and
-    2 (p-1)/p of the bytes through each rank's link (the bus bandwidth bound)."""
-    if p <= 1:
-        return 0.0
-    return 2 * (p - 1) * alpha + 2.0 * (p - 1) / p * nbytes / bandwidth
-
-
 def binomial_allreduce(nbytes, p, alpha, bandwidth, op_bw):
     """Seconds of kat-dist's allreduce of nbytes over p ranks on one kind of link. kat-dist
     sums in place with MPI_Iallreduce, which Open MPI runs in its libnbc component, and libnbc
@@ -202,19 +196,6 @@ def binomial_hierarchical(nbytes, ranks_per_node, nodes, shm, net, op_bw, node_m
         t += 2 * step
     t += 2 * r_out * (net["alpha"] + nbytes / net["bandwidth"])
     return t + (r_in + r_out) * nbytes / op_bw
-
-
-def hierarchical_allreduce(nbytes, ranks_per_node, nodes, shm, net, node_memory_bw=None):
-    """Within each node over shared memory, then across nodes (one rank per node), then
-    back within the node. A node's ranks share its memory bandwidth: a ring step moves
-    each rank's share through memory, so with k ranks per node the shared-memory part
-    takes at least 2 (k-1)/k x k x nbytes x 2 (read and write) / node bandwidth."""
-    k = max(1, ranks_per_node)
-    t_in = ring_allreduce(nbytes, k, shm["alpha"], shm["bandwidth"])
-    if node_memory_bw and k > 1:
-        t_in = max(t_in, 2.0 * (k - 1) / k * k * nbytes * 2 / node_memory_bw)
-    t_out = ring_allreduce(nbytes, nodes, net["alpha"], net["bandwidth"])
-    return t_in + t_out
 
 
 def weight_tree_times(nbytes, leaders, link, copy_bw, ranks_per_node=1, node_memory_bw=None):
@@ -278,6 +259,36 @@ DEFAULT_SIM = dict(
 )
 
 
+# Settings that must be at least 1, and those that may be null.
+SIM_AT_LEAST_ONE = {"trainers", "prompts", "per_batch", "micro_batches", "buffer_groups", "steps", "in_flight"}
+SIM_NULLABLE = {"cores", "in_flight", "mux_s_per_token"}
+
+
+def check_sim_settings(cfg):
+    """Raises ValueError naming the first setting of the wrong type or range."""
+    for k, v in cfg.items():
+        d = DEFAULT_SIM[k]
+        if v is None and k in SIM_NULLABLE:
+            continue
+        if isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{k} must be true or false, got {v!r}")
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (math.inf, -math.inf):
+            raise ValueError(f"{k} must be a number, got {v!r}")
+        if k in SIM_AT_LEAST_ONE and v < 1:
+            raise ValueError(f"{k} must be at least 1, got {v!r}")
+        if k == "cores" and v <= 0:
+            raise ValueError(f"cores must be above 0 (or null: one each), got {v!r}")
+        if v < 0:
+            raise ValueError(f"{k} must not be negative, got {v!r}")
+    c = dict(DEFAULT_SIM, **cfg)
+    if c["warmup_steps"] >= c["steps"]:
+        raise ValueError(f"steps ({c['steps']}) must exceed warmup_steps ({c['warmup_steps']})")
+    if c["rollouts"] < 1 and not c["multiplex"]:
+        raise ValueError("with no rollout ranks the trainers must generate: set multiplex true")
+
+
 class Simulation:
     """One run, event by event. CPU work (training, generation, copies) is a job on a pool
     of `cores` cores shared equally by the busy jobs (processor sharing, as the kernel's
@@ -286,14 +297,17 @@ class Simulation:
 
     def __init__(self, cfg):
         self.c = dict(DEFAULT_SIM)
+        if not isinstance(cfg, dict):
+            raise ValueError("simulation settings must be a JSON object")
         unknown = set(cfg) - set(DEFAULT_SIM)
         if unknown:
             raise ValueError(f"unknown simulation settings: {sorted(unknown)}")
+        check_sim_settings(cfg)
         self.c.update(cfg)
         c = self.c
         self.rng = SplitMix64(c["seed"])
         self.now = 0.0
-        self.jobs = {}          # job id -> [remaining core-seconds, callback]
+        self.jobs = {}          # job id -> [remaining core-seconds per rank, callback, ranks]
         self.next_job = 0
         self.timers = []        # heap of (time, seq, callback)
         self.seq = 0
@@ -321,16 +335,18 @@ class Simulation:
 
     # --- CPU as processor sharing
     def speed(self):
-        busy = len(self.jobs) + self.c["background"]
+        busy = sum(j[2] for j in self.jobs.values()) + self.c["background"]
         cores = self.c["cores"]
         if cores is None or busy <= 0:
             return 1.0
         return min(1.0, cores / busy)
 
-    def add_job(self, work, callback):
+    def add_job(self, work, callback, ranks=1):
+        """CPU work of `ranks` ranks that each do `work` core-seconds in step (the trainers
+        of a lockstep step); `callback` when they are done."""
         jid = self.next_job
         self.next_job += 1
-        self.jobs[jid] = [max(work, 0.0), callback]
+        self.jobs[jid] = [max(work, 0.0), callback, ranks]
         return jid
 
     def at(self, t, callback):
@@ -341,7 +357,7 @@ class Simulation:
         while not stop():
             s = self.speed()
             t_job, jid = math.inf, None
-            for k, (rem, _) in self.jobs.items():
+            for k, (rem, _, _) in self.jobs.items():
                 t = self.now + rem / s
                 if t < t_job:
                     t_job, jid = t, k
@@ -352,10 +368,10 @@ class Simulation:
             dt = t - self.now
             for k in self.jobs:
                 self.jobs[k][0] -= dt * s
-            self.cpu += dt * s * len(self.jobs)
+            self.cpu += dt * s * sum(j[2] for j in self.jobs.values())
             self.now = t
             if t_job <= t_timer:
-                _, cb = self.jobs.pop(jid)
+                _, cb, _ = self.jobs.pop(jid)
                 cb()
             else:
                 _, _, cb = heapq.heappop(self.timers)
@@ -598,10 +614,10 @@ class Simulation:
                 self.trainer_state = "collect"
                 self.intake()
                 self.trainer_state = "train"
-            self.add_job(c["train_s"] / n_mb, lambda: micro(k + 1))
+            self.add_job(c["train_s"] / n_mb, lambda: micro(k + 1), ranks=max(1, round(c["trainers"])))
 
         def after_allreduce():
-            self.add_job(c["optimizer_s"] + c["publish_s"] + c["step_overhead_s"], finished)
+            self.add_job(c["optimizer_s"] + c["publish_s"] + c["step_overhead_s"], finished, ranks=max(1, round(c["trainers"])))
 
         def finished():
             self.version += 1
@@ -1335,15 +1351,15 @@ def main(argv=None):
     if args.cmd == "simulate":
         try:
             print(json.dumps(simulate(data), sort_keys=True))
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
             return 2
         return 0
     if args.cmd == "fit-compute":
         try:
             print(json.dumps(fit_compute(data), sort_keys=True))
-        except (ValueError, KeyError, TypeError) as e:
-            print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError) as e:
+            print(f"scaling_model: {args.input} is not a list of kat-bench compute rows ({type(e).__name__}: {e})", file=sys.stderr)
             return 2
         return 0
     try:
@@ -1353,7 +1369,7 @@ def main(argv=None):
             print(json.dumps(fit(data), indent=1, sort_keys=True))
         else:
             print(json.dumps(project(fit(data), quick=args.quick), indent=1))
-    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, RuntimeError) as e:
         print(f"scaling_model: {args.input} is incomplete or was edited ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     return 0

@@ -186,8 +186,8 @@ def command_of(res, label_prefix):
     for c in res.get("run", {}).get("commands", []):
         if c["label"].startswith(label_prefix):
             cmd = re.sub(r"/tmp/kat-scaling-[a-z0-9_]+/", "$TMP/", c["cmd"])
-            cmd = cmd.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "")
-            return cmd
+            # Paths inside whichever checkout ran the suite, relative to its root.
+            return re.sub(r"(?<![\w.$])/\S*?/(\.build/release/|Benchmarks/|Launch/)", r"\1", cmd)
     return None
 
 
@@ -196,6 +196,12 @@ def write(res, p, held, proj, out):
     os.makedirs(figs, exist_ok=True)
     run = res.get("run", {})
     cores = run.get("cores", 2)
+    # Where this page's measurements are, as a reader in the repository's root would name them.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    raw = os.path.relpath(os.path.join(os.path.abspath(out), "scaling", "measurements.json"), root)
+    if raw.startswith(".."):
+        raw = os.path.join(os.path.abspath(out), "scaling", "measurements.json")
+    out_opt = "" if os.path.abspath(out) == os.path.join(root, "Docs") else f" --out {out}"
     md = []
     add = md.append
 
@@ -219,8 +225,8 @@ def write(res, p, held, proj, out):
         f"{run.get('cpu', '?')}, {cores} cores, {run.get('blas', '')}; the suite took {run.get('seconds', '?')} s. "
         f"The load average (other processes shared the machine) was {f(run.get('load_min'), 1)} to "
         f"{f(run.get('load_max'), 1)} (median {f(run.get('load_median'), 1)}) over the commands. The measurements are in "
-        f"`Docs/scaling/measurements.json` (every command with its load, wall time and CPU use is listed there); "
-        f"`python3 Benchmarks/scaling.py --from-raw Docs/scaling/measurements.json` fits the model and writes this page "
+        f"`{raw}` (every command with its load, wall time and CPU use is listed there); "
+        f"`python3 Benchmarks/scaling.py --from-raw {raw}{out_opt}` fits the model and writes this page "
         f"again from them without measuring." + (f" The model was fitted and this page written again from them by "
                                                  f"`{res['refit']['command']}` on {res['refit']['date']}." if res.get("refit") else "") + "\n")
     add("The suite is `Benchmarks/scaling.sh` (it builds in release mode and runs `Benchmarks/scaling.py`); the model is "
@@ -276,7 +282,8 @@ def write(res, p, held, proj, out):
         wl = res.get("offline_workload", {})
         add("## Trainers: strong and weak scaling\n")
         add(f"Offline training (the default model: GPT-2 C=128, L=4, V=260) on groups of {wl.get('group', 8)} answers of "
-            f"{wl.get('answer', 32)} tokens to a {wl.get('prompt', 128)}-token prompt, one BLAS thread per rank. Strong scaling: 64 "
+            f"{wl.get('answer', 32)} tokens to a {wl.get('prompt', 128)}-token prompt (random tokens; the suite writes them to "
+            f"`$TMP/offline.jsonl` with `w1_like_data` in Benchmarks/scaling.py), one BLAS thread per rank. Strong scaling: 64 "
             f"trajectories a step whatever T; weak: 32 per trainer. T = 1..{cores} fit the cores; larger T are "
             f"oversubscribed (marked): their ranks share the {cores} cores. Step time is the median wall time between "
             f"steps after the first two, best of the rounds; the model column is the model's prediction for that run "
@@ -325,7 +332,9 @@ def write(res, p, held, proj, out):
             "without multiplexing only).\n")
         cmd("online T=1 R=1 multiplex off")
         if res.get("partial_key"):
-            add("`rollout.partial` exists in `kat-dist train --keys`: runs with it on and off are in the table.\n")
+            add("Partial rollouts (`rollout.partial`) are on by default, so `off` and `on` run with them; `off+partial` "
+                "sets the key explicitly (the same settings as `off`: a second measurement of them), and `off-partial` "
+                "turns partial rollouts off, with multiplexing off.\n")
         else:
             add("**With and without partial rollouts: not measured yet.** This build has no partial rollouts "
                 "(`rollout.partial` is not a key of `kat-dist train --keys`), so every row below is without them. The "
@@ -378,7 +387,9 @@ def write(res, p, held, proj, out):
     add("## Allreduce: bus bandwidth against message size\n")
     add("kat-dist's in-place float allreduce between two ranks, best of the repeats, as bus bandwidth: 2 (p-1)/p x bytes / "
         "time, the traffic through each rank's link in a ring allreduce. Its bound is the link's point-to-point bandwidth "
-        "(measured in the same run: half a ping-pong), drawn dashed. Links: shared memory (Open MPI's default on one host), "
+        "(measured in the same run: half a ping-pong), drawn dashed; it bounds large messages only: below about 64 KiB "
+        "both are set by latency, and the ping-pong's and the allreduce's small-message protocols differ, so the ratio "
+        "there (above 1 at 4 KiB on some links) says nothing about bandwidth. Links: shared memory (Open MPI's default on one host), "
         "TCP over loopback (`--mca btl tcp,self`), and between two network-namespace hosts over veth links through a bridge, "
         "unshaped and limited with `tc qdisc ... tbf` (this kernel has no netem: the latency is what the link has, measured "
         "by the smallest message's round trip, and enters the model as a parameter).\n")
@@ -584,7 +595,8 @@ def write(res, p, held, proj, out):
         lo, hi = min(min(a, b) for a, b in pts), max(max(a, b) for a, b in pts)
         svg("held-out.svg", chart([dict(name="held-out points (seconds)", points=pts, markers_only=True),
                                    dict(name="predicted = measured", points=[(lo, lo), (hi, hi)], dash=True, no_markers=True, color="#888"),
-                                   dict(name="+-20%", points=[(lo, lo * 1.2), (hi, hi * 1.2)], dash=True, no_markers=True, color="#bbb")],
+                                   dict(name="+20%", points=[(lo, lo * 1.2), (hi, hi * 1.2)], dash=True, no_markers=True, color="#bbb"),
+                                   dict(name="-20%", points=[(lo, lo * 0.8), (hi, hi * 0.8)], dash=True, no_markers=True, color="#bbb")],
                                   "Held-out: predicted vs measured", "measured (s)", "predicted (s)", logx=True, logy=True))
 
     # 9. Projections
@@ -601,7 +613,7 @@ def write(res, p, held, proj, out):
         f"node count the smallest rollout-to-trainer ratio R/T that keeps trainer idle under 5% with multiplexing off is "
         f"found by simulation; the idle with multiplexing on at that ratio is beside it. Efficiency is throughput per node "
         f"against {w['nodes'][0]} nodes.\n")
-    add("    python3 Benchmarks/scaling_model.py project --input Docs/scaling/measurements.json\n")
+    add(f"    python3 Benchmarks/scaling_model.py project --input {raw}\n")
     rows = []
     for r in proj["rows"]:
         pt = r["parts"]
