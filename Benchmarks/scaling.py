@@ -742,6 +742,10 @@ def main():
         if not isinstance(res, dict) or not res.get("compute"):
             print(f"scaling: {args.from_raw} is not a measurements file of this suite (no compute part)", file=sys.stderr)
             return 2
+        bad = bad_measurement(res)
+        if bad:
+            print(f"scaling: {args.from_raw}: {bad}; measure again with bash Benchmarks/scaling.sh", file=sys.stderr)
+            return 2
         res["refit"] = dict(command=f"python3 Benchmarks/scaling.py --from-raw {args.from_raw}", date=time.strftime("%Y-%m-%d %H:%M"))
     else:
         for exe in (KAT, BENCH):
@@ -823,6 +827,32 @@ def main():
         shutil.copyfile(args.from_raw, raw_path)
     print(f"wrote {os.path.relpath(os.path.join(args.out, 'scaling.md'), ROOT)} and {os.path.relpath(out_dir, ROOT)}/*.svg")
     return 0
+
+
+# Measured quantities (by the end of their name) that are numbers and never negative.
+MEASURED_SUFFIXES = ("_s", "_GBps", "_per_s", "bytes", "_cores", "tok_s", "_flops", "_gflop", "seconds", "repeats", "steps")
+
+
+def bad_measurement(res, path="measurements"):
+    """The first measured value of a measurements file that is not a number or is negative
+    (a file edited by hand), named by its path, or None."""
+    if isinstance(res, dict):
+        for k, v in res.items():
+            here = f"{path}.{k}"
+            if isinstance(k, str) and k.endswith(MEASURED_SUFFIXES) and v is not None and not isinstance(v, (dict, list)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                    return f"{here} is {v!r}, not a number"
+                if v < 0:
+                    return f"{here} is negative ({v})"
+            found = bad_measurement(v, here)
+            if found:
+                return found
+    elif isinstance(res, list):
+        for i, v in enumerate(res):
+            found = bad_measurement(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def cpu_name():
