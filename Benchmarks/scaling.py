@@ -768,6 +768,10 @@ def main():
             if not isinstance(res, dict):
                 print(f"scaling: {args.merge} is not a measurements file of this suite", file=sys.stderr)
                 return 2
+            bad = bad_measurement(res)
+            if bad:
+                print(f"scaling: --merge {args.merge}: {bad}", file=sys.stderr)
+                return 2
             res.pop("refit", None)
         # The model fits on every part but the hosts and the environment (optional).
         missing = [p for p in PARTS if p not in parts and not res.get(PART_KEYS.get(p, p)) and p not in ("hosts", "env")]
