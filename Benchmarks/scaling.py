@@ -647,6 +647,14 @@ def part_hosts(rn, res):
         o = OFFLINE
         w1_like_data(data, 64, o["prompt"], o["answer"], o["group"])
     out = dict(allreduce=[], weightsync=[], train=[], online=[], rtt={}, namespaces_removed=None)
+    # Namespaces of an earlier run killed with SIGKILL (nothing running in them) are named,
+    # not removed: another run of the suite may be between two commands.
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    stale = [line.split()[0] for line in listed if line.startswith("ksc")
+             and not subprocess.run(["ip", "netns", "pids", line.split()[0]], capture_output=True, text=True).stdout.strip()]
+    if stale:
+        rn.log(f"network namespaces of an earlier run of this suite are left ({', '.join(stale)}); if no other run is "
+               "under way, remove them with ip netns del NAME")
     with Hosts(n, rn.workdir) as h:
         rn.log(f"hosts: {n} network namespaces on a bridge ({h.subnet}.0/24), tag {h.tag}")
         for k in range(rounds):
@@ -732,6 +740,17 @@ def main():
         return 0
     out_dir = os.path.join(args.out, "scaling")
     raw_path = os.path.join(out_dir, "measurements.json")
+    # Where the page goes is checked before an hour of measuring, not after.
+    for d in (args.out, out_dir):
+        if os.path.exists(d) and not os.path.isdir(d):
+            print(f"scaling: --out: {d} exists and is not a directory", file=sys.stderr)
+            return 2
+    probe = args.out
+    while not os.path.exists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        print(f"scaling: --out: cannot write into {probe}", file=sys.stderr)
+        return 2
     if args.from_raw:
         try:
             with open(args.from_raw) as f:

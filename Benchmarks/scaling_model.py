@@ -259,13 +259,18 @@ DEFAULT_SIM = dict(
 )
 
 
-# Settings that must be at least 1, and those that may be null.
+# Settings that must be at least 1, whole numbers, and those that may be null.
 SIM_AT_LEAST_ONE = {"trainers", "prompts", "per_batch", "micro_batches", "buffer_groups", "steps", "in_flight"}
+SIM_WHOLE = {"trainers", "rollouts", "prompts", "per_batch", "in_flight", "micro_batches", "buffer_groups", "max_staleness",
+             "steps", "warmup_steps", "seed"}
 SIM_NULLABLE = {"cores", "in_flight", "mux_s_per_token"}
+# A simulated run is event by event: more steps than this take minutes.
+SIM_MAX_STEPS = 10000
 
 
 def check_sim_settings(cfg):
-    """Raises ValueError naming the first setting of the wrong type or range."""
+    """Raises ValueError naming the first setting of a user's simulation (the `simulate`
+    command) of the wrong type or range."""
     for k, v in cfg.items():
         d = DEFAULT_SIM[k]
         if v is None and k in SIM_NULLABLE:
@@ -276,6 +281,8 @@ def check_sim_settings(cfg):
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (math.inf, -math.inf):
             raise ValueError(f"{k} must be a number, got {v!r}")
+        if k in SIM_WHOLE and v != int(v):
+            raise ValueError(f"{k} must be a whole number, got {v!r}")
         if k in SIM_AT_LEAST_ONE and v < 1:
             raise ValueError(f"{k} must be at least 1, got {v!r}")
         if k == "cores" and v <= 0:
@@ -283,6 +290,12 @@ def check_sim_settings(cfg):
         if v < 0:
             raise ValueError(f"{k} must not be negative, got {v!r}")
     c = dict(DEFAULT_SIM, **cfg)
+    if c["steps"] > SIM_MAX_STEPS:
+        raise ValueError(f"steps must be at most {SIM_MAX_STEPS}, got {c['steps']}")
+    if c["train_s"] + c["optimizer_s"] + c["publish_s"] + c["step_overhead_s"] + c["allreduce_s"] <= 0:
+        raise ValueError("a step must take some time: train_s, optimizer_s, publish_s, step_overhead_s and allreduce_s are all 0")
+    if c["gen_s_per_token"] <= 0 and c["gen_fixed_s"] <= 0 and c["env_latency_s"] <= 0:
+        raise ValueError("generating a group must take some time: gen_s_per_token, gen_fixed_s and env_latency_s are all 0")
     if c["warmup_steps"] >= c["steps"]:
         raise ValueError(f"steps ({c['steps']}) must exceed warmup_steps ({c['warmup_steps']})")
     if c["rollouts"] < 1 and not c["multiplex"]:
@@ -302,7 +315,6 @@ class Simulation:
         unknown = set(cfg) - set(DEFAULT_SIM)
         if unknown:
             raise ValueError(f"unknown simulation settings: {sorted(unknown)}")
-        check_sim_settings(cfg)
         self.c.update(cfg)
         c = self.c
         self.rng = SplitMix64(c["seed"])
@@ -1350,13 +1362,26 @@ def main(argv=None):
         return 2
     if args.cmd == "simulate":
         try:
+            if not isinstance(data, dict):
+                raise ValueError("simulation settings must be a JSON object")
+            unknown = set(data) - set(DEFAULT_SIM)
+            if unknown:
+                raise ValueError(f"unknown simulation settings: {sorted(unknown)}")
+            # A user's settings; the model's own projections may use fractional rank counts.
+            check_sim_settings(data)
             print(json.dumps(simulate(data), sort_keys=True))
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, ZeroDivisionError, TypeError) as e:
             print(f"scaling_model: {args.input}: {e}", file=sys.stderr)
             return 2
         return 0
     if args.cmd == "fit-compute":
         try:
+            if not isinstance(data, list) or not data:
+                raise ValueError("expected a non-empty list of rows")
+            for i, r in enumerate(data):
+                for k, v in r.items():
+                    if k.endswith(("_s", "flop", "rows", "pairs")) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k.endswith("_s") and v == 0)):
+                        raise ValueError(f"row {i}: {k} is {v!r}")
             print(json.dumps(fit_compute(data), sort_keys=True))
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError) as e:
             print(f"scaling_model: {args.input} is not a list of kat-bench compute rows ({type(e).__name__}: {e})", file=sys.stderr)
@@ -1364,6 +1389,12 @@ def main(argv=None):
         return 0
     try:
         if args.cmd == "shards":
+            for k in ("trainers", "trajectories_per_step", "group", "prompt", "answer"):
+                v = data.get(k)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"{k} must be a whole number of at least 1, got {v!r}")
+            if data["trajectories_per_step"] % data["group"]:
+                raise ValueError(f"trajectories_per_step ({data['trajectories_per_step']}) must be a multiple of group ({data['group']}): whole groups")
             print(json.dumps(offline_shards(data, data), sort_keys=True))
         elif args.cmd == "fit":
             print(json.dumps(fit(data), indent=1, sort_keys=True))

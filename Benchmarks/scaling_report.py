@@ -673,7 +673,11 @@ def write(res, p, held, proj, out):
     add("- More than one machine: hosts are network namespaces of one 2-core machine, so every rank of every host shares "
         "the same cores and memory; link rates are real (tbf), latencies are this machine's TCP stack's.\n"
         "- Partial rollouts at scale: the rollout table measures them on and off on this machine, where episodes rarely span a weight update; the projections do not use them, since no measurement calibrates their cost there.\n"
-        "- Node memory bandwidth at scale (assumed in the projections), and OpenBLAS threads inside a rank (the projections "
-        "use one rank per core, as the measurements do).\n")
+        "- Node memory bandwidth at scale (assumed in the projections), and OpenBLAS threads inside a rank: every "
+        "measurement here runs one thread per rank, while the projections give the large models' ranks several threads "
+        "at an assumed 0.8 of a core each beyond the first (see the projection settings above).\n"
+        "- A run killed with SIGKILL cannot clean up after itself: remove its network namespaces (`ip netns list`; the "
+        "suite's names start with `ksc`) with `ip netns del NAME`, and its work directory `/tmp/kat-scaling-*`. Other "
+        "interruptions (Ctrl-C, SIGTERM, SIGHUP) stop every command the suite started and remove both.\n")
     with open(os.path.join(out, "scaling.md"), "w") as fh:
         fh.write("\n".join(md))
