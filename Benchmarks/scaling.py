@@ -751,6 +751,10 @@ def main():
     if not os.access(probe, os.W_OK | os.X_OK):
         print(f"scaling: --out: cannot write into {probe}", file=sys.stderr)
         return 2
+    if args.from_raw and (args.parts != ",".join(PARTS) or args.merge or args.quick):
+        print("scaling: --from-raw fits and writes from saved measurements without measuring; --parts, --merge and "
+              "--quick apply to measuring", file=sys.stderr)
+        return 2
     if args.from_raw:
         try:
             with open(args.from_raw) as f:
@@ -831,7 +835,7 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         with open(raw_path, "w") as f:
             json.dump(res, f, indent=1)
-        print(f"measurements written to {os.path.relpath(raw_path, ROOT)} ({res['run']['seconds']} s, load {res['run']['load_min']}-{res['run']['load_max']})")
+        print(f"measurements written to {shown(raw_path)} ({res['run']['seconds']} s, load {res['run']['load_min']}-{res['run']['load_max']})")
     try:
         params = model.fit(res)
         held = model.held_out(res, params)
@@ -848,7 +852,7 @@ def main():
     if args.from_raw and os.path.realpath(args.from_raw) != os.path.realpath(raw_path):
         # The page names its measurements beside it.
         shutil.copyfile(args.from_raw, raw_path)
-    print(f"wrote {os.path.relpath(os.path.join(args.out, 'scaling.md'), ROOT)} and {os.path.relpath(out_dir, ROOT)}/*.svg")
+    print(f"wrote {shown(os.path.join(args.out, 'scaling.md'))} and {shown(out_dir)}/*.svg")
     return 0
 
 
@@ -876,6 +880,12 @@ def bad_measurement(res, path="measurements"):
             if found:
                 return found
     return None
+
+
+def shown(path):
+    """A path as printed: relative to the repository when inside it."""
+    rel = os.path.relpath(path, ROOT)
+    return os.path.abspath(path) if rel.startswith("..") else rel
 
 
 def cpu_name():
