@@ -835,7 +835,7 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         with open(raw_path, "w") as f:
             json.dump(res, f, indent=1)
-        print(f"measurements written to {shown(raw_path)} ({res['run']['seconds']} s, load {res['run']['load_min']}-{res['run']['load_max']})")
+        print(f"measurements written to {shown(raw_path)} ({res['run']['seconds']} s" + (f", load {res['run']['load_min']}-{res['run']['load_max']}" if loads else "") + ")")
     try:
         params = model.fit(res)
         held = model.held_out(res, params)
