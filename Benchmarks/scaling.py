@@ -299,9 +299,10 @@ class Sampler:
         return dict(our_cores=ours / dt, background_cores=max(0.0, last[1] - first[1] - ours) / dt, sampled_s=dt)
 
 
-def descendants(root):
-    """`root` and the pids of its live descendants, from /proc."""
-    children = {}
+def process_table():
+    """Every live process's parent pid and CPU seconds (user + system), by pid, from /proc."""
+    table = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -310,7 +311,16 @@ def descendants(root):
                 text = f.read()
         except OSError:
             continue
-        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(d))
+        rest = text[text.rindex(")") + 2:].split()
+        table[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+    return table
+
+
+def descendants(root, table=None):
+    """`root` and the pids of its live descendants."""
+    children = {}
+    for pid, (pp, _) in (table or process_table()).items():
+        children.setdefault(pp, []).append(pid)
     mine, frontier = {root}, [root]
     while frontier:
         frontier = [c for p in frontier for c in children.get(p, []) if c not in mine]
@@ -341,32 +351,9 @@ def stop_tree(proc, grace=2.0):
 
 
 def tree_cpu_seconds(root):
-    """CPU seconds (user + system) of `root` and each of its live descendants, by pid, from /proc."""
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        parent[int(d)] = int(rest[1])
-        cpu[int(d)] = (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-    mine, frontier = {root}, [root]
-    children = {}
-    for pid, pp in parent.items():
-        children.setdefault(pp, []).append(pid)
-    while frontier:
-        nxt = []
-        for p in frontier:
-            for c in children.get(p, []):
-                if c not in mine:
-                    mine.add(c)
-                    nxt.append(c)
-        frontier = nxt
-    return {p: cpu[p] for p in mine if p in cpu}
+    """CPU seconds (user + system) of `root` and each of its live descendants, by pid."""
+    table = process_table()
+    return {p: table[p][1] for p in descendants(root, table) if p in table}
 
 
 def machine_busy_seconds():
@@ -756,18 +743,9 @@ def main():
               "--quick apply to measuring", file=sys.stderr)
         return 2
     if args.from_raw:
-        try:
-            with open(args.from_raw) as f:
-                res = json.load(f)
-        except (OSError, ValueError) as e:
-            print(f"scaling: cannot read the measurements {args.from_raw}: {e}", file=sys.stderr)
-            return 2
-        if not isinstance(res, dict) or not res.get("compute"):
-            print(f"scaling: {args.from_raw} is not a measurements file of this suite (no compute part)", file=sys.stderr)
-            return 2
-        bad = bad_measurement(res)
-        if bad:
-            print(f"scaling: {args.from_raw}: {bad}; measure again with bash Benchmarks/scaling.sh", file=sys.stderr)
+        res, why = read_measurements(args.from_raw, need_compute=True)
+        if why:
+            print(f"scaling: --from-raw {args.from_raw}: {why}", file=sys.stderr)
             return 2
         res["refit"] = dict(command=f"python3 Benchmarks/scaling.py --from-raw {args.from_raw}", date=time.strftime("%Y-%m-%d %H:%M"))
     else:
@@ -782,18 +760,9 @@ def main():
             return 2
         res = {}
         if args.merge:
-            try:
-                with open(args.merge) as f:
-                    res = json.load(f)
-            except (OSError, ValueError) as e:
-                print(f"scaling: cannot read the measurements to merge {args.merge}: {e}", file=sys.stderr)
-                return 2
-            if not isinstance(res, dict):
-                print(f"scaling: {args.merge} is not a measurements file of this suite", file=sys.stderr)
-                return 2
-            bad = bad_measurement(res)
-            if bad:
-                print(f"scaling: --merge {args.merge}: {bad}", file=sys.stderr)
+            res, why = read_measurements(args.merge)
+            if why:
+                print(f"scaling: --merge {args.merge}: {why}", file=sys.stderr)
                 return 2
             res.pop("refit", None)
         # The model fits on every part but the hosts and the environment (optional).
@@ -880,6 +849,19 @@ def bad_measurement(res, path="measurements"):
             if found:
                 return found
     return None
+
+
+def read_measurements(path, need_compute=False):
+    """A measurements file of this suite, checked: (measurements, None), or (None, why not)."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError) as e:
+        return None, f"cannot read it: {e}"
+    if not isinstance(res, dict) or (need_compute and not res.get("compute")):
+        return None, "not a measurements file of this suite" + (" (no compute part)" if isinstance(res, dict) else "")
+    bad = bad_measurement(res)
+    return (None, bad + "; measure again with bash Benchmarks/scaling.sh") if bad else (res, None)
 
 
 def shown(path):
