@@ -70,8 +70,12 @@ func parseAblationOptions(_ args: [String]) throws -> AblationOptions {
     var i = 0
     func value() throws -> String {
         i += 1
-        guard i < args.count else { throw AblationError.usage("kat-bench ablation: \(args[i - 1]) needs a value") }
+        guard i < args.count, !args[i].hasPrefix("--") else { throw AblationError.usage("kat-bench ablation: \(args[i - 1]) needs a value") }
         return args[i]
+    }
+    func whole(_ option: String, _ text: String) throws -> Int {
+        guard let v = Int(text) else { throw AblationError.usage("kat-bench ablation: \(option) needs a whole number, got '\(text)'") }
+        return v
     }
     while i < args.count {
         switch args[i] {
@@ -81,9 +85,9 @@ func parseAblationOptions(_ args: [String]) throws -> AblationOptions {
             let spec = try value()
             guard let colon = spec.firstIndex(of: ":") else { throw AblationError.usage("kat-bench ablation: --arm NAME:key=value,... got \(spec)") }
             custom.append((String(spec[..<colon]), spec[spec.index(after: colon)...].split(separator: ",").map(String.init)))
-        case "--seeds": o.seeds = Int(try value()) ?? 0
-        case "--first-seed": o.firstSeed = Int(try value()) ?? -1
-        case "--jobs": o.jobs = Int(try value()) ?? 0
+        case "--seeds": o.seeds = try whole("--seeds", try value())
+        case "--first-seed": o.firstSeed = try whole("--first-seed", try value())
+        case "--jobs": o.jobs = try whole("--jobs", try value())
         case "--out": o.out = try value()
         case "--quick": o.quick = true
         case "--set": o.extra.append(try value())
@@ -97,7 +101,7 @@ func parseAblationOptions(_ args: [String]) throws -> AblationOptions {
     if let rlExtra { o.rlExtra = rlExtra }
     if o.quick, !args.contains("--seeds") { o.seeds = 3 }
     guard o.seeds >= 2, o.jobs >= 1, o.firstSeed >= 0 else {
-        throw AblationError.usage("kat-bench ablation: --seeds must be at least 2 (an interval needs two), --jobs at least 1")
+        throw AblationError.usage("kat-bench ablation: --seeds must be at least 2 (an interval needs two), --jobs at least 1, --first-seed at least 0")
     }
     for name in armNames ?? (custom.isEmpty ? knownArms.map(\.name) : []) {
         guard let a = knownArms.first(where: { $0.name == name }) else {
@@ -107,6 +111,27 @@ func parseAblationOptions(_ args: [String]) throws -> AblationOptions {
     }
     o.arms += custom
     guard !o.arms.isEmpty else { throw AblationError.usage("kat-bench ablation: no arms") }
+    // Arm and task names become directory names under --out: plain names only, each once.
+    func plainName(_ n: String) -> Bool {
+        !n.isEmpty && n.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+    }
+    var seen = Set<String>()
+    for a in o.arms {
+        guard plainName(a.name), a.name != "warm-start" else {
+            throw AblationError.usage("kat-bench ablation: arm name '\(a.name)' must be letters, digits, - and _ only, and not warm-start")
+        }
+        guard seen.insert(a.name).inserted else { throw AblationError.usage("kat-bench ablation: arm \(a.name) is given twice") }
+    }
+    guard !o.tasks.isEmpty, Set(o.tasks).count == o.tasks.count else {
+        throw AblationError.usage("kat-bench ablation: --task needs distinct tasks (explore, code)")
+    }
+    for t in o.tasks where !["explore", "code"].contains(t) {
+        throw AblationError.usage("kat-bench ablation: unknown task '\(t)' (explore, code)")
+    }
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: o.out, isDirectory: &isDir), !isDir.boolValue {
+        throw AblationError.usage("kat-bench ablation: --out \(o.out) exists and is not a directory")
+    }
     if o.katDist.isEmpty {
         o.katDist = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kat-dist").path
     }
@@ -275,7 +300,17 @@ func warmStartCheckpointName(_ o: AblationOptions) -> String {
 /// Runs every unfinished run, `jobs` at a time; a fork waits for its warm-start checkpoint.
 func runAll(_ runs: [PlannedRun], _ o: AblationOptions) throws {
     let fm = FileManager.default
+    // A finished run's DONE file holds the arguments it ran with: one made with other
+    // settings (say, --quick) is not taken for this command's.
+    for r in runs where fm.fileExists(atPath: r.donePath) {
+        let recorded = (try? String(contentsOfFile: r.donePath, encoding: .utf8)) ?? ""
+        if !recorded.isEmpty, recorded != doneRecord(r) {
+            throw AblationError.usage("kat-bench ablation: \(r.dir) was run with other settings (\(r.donePath) holds its arguments); "
+                                      + "give another --out, or the same options as before")
+        }
+    }
     var pending = runs.filter { !fm.fileExists(atPath: $0.donePath) }
+    AblationChildren.install()
     let skipped = runs.count - pending.count
     say("kat-bench ablation: \(runs.count) runs, \(skipped) finished before, \(pending.count) to run, \(o.jobs) at a time")
     var running: [(PlannedRun, Process, Double)] = []
@@ -309,20 +344,55 @@ func runAll(_ runs: [PlannedRun], _ o: AblationOptions) throws {
             p.standardOutput = log
             p.standardError = log
             try p.run()
+            AblationChildren.add(p)
             running.append((r, p, Date().timeIntervalSince1970))
         }
         Thread.sleep(forTimeInterval: 0.5)
         for (i, (r, p, start)) in running.enumerated().reversed() where !p.isRunning {
             running.remove(at: i)
+            AblationChildren.remove(p)
             guard p.terminationStatus == 0 else {
                 for (_, other, _) in running { other.terminate() }
                 throw AblationError.run(r.dir, "exit code \(p.terminationStatus); see \(r.dir).log")
             }
-            _ = fm.createFile(atPath: r.donePath, contents: Data())
+            _ = fm.createFile(atPath: r.donePath, contents: Data(doneRecord(r).utf8))
             finished += 1
             let elapsed = Date().timeIntervalSince1970 - t0
             say(String(format: "  done %@ %@ seed %d in %.0f s (%d of %d, %.0f s so far)", r.task, r.arm, r.seed,
                          Date().timeIntervalSince1970 - start, finished, runs.count - skipped, elapsed))
+        }
+    }
+}
+
+/// What a finished run's DONE file holds: the arguments it ran with, one per line.
+func doneRecord(_ r: PlannedRun) -> String { r.arguments.joined(separator: "\n") + "\n" }
+
+/// The kat-dist runs under way, stopped with the harness: SIGINT, SIGTERM or SIGHUP ends
+/// them (their directories stay unfinished and start over next time) before it exits.
+enum AblationChildren {
+    nonisolated(unsafe) static var running: [Process] = []
+    static let lock = NSLock()
+    nonisolated(unsafe) static var sources: [DispatchSourceSignal] = []
+
+    static func add(_ p: Process) { lock.lock(); running.append(p); lock.unlock() }
+    static func remove(_ p: Process) { lock.lock(); running.removeAll { $0 === p }; lock.unlock() }
+
+    static func install() {
+        guard sources.isEmpty else { return }
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                lock.lock()
+                let children = running
+                lock.unlock()
+                for p in children where p.isRunning { p.terminate() }
+                for p in children { p.waitUntilExit() }
+                FileHandle.standardError.write(Data("kat-bench ablation: interrupted; \(children.count) run(s) stopped, to start over when the command is run again\n".utf8))
+                exit(130)
+            }
+            source.resume()
+            sources.append(source)
         }
     }
 }

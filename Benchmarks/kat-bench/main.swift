@@ -43,7 +43,8 @@ usage: kat-bench BENCHMARK [OPTIONS]
       kat-bench report RUN OUT.html           a run's report drawn again from metrics.jsonl
       kat-bench init-model DIR                a small seeded random GPT-2 model directory
       kat-bench explore-kinds MODEL_DIR       the explore task's held-out prompts solved, by kind
-      kat-bench ablation [--task explore,code] [--arms A,B] [--seeds 5] [--jobs N] [--out DIR] [--quick]
+      kat-bench ablation [--task explore,code] [--arms A,B] [--arm NAME:key=value,...] [--seeds 5] [--first-seed 1]
+                         [--jobs N] [--out DIR] [--quick] [--set key=value] [--rl-set key=value] [--kat-dist PATH] [--report-only]
           arms x seeds of kat-dist runs in parallel, resumable; mean and 95% interval of the
           final held-out success, pass@k, success area and entropy; curves with bands (Ablation.swift).
 """

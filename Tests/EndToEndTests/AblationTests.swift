@@ -105,11 +105,27 @@ final class AblationTests: TemporaryDirectoryTestCase {
     /// Bad options are refused with a message and exit code 2 (not a crash).
     func testBadOptionsAreRefused() throws {
         for (args, fragment) in [(["--arms", "nope"], "unknown arm nope"), (["--seeds", "1"], "--seeds must be at least 2"),
-                                 (["--frobnicate"], "unknown option --frobnicate")] {
+                                 (["--frobnicate"], "unknown option --frobnicate"),
+                                 (["--arm", "../../elsewhere:loss.eps_high=0.3"], "arm name '../../elsewhere' must be"),
+                                 (["--arm", "warm-start:loss.eps_high=0.3"], "not warm-start"),
+                                 (["--arms", "plain,plain"], "arm plain is given twice"), (["--task", "bogus"], "unknown task 'bogus'"),
+                                 (["--seeds", "abc"], "--seeds needs a whole number, got 'abc'")] {
             let r = try runKatBench(["ablation", "--out", dir] + args)
             XCTAssertEqual(r.code, 2, r.out)
             XCTAssertTrue(r.out.contains(fragment), r.out)
         }
+    }
+
+    /// A finished run made with other settings (its DONE file holds its arguments) is not
+    /// taken for this command's: the command refuses before running anything.
+    func testFinishedRunsWithOtherSettingsAreRefused() throws {
+        let warm = dir + "/explore/warm-start/seed-1"
+        try FileManager.default.createDirectory(atPath: warm, withIntermediateDirectories: true)
+        try "train\n--set\nsteps=30\n".write(toFile: warm + "/DONE", atomically: true, encoding: .utf8)
+        let r = try runKatBench(["ablation", "--out", dir, "--seeds", "2", "--arms", "plain"], timeout: 60)
+        XCTAssertEqual(r.code, 2, r.out)
+        XCTAssertTrue(r.out.contains("was run with other settings"), r.out)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/explore/plain"), "nothing ran")
     }
 
     /// Every benchmark refuses an option it does not take (a misspelt option must not run
